@@ -1,0 +1,14 @@
+"""Raw time-conditioned networks and the wrappers that turn them into score functions."""
+
+from .embeddings import GaussianFourierEmbedding, SinusoidalEmbedding
+from .mlp import TimeMLP
+from .parameterization import DataParameterization, EpsilonParameterization, ScoreParameterization
+
+__all__ = [
+    "TimeMLP",
+    "GaussianFourierEmbedding",
+    "SinusoidalEmbedding",
+    "ScoreParameterization",
+    "EpsilonParameterization",
+    "DataParameterization",
+]

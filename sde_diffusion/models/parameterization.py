@@ -1,0 +1,61 @@
+"""Parameterization wrappers: turn a raw network ``net(x, t)`` into a score ``score(x, t)``.
+
+Samplers, losses and the likelihood only see ``score(x, t) = grad_x log p_t(x)``; what the network
+predicts (the score, the noise eps, or the clean data x0) is a choice made here, using the SDE's
+perturbation kernel ``x_t = m(t) x_0 + s(t) eps`` (REFERENCES: eps = -s * score,
+x0 = (x_t + s^2 score) / m).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from .._shapes import batch_time, expand_like
+from ..sdes.base import SDE
+
+
+class _Parameterization(nn.Module):
+    """Common part: holds the raw network and the SDE; ``forward(x, t)`` returns the score."""
+
+    needs_kernel = True
+
+    def __init__(self, net: nn.Module, sde: SDE):
+        super().__init__()
+        if self.needs_kernel and not sde.has_kernel:
+            raise ValueError(
+                f"{type(self).__name__} needs the SDE's perturbation kernel, which "
+                f"{type(sde).__name__} does not define; use ScoreParameterization instead"
+            )
+        self.net = net
+        self.sde = sde
+
+    def _kernel(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        m, s = self.sde.kernel(t)
+        return expand_like(m, x), expand_like(s, x)
+
+
+class ScoreParameterization(_Parameterization):
+    """The network predicts the score directly: ``score = net(x, t)``."""
+
+    needs_kernel = False
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.net(x, batch_time(t, x))
+
+
+class EpsilonParameterization(_Parameterization):
+    """The network predicts the noise: ``score = -net(x, t) / s(t)`` (Ho et al. 2020; Song et al. 2021)."""
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        t = batch_time(t, x)
+        _, s = self._kernel(x, t)
+        return -self.net(x, t) / s
+
+
+class DataParameterization(_Parameterization):
+    """The network predicts the clean data: ``score = -(x - m(t) x0_hat) / s(t)^2`` (x0-prediction)."""
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        t = batch_time(t, x)
+        m, s = self._kernel(x, t)
+        return -(x - m * self.net(x, t)) / s**2

@@ -1,0 +1,136 @@
+"""The abstract forward SDE ``dx = f(x, t) dt + g(t) dw`` on ``t in [0, T]``.
+
+Song et al. 2021, "Score-Based Generative Modeling through Stochastic Differential Equations"
+(ICLR), Eq. 5. The SDE object owns every fact about itself; samplers, losses and the likelihood
+only call these methods, so a user's subclass works everywhere without editing the library.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .._shapes import batch_time, expand_like, flat_dim
+
+ScoreFn = Callable[[Tensor, Tensor], Tensor]
+"""A score function ``score(x, t) -> grad_x log p_t(x)``: ``x`` is ``(B, *dims)``, ``t`` is ``(B,)``."""
+
+
+class SDE(abc.ABC):
+    """Base class of forward SDEs with a state-independent, isotropic diffusion ``g(t)``.
+
+    A subclass implements :meth:`drift`, :meth:`diffusion` and :attr:`prior_std`, and, when the
+    perturbation kernel ``p_0t(x_t | x_0) = N(m(t) x_0, s(t)^2 I)`` is known in closed form,
+    :meth:`kernel`. Everything else (marginal sampling, prior, Euler-Maruyama discretization,
+    reverse-time SDE, probability-flow ODE, log-SNR) is derived here.
+
+    Shapes: data ``x`` is ``(B, *dims)``; times and per-sample coefficients are ``(B,)``; methods
+    that take a time accept a Python number or 0-d tensor as well and broadcast it over the batch.
+    """
+
+    T: float = 1.0
+    """End of the forward time interval; the prior is reached at ``t = T``."""
+
+    # ----------------------------------------------------------------- what a subclass provides
+    @abc.abstractmethod
+    def drift(self, x: Tensor, t: Tensor) -> Tensor:
+        """Drift ``f(x, t)``, shape ``(B, *dims)``."""
+
+    @abc.abstractmethod
+    def diffusion(self, t: Tensor) -> Tensor:
+        """Diffusion coefficient ``g(t)``, shape ``(B,)`` (same shape as ``t``)."""
+
+    @property
+    @abc.abstractmethod
+    def prior_std(self) -> float:
+        """Standard deviation of the isotropic Gaussian prior ``p_T = N(0, prior_std^2 I)``."""
+
+    def kernel(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Coefficients ``(m(t), s(t))`` of the Gaussian perturbation kernel
+        ``p_0t(x_t | x_0) = N(m(t) x_0, s(t)^2 I)``, each shaped like ``t``.
+
+        Override it when the kernel has a closed form; denoising score matching, the parameterization
+        wrappers and the fast samplers need it. SDEs without it can still be trained by sliced
+        score matching and sampled by the generic samplers.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} has no closed-form perturbation kernel; implement "
+            f"kernel(t) -> (mean_coeff, std) or use a loss that needs none (sliced score matching)"
+        )
+
+    # ----------------------------------------------------------------------------- derived facts
+    @property
+    def has_kernel(self) -> bool:
+        """True when the subclass implements :meth:`kernel`."""
+        return type(self).kernel is not SDE.kernel
+
+    def marginal(self, x0: Tensor, t: float | Tensor) -> tuple[Tensor, Tensor]:
+        """Mean ``m(t) x0`` (shape ``(B, *dims)``) and std ``s(t)`` (shape ``(B,)``) of ``p_0t(. | x0)``."""
+        m, s = self.kernel(batch_time(t, x0))
+        return expand_like(m, x0) * x0, s
+
+    def perturb(
+        self, x0: Tensor, t: float | Tensor, *, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Draw ``x_t = m(t) x0 + s(t) z`` with ``z ~ N(0, I)``.
+
+        Returns ``(x_t, z, s)`` with ``z`` shaped like ``x0`` and ``s`` of shape ``(B,)``.
+        """
+        mean, std = self.marginal(x0, t)
+        z = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        return mean + expand_like(std, x0) * z, z, std
+
+    def log_snr(self, t: float | Tensor) -> Tensor:
+        """Log signal-to-noise ratio ``lambda(t) = log(m(t)^2 / s(t)^2)``, decreasing in ``t``."""
+        t = torch.as_tensor(t)
+        m, s = self.kernel(t)
+        return 2.0 * (torch.log(m) - torch.log(s))
+
+    def prior_sample(
+        self,
+        shape: tuple[int, ...] | torch.Size,
+        *,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> Tensor:
+        """Draw ``x_T ~ N(0, prior_std^2 I)`` of shape ``shape = (B, *dims)``."""
+        z = torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+        return self.prior_std * z
+
+    def prior_logp(self, x: Tensor) -> Tensor:
+        """Log-density of the prior at ``x`` (nats), shape ``(B,)``."""
+        d = flat_dim(x)
+        var = self.prior_std**2
+        sq = x.reshape(x.shape[0], -1).pow(2).sum(dim=1)
+        return -0.5 * d * math.log(2.0 * math.pi * var) - 0.5 * sq / var
+
+    def discretize(self, x: Tensor, t: float | Tensor, dt: float | Tensor) -> tuple[Tensor, Tensor]:
+        """One forward step ``x_{t+dt} = x + F + G z`` with ``z ~ N(0, I)``; returns ``(F, G)``.
+
+        The default is Euler-Maruyama: ``F = f(x, t) dt``, ``G = g(t) sqrt(dt)`` (shape ``(B,)``),
+        with ``dt > 0``. Subclasses override it with their exact discrete chains (DDPM, NCSN).
+        """
+        t = batch_time(t, x)
+        dt = batch_time(dt, x)
+        return self.drift(x, t) * expand_like(dt, x), self.diffusion(t) * dt.sqrt()
+
+    def reverse(self, score_fn: ScoreFn) -> "ReverseSDE":
+        """The reverse-time SDE driven by ``score_fn`` (Anderson 1982; Song et al. 2021, Eq. 6)."""
+        from .reverse import ReverseSDE
+
+        return ReverseSDE(self, score_fn)
+
+    def probability_flow(self, score_fn: ScoreFn) -> "ProbabilityFlowODE":
+        """The probability-flow ODE driven by ``score_fn`` (Song et al. 2021, Eq. 13)."""
+        from .reverse import ProbabilityFlowODE
+
+        return ProbabilityFlowODE(self, score_fn)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({fields})"

@@ -1,0 +1,85 @@
+"""Noise-rate schedules ``beta(t)`` for the variance-preserving family, with their integrals.
+
+A schedule gives ``beta(t)`` and ``B(t) = int_0^t beta(s) ds`` elementwise on tensors of any shape.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+class LinearBeta:
+    """``beta(t) = beta_min + t (beta_max - beta_min)``; ``B(t) = beta_min t + t^2 (beta_max - beta_min) / 2``.
+
+    Song et al. 2021, App. B. The defaults (0.1, 20) make the VP SDE's discretization with N = 1000
+    the linear DDPM chain with betas from 1e-4 to 0.02 (Ho et al. 2020).
+    """
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0):
+        beta_min, beta_max = float(beta_min), float(beta_max)
+        if not (math.isfinite(beta_min) and math.isfinite(beta_max)):
+            raise ValueError(f"beta_min and beta_max must be finite, got {beta_min} and {beta_max}")
+        if beta_min < 0:
+            raise ValueError(f"beta_min must be >= 0, got {beta_min}")
+        if beta_min >= beta_max:
+            raise ValueError(
+                f"beta_min ({beta_min}) must be smaller than beta_max ({beta_max}); "
+                f"the defaults are beta_min=0.1, beta_max=20"
+            )
+        self.beta_min = beta_min
+        self.beta_max = beta_max
+
+    def beta(self, t: Tensor) -> Tensor:
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def integral(self, t: Tensor) -> Tensor:
+        return self.beta_min * t + 0.5 * t**2 * (self.beta_max - self.beta_min)
+
+    def __repr__(self) -> str:
+        return f"LinearBeta(beta_min={self.beta_min}, beta_max={self.beta_max})"
+
+
+class CosineBeta:
+    """Cosine schedule of Nichol & Dhariwal 2021 in continuous time.
+
+    ``alpha_bar(t) = c(t) / c(0)`` with ``c(t) = cos^2(pi/2 (t + s) / (1 + s))``, so
+    ``beta(t) = -d/dt log alpha_bar(t) = pi / (1 + s) tan(pi/2 (t + s) / (1 + s))``, which diverges at
+    ``t = 1``. As in the paper, beta is clipped: ``beta(t) <= max_beta``; the default 999 is the
+    paper's per-step clip 0.999 at N = 1000 steps. Past the clip time ``t_c`` the integral grows
+    linearly, so drift, diffusion and kernel stay consistent.
+    """
+
+    def __init__(self, s: float = 0.008, max_beta: float = 999.0):
+        s, max_beta = float(s), float(max_beta)
+        if not s > 0:
+            raise ValueError(f"cosine offset s must be > 0, got {s} (the default is 0.008)")
+        if not max_beta > 0:
+            raise ValueError(f"max_beta must be > 0, got {max_beta} (the default is 999)")
+        self.s = s
+        self.max_beta = max_beta
+        # beta(t_c) = max_beta  <=>  tan(theta_c) = max_beta (1 + s) / pi
+        theta_c = math.atan(max_beta * (1.0 + s) / math.pi)
+        self._t_clip = theta_c * 2.0 / math.pi * (1.0 + s) - s
+        self._log_c0 = 2.0 * math.log(math.cos(math.pi / 2.0 * s / (1.0 + s)))
+
+    def _theta(self, t: Tensor) -> Tensor:
+        return math.pi / 2.0 * (t + self.s) / (1.0 + self.s)
+
+    def beta(self, t: Tensor) -> Tensor:
+        tc = t.clamp(max=self._t_clip)
+        return torch.where(
+            t < self._t_clip,
+            math.pi / (1.0 + self.s) * torch.tan(self._theta(tc)),
+            torch.full_like(t, self.max_beta),
+        )
+
+    def integral(self, t: Tensor) -> Tensor:
+        tc = t.clamp(max=self._t_clip)
+        smooth = self._log_c0 - 2.0 * torch.log(torch.cos(self._theta(tc)))
+        return smooth + self.max_beta * (t - tc)
+
+    def __repr__(self) -> str:
+        return f"CosineBeta(s={self.s}, max_beta={self.max_beta})"
