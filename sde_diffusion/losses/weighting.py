@@ -54,14 +54,11 @@ class ImportanceLikelihoodWeighting:
 
     For any SDE with a Gaussian kernel and linear drift, ``g^2 / s^2 = d/dt log(s^2 / m^2)
     = -d/dt logSNR(t)``, so the normaliser is ``Z = logSNR(eps) - logSNR(T)`` and ``t`` is drawn by
-    inverting ``logSNR`` (batched bisection in float64). The weight ``Z s(t)^2 / (T - eps)`` keeps
+    inverting ``logSNR`` (:meth:`SDE.time_from_log_snr`). The weight ``Z s(t)^2 / (T - eps)`` keeps
     the expectation equal to :class:`LikelihoodWeighting`'s (Song, Durkan et al. 2021, Sec. 5).
     """
 
     needs_kernel = True
-
-    def __init__(self, bisection_steps: int = 60):
-        self.bisection_steps = int(bisection_steps)
 
     def _normaliser(self, sde: SDE, eps: float) -> float:
         ends = sde.log_snr(torch.tensor([eps, sde.T], dtype=torch.float64))
@@ -69,16 +66,9 @@ class ImportanceLikelihoodWeighting:
 
     def sample_time(self, sde: SDE, batch: int, eps: float, *, generator=None, device=None, dtype=None) -> Tensor:
         u = torch.rand(batch, generator=generator, device=device, dtype=torch.float64)
-        hi_val = sde.log_snr(torch.tensor(eps, dtype=torch.float64, device=device))
-        target = hi_val - u * self._normaliser(sde, eps)  # logSNR decreases from logSNR(eps)
-        lo = torch.full_like(u, eps)
-        hi = torch.full_like(u, sde.T)
-        for _ in range(self.bisection_steps):
-            mid = 0.5 * (lo + hi)
-            above = sde.log_snr(mid) > target  # logSNR(mid) above target: the root lies later
-            lo = torch.where(above, mid, lo)
-            hi = torch.where(above, hi, mid)
-        return (0.5 * (lo + hi)).to(dtype or torch.get_default_dtype())
+        start = sde.log_snr(torch.tensor(eps, dtype=torch.float64, device=device))
+        t = sde.time_from_log_snr(start - u * self._normaliser(sde, eps), eps)
+        return t.to(dtype or torch.get_default_dtype())
 
     def weight(self, sde: SDE, t: Tensor, eps: float) -> Tensor:
         return self._normaliser(sde, eps) / (sde.T - eps) * sde.kernel(t)[1] ** 2

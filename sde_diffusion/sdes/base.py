@@ -90,6 +90,22 @@ class SDE(abc.ABC):
         m, s = self.kernel(t)
         return 2.0 * (torch.log(m) - torch.log(s))
 
+    def time_from_log_snr(self, log_snr: Tensor, eps: float = 0.0, *, iterations: int = 60) -> Tensor:
+        """Invert :meth:`log_snr` on ``[eps, T]`` by batched bisection (computed in float64).
+
+        ``log_snr`` may have any shape; values outside ``[logSNR(T), logSNR(eps)]`` map to the ends.
+        Works for any SDE with a kernel whose log-SNR decreases in ``t``. Returns float64 times.
+        """
+        target = torch.as_tensor(log_snr, dtype=torch.float64)
+        lo = torch.full_like(target, eps)
+        hi = torch.full_like(target, self.T)
+        for _ in range(iterations):
+            mid = 0.5 * (lo + hi)
+            later = self.log_snr(mid) > target  # still above the target: the root lies later
+            lo = torch.where(later, mid, lo)
+            hi = torch.where(later, hi, mid)
+        return 0.5 * (lo + hi)
+
     def prior_sample(
         self,
         shape: tuple[int, ...] | torch.Size,
