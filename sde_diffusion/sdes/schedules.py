@@ -79,7 +79,8 @@ class CosineBeta:
     def integral(self, t: Tensor) -> Tensor:
         tc = t.clamp(max=self._t_clip)
         smooth = self._log_c0 - 2.0 * torch.log(torch.cos(self._theta(tc)))
-        return smooth + self.max_beta * (t - tc)
+        # clamp: at t = 0 the difference of logs rounds to -1e-20, which would make s(0) = sqrt(<0)
+        return smooth.clamp(min=0.0) + self.max_beta * (t - tc)
 
     def __repr__(self) -> str:
         return f"CosineBeta(s={self.s}, max_beta={self.max_beta})"
