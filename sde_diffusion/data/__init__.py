@@ -1,5 +1,40 @@
 """Data: 2-D toy sets, Gaussian mixtures with exact scores, and the user's own arrays."""
 
+from .arrays import npz_dataset
+from .dataset import Dataset, Density
 from .gmm import GaussianMixture
+from .toys import (
+    EIGHT_GAUSSIANS_RADIUS,
+    EIGHT_GAUSSIANS_STD,
+    TOY_NAMES,
+    Checkerboard,
+    checkerboard,
+    eight_gaussians,
+    eight_gaussians_mixture,
+    pinwheel,
+    rings,
+    spirals,
+    swiss_roll,
+    toy_dataset,
+    two_moons,
+)
 
-__all__ = ["GaussianMixture"]
+__all__ = [
+    "GaussianMixture",
+    "Dataset",
+    "Density",
+    "toy_dataset",
+    "npz_dataset",
+    "TOY_NAMES",
+    "Checkerboard",
+    "eight_gaussians_mixture",
+    "EIGHT_GAUSSIANS_RADIUS",
+    "EIGHT_GAUSSIANS_STD",
+    "checkerboard",
+    "eight_gaussians",
+    "two_moons",
+    "spirals",
+    "rings",
+    "swiss_roll",
+    "pinwheel",
+]

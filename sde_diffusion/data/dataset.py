@@ -1,0 +1,111 @@
+"""The container every data source returns: train and test tensors plus what is known about them."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from .._shapes import check_data
+
+
+class Density(Protocol):
+    """Anything with an exact data log-density, e.g. :class:`~sde_diffusion.data.GaussianMixture`."""
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """``log p(x)`` in nats, shape ``(B,)``, for ``x`` of shape ``(B, *dims)``."""
+        ...
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Dataset:
+    """Train and test splits of one data set, ``(N, *dims)`` float32 each.
+
+    Args:
+        train, test: ``(N_train, *dims)`` and ``(N_test, *dims)`` float32, finite, non-empty.
+        name: short label used in logs and result files.
+        distribution: the exact density of the data as stored here, when known in closed form
+            (toy sets); its ``log_prob(x)`` gives ``(B,)`` nats. A model's NLL on ``test`` is then
+            compared with the true ``-E log p``.
+        levels, interval_width: for discrete data, the ``K`` levels per dimension spread over an
+            interval of width ``w``, so bits/dim is ``(-log p / D + log(K / w)) / ln 2``
+            (REFERENCES, bits/dim). Both None for continuous data.
+        shift, scale: set when the data were standardized, shape ``data_shape``: stored data are
+            ``(raw - shift) / scale``; :meth:`unstandardize` maps samples back.
+    """
+
+    train: Tensor
+    test: Tensor
+    name: str
+    distribution: Density | None = None
+    levels: int | None = None
+    interval_width: float | None = None
+    shift: Tensor | None = None
+    scale: Tensor | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"name must be a non-empty string, got {self.name!r}")
+        for split in ("train", "test"):
+            x = check_data(getattr(self, split), f"{split} split of data set {self.name!r}")
+            if x.dtype != torch.float32:
+                raise TypeError(f"{split} split of data set {self.name!r} must be float32, got {x.dtype}; convert with .float()")
+        if self.train.shape[1:] != self.test.shape[1:]:
+            raise ValueError(
+                f"train samples have shape {tuple(self.train.shape[1:])} but test samples have "
+                f"{tuple(self.test.shape[1:])}; both splits must hold samples of one shape"
+            )
+        if self.distribution is not None and not callable(getattr(self.distribution, "log_prob", None)):
+            raise TypeError(f"distribution must have a log_prob(x) method, got {type(self.distribution).__name__}")
+        self._check_levels()
+        self._check_standardization()
+
+    def _check_levels(self) -> None:
+        if (self.levels is None) != (self.interval_width is None):
+            raise ValueError("levels and interval_width describe discrete data together: give both or neither")
+        if self.levels is None:
+            return
+        if isinstance(self.levels, bool) or int(self.levels) != self.levels or self.levels < 2:
+            raise ValueError(f"levels must be an integer K >= 2 (e.g. 256 for 8-bit data), got {self.levels}")
+        if not (math.isfinite(self.interval_width) and self.interval_width > 0):
+            raise ValueError(f"interval_width must be a positive number (e.g. 2 for data in [-1, 1]), got {self.interval_width}")
+
+    def _check_standardization(self) -> None:
+        if (self.shift is None) != (self.scale is None):
+            raise ValueError("shift and scale describe one standardization together: give both or neither")
+        if self.shift is None:
+            return
+        for field in ("shift", "scale"):
+            v = getattr(self, field)
+            if not isinstance(v, Tensor) or v.shape != self.train.shape[1:]:
+                shape = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
+                raise ValueError(f"{field} must be a tensor of the sample shape {self.data_shape}, got {shape}")
+        if not (torch.isfinite(self.shift).all() and torch.isfinite(self.scale).all() and (self.scale > 0).all()):
+            raise ValueError("shift must be finite and scale finite and positive everywhere")
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        """Shape of one sample, ``dims`` in ``(N, *dims)``."""
+        return tuple(self.train.shape[1:])
+
+    def unstandardize(self, x: Tensor) -> Tensor:
+        """Map ``(B, *dims)`` samples in the stored space back to the raw data: ``x * scale + shift``
+        (identity when the data were not standardized)."""
+        if self.scale is None:
+            return x
+        scale, shift = self.scale.to(x), self.shift.to(x)  # (*dims) broadcasts against (B, *dims)
+        return x * scale + shift
+
+    def __repr__(self) -> str:
+        extras = "".join(
+            f", {k}={getattr(self, k)!r}" for k in ("levels", "interval_width") if getattr(self, k) is not None
+        )
+        dist = "" if self.distribution is None else f", distribution={self.distribution!r}"
+        std = ", standardized" if self.scale is not None else ""
+        return (
+            f"Dataset({self.name!r}, train={len(self.train)}, test={len(self.test)}, "
+            f"data_shape={self.data_shape}{dist}{extras}{std})"
+        )
