@@ -26,3 +26,75 @@ def uniform_time_grid(
     """``N + 1`` times uniformly spaced from ``sde.T`` to ``eps`` (Song et al. 2021's sampling grid)."""
     _check(n_steps, eps, sde.T)
     return torch.linspace(sde.T, eps, int(n_steps) + 1, dtype=dtype, device=device)
+
+
+def _check_positive_eps(sde: SDE, n_steps: int, eps: float) -> None:
+    _check(n_steps, eps, sde.T)
+    if eps <= 0.0:
+        raise ValueError(
+            f"log-SNR and sigma grids need eps > 0 (the log-SNR is +inf at t = 0), got eps={eps}; "
+            f"use eps=1e-3 (VP, sub-VP) or eps=1e-5"
+        )
+    if not sde.has_kernel:
+        raise ValueError(
+            f"{type(sde).__name__} has no perturbation kernel, so its log-SNR is unknown; implement "
+            f"kernel(t) or use uniform_time_grid"
+        )
+
+
+def _times_at_log_snr(sde: SDE, log_snr: Tensor, eps: float, dtype, device) -> Tensor:
+    """Map decreasing-in-t log-SNR values ``(N + 1,)`` back to times, pinning the ends to T and eps."""
+    t = sde.time_from_log_snr(log_snr, eps)
+    t[0], t[-1] = sde.T, eps  # bisection is exact to ~1e-16; the ends must be exact
+    return t.to(dtype=dtype, device=device)
+
+
+def log_snr_time_grid(
+    sde: SDE, n_steps: int, eps: float = 1e-3, *, dtype=torch.float32, device=None
+) -> Tensor:
+    """``N + 1`` times from ``sde.T`` to ``eps`` whose log-SNRs ``lambda(t)`` are uniformly spaced.
+
+    The natural grid of exponential integrators (DPM-Solver, Lu et al. 2022, Sec. 3.4: uniform in
+    ``lambda = logSNR / 2``, which is the same grid). Needs ``eps > 0`` and an SDE with a kernel.
+    """
+    _check_positive_eps(sde, n_steps, eps)
+    ends = sde.log_snr(torch.tensor([sde.T, eps], dtype=torch.float64))
+    log_snr = torch.linspace(float(ends[0]), float(ends[1]), int(n_steps) + 1, dtype=torch.float64)
+    return _times_at_log_snr(sde, log_snr, eps, dtype, device)
+
+
+def edm_time_grid(
+    sde: SDE, n_steps: int, eps: float = 1e-3, rho: float = 7.0, *, dtype=torch.float32, device=None
+) -> Tensor:
+    """``N + 1`` times from ``sde.T`` to ``eps`` at EDM's rho-spaced noise levels (Karras et al. 2022, Eq. 5).
+
+    With ``sigma(t) = s(t) / m(t) = exp(-logSNR(t) / 2)``, ``sigma_max = sigma(T)`` and
+    ``sigma_min = sigma(eps)``:
+    ``sigma_i = (sigma_max^(1/rho) + i / N (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho``, ``i = 0..N``,
+    mapped back to times by :meth:`SDE.time_from_log_snr`. ``rho = 7`` is the paper's choice;
+    ``rho -> inf`` tends to :func:`log_snr_time_grid`.
+    """
+    _check_positive_eps(sde, n_steps, eps)
+    if not rho > 0:
+        raise ValueError(f"rho must be > 0, got {rho} (Karras et al. 2022 use rho = 7)")
+    sigma_ends = torch.exp(-0.5 * sde.log_snr(torch.tensor([sde.T, eps], dtype=torch.float64)))
+    root = torch.linspace(0.0, 1.0, int(n_steps) + 1, dtype=torch.float64)
+    root = sigma_ends[0] ** (1 / rho) + root * (sigma_ends[1] ** (1 / rho) - sigma_ends[0] ** (1 / rho))
+    return _times_at_log_snr(sde, -2.0 * rho * torch.log(root), eps, dtype, device)
+
+
+def check_grid(ts: Tensor) -> Tensor:
+    """Return ``ts`` if it is a sampler grid: a 1-D floating tensor of ``N + 1 >= 2`` strictly
+    decreasing times; otherwise raise an error naming the problem. Samplers call it first."""
+    if not isinstance(ts, Tensor) or not ts.is_floating_point() or ts.dim() != 1 or len(ts) < 2:
+        shape = tuple(ts.shape) if isinstance(ts, Tensor) else type(ts).__name__
+        raise ValueError(
+            f"ts must be a 1-D floating tensor of N + 1 >= 2 times, got {shape}; build it with a grid "
+            f"function such as uniform_time_grid(sde, n_steps, eps)"
+        )
+    if not (ts[1:] < ts[:-1]).all():
+        raise ValueError(
+            f"ts must decrease strictly from T to eps (samplers run backward in time), got "
+            f"{ts.tolist() if len(ts) <= 8 else ts[:4].tolist() + ['...']}"
+        )
+    return ts

@@ -6,9 +6,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .._shapes import expand_like
 from ..sdes.base import SDE, ScoreFn
+from ..timesteps import check_grid
 from .base import CountingScore, SamplerOutput
+from .predictors import EulerMaruyamaPredictor
 
 
 @torch.no_grad()
@@ -23,25 +24,26 @@ def euler_maruyama(
 ) -> SamplerOutput:
     """Integrate ``dx = [f - g^2 s] dt + g dw_bar`` from ``ts[0]`` down the grid ``ts``.
 
-    Step from ``t`` to ``t + dt`` (``dt < 0``): ``x <- x + (f - g^2 s) dt + g sqrt(|dt|) z``.
-    The last step returns its mean (no noise is added after the final score evaluation), the usual
-    choice that avoids leaving noise of scale ``g sqrt(|dt|)`` on the samples.
+    Step from ``t`` to ``t + dt`` (``dt < 0``): ``x <- x + (f - g^2 s) dt + g sqrt(|dt|) z``
+    (:class:`EulerMaruyamaPredictor`). The last step returns its mean (no noise is added after the
+    final score evaluation), the usual choice that avoids leaving noise of scale ``g sqrt(|dt|)`` on
+    the samples. Weak order 1 (``euler_maruyama.order``); works for any SDE, with or without a kernel.
 
     Args:
         x: prior samples ``(B, *dims)`` at time ``ts[0]``.
         ts: decreasing times ``(N + 1,)``, e.g. :func:`sde_diffusion.timesteps.uniform_time_grid`.
     Returns: samples at ``ts[-1]`` and NFE = N.
     """
+    check_grid(ts)
     score = CountingScore(score_fn)
-    reverse = sde.reverse(score)
+    predictor = EulerMaruyamaPredictor()
     n = len(ts) - 1
     for i in tqdm(range(n), disable=not progress, desc="euler-maruyama", leave=False):
-        t, dt = ts[i], ts[i + 1] - ts[i]
-        mean = x + reverse.drift(x, t) * dt
         if i == n - 1:
-            x = mean
-            break
-        g = expand_like(reverse.diffusion(t.expand(x.shape[0])), x)
-        z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x = mean + g * (-dt).sqrt() * z
+            x, _ = predictor.transition(sde, score, x, ts[i], ts[i + 1])
+        else:
+            x, _ = predictor.step(sde, score, x, ts[i], ts[i + 1], generator)
     return SamplerOutput(x, score.nfe)
+
+
+euler_maruyama.order = 1

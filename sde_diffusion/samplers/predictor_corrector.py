@@ -1,0 +1,81 @@
+"""Predictor-corrector sampling (Song et al. 2021, Sec. 4.2, Alg. 1) and Tweedie's final denoising."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .._shapes import batch_time, expand_like
+from ..sdes.base import SDE, ScoreFn
+from ..timesteps import check_grid
+from .base import CountingScore, SamplerOutput
+from .correctors import Corrector, NoCorrector
+from .predictors import NoPredictor, Predictor
+
+
+def tweedie_denoise(sde: SDE, score_fn: ScoreFn, x: Tensor, t: float | Tensor) -> Tensor:
+    """Tweedie's posterior mean ``E[x_0 | x_t = x] = (x + s(t)^2 score(x, t)) / m(t)`` (Efron 2011;
+    REFERENCES, final denoising step). ``x``: ``(B, *dims)``; one score evaluation."""
+    t = batch_time(t, x)
+    m, s = sde.kernel(t)
+    return (x + expand_like(s**2, x) * score_fn(x, t)) / expand_like(m, x)
+
+
+def _check_policies(sde: SDE, sampler: str, *policies, needs_kernel: bool = False) -> None:
+    """Reject predictors/correctors passed as classes, and SDEs without the kernel a policy (or the
+    sampler itself, ``needs_kernel``) requires; the errors name the fix."""
+    for policy in policies:
+        if isinstance(policy, type):
+            raise TypeError(f"{sampler}: pass an instance, e.g. {policy.__name__}(), not the class itself")
+        if not isinstance(policy, (Predictor, Corrector)):
+            raise TypeError(f"{sampler}: expected a Predictor or Corrector instance, got {type(policy).__name__}")
+        needs_kernel = needs_kernel or policy.requires_kernel
+    if needs_kernel and not sde.has_kernel:
+        raise ValueError(
+            f"{sampler} with {', '.join(map(repr, policies))} needs the perturbation kernel, which "
+            f"{type(sde).__name__} does not define; implement kernel(t), or use "
+            f"EulerMaruyamaPredictor/ReverseDiffusionPredictor without corrector and denoise=False"
+        )
+
+
+@torch.no_grad()
+def predictor_corrector(
+    sde: SDE,
+    score_fn: ScoreFn,
+    x: Tensor,
+    ts: Tensor,
+    *,
+    predictor: Predictor,
+    corrector: Corrector,
+    denoise: bool = True,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> SamplerOutput:
+    """Predictor-corrector sampler over the decreasing grid ``ts`` (Song et al. 2021, Alg. 1-3).
+
+    For ``i = 0 .. N-1``: the predictor moves ``x`` from ``ts[i]`` to ``ts[i + 1]``, then the
+    corrector applies its ``M`` Langevin steps at ``ts[i + 1]`` (the paper's order). Without
+    denoising the output is the chain's last state, a sample of ``p_{ts[-1]}``; with
+    ``denoise=True`` it is Tweedie's ``E[x_0 | x]`` at ``ts[-1]`` (:func:`tweedie_denoise`).
+
+    Args:
+        x: prior samples ``(B, *dims)`` at ``ts[0]``.
+        ts: decreasing times ``(N + 1,)``, e.g. :func:`sde_diffusion.timesteps.uniform_time_grid`.
+        predictor: e.g. :class:`ReverseDiffusionPredictor`; :class:`NoPredictor` for corrector-only.
+        corrector: e.g. :class:`LangevinCorrector`; :class:`NoCorrector` for predictor-only.
+        denoise: finish with Tweedie's denoising step (one more score evaluation).
+    Returns: samples ``(B, *dims)`` and NFE ``= N (1 + M) (+ 1 with denoise)``, or ``N M (+ 1)``
+    with :class:`NoPredictor`.
+    """
+    check_grid(ts)
+    _check_policies(sde, "predictor_corrector", predictor, corrector, needs_kernel=denoise)
+    if isinstance(predictor, NoPredictor) and isinstance(corrector, NoCorrector):
+        raise ValueError("predictor_corrector with NoPredictor and NoCorrector does nothing; choose one of them")
+    score = CountingScore(score_fn)
+    for i in tqdm(range(len(ts) - 1), disable=not progress, desc="predictor-corrector", leave=False):
+        x, _ = predictor.step(sde, score, x, ts[i], ts[i + 1], generator)
+        x, _ = corrector.step(sde, score, x, ts[i + 1], ts[i], generator)
+    if denoise:
+        x = tweedie_denoise(sde, score, x, ts[-1])
+    return SamplerOutput(x, score.nfe)
