@@ -3,7 +3,24 @@
 ``import sde_diffusion as sd`` gives the public API below; everything else is private.
 """
 
-from .data import GaussianMixture
+from .data import (
+    TOY_NAMES,
+    Checkerboard,
+    Dataset,
+    GaussianMixture,
+    eight_gaussians_mixture,
+    npz_dataset,
+    toy_dataset,
+)
+from .distances import sliced_wasserstein
+from .likelihood import (
+    LikelihoodOutput,
+    bits_per_dim,
+    dequantization_offset,
+    dequantize,
+    log_likelihood,
+    nats_per_dim,
+)
 from .losses import (
     ImportanceLikelihoodWeighting,
     LikelihoodWeighting,
@@ -31,7 +48,29 @@ from .sdes import (
     SubVPSDE,
     VariancePreservingSDE,
 )
+from .samplers import (
+    AncestralPredictor,
+    AnnealedLangevinCorrector,
+    EulerMaruyamaPredictor,
+    LangevinCorrector,
+    NoCorrector,
+    NoPredictor,
+    ReverseDiffusionPredictor,
+    SamplerOutput,
+    ddim,
+    dpm_solver_pp,
+    euler_maruyama,
+    heun,
+    ode_decode,
+    ode_encode,
+    predictor_corrector,
+    probability_flow_sampler,
+    torchsde_sampler,
+    tweedie_denoise,
+)
 from .sdes.simulate import sample_marginal, simulate_forward
+from .timesteps import edm_time_grid, log_snr_time_grid, uniform_time_grid
+from .training import Trainer, TrainOptions, load_checkpoint, save_checkpoint
 
 __version__ = "0.1.0"
 
@@ -60,4 +99,42 @@ __all__ = [
     "LikelihoodWeighting",
     "ImportanceLikelihoodWeighting",
     "GaussianMixture",
+    "Dataset",
+    "toy_dataset",
+    "npz_dataset",
+    "TOY_NAMES",
+    "Checkerboard",
+    "eight_gaussians_mixture",
+    "sliced_wasserstein",
+    "uniform_time_grid",
+    "log_snr_time_grid",
+    "edm_time_grid",
+    "SamplerOutput",
+    "euler_maruyama",
+    "predictor_corrector",
+    "tweedie_denoise",
+    "EulerMaruyamaPredictor",
+    "ReverseDiffusionPredictor",
+    "AncestralPredictor",
+    "NoPredictor",
+    "LangevinCorrector",
+    "AnnealedLangevinCorrector",
+    "NoCorrector",
+    "torchsde_sampler",
+    "probability_flow_sampler",
+    "ode_encode",
+    "ode_decode",
+    "ddim",
+    "heun",
+    "dpm_solver_pp",
+    "log_likelihood",
+    "LikelihoodOutput",
+    "dequantize",
+    "dequantization_offset",
+    "bits_per_dim",
+    "nats_per_dim",
+    "Trainer",
+    "TrainOptions",
+    "save_checkpoint",
+    "load_checkpoint",
 ]

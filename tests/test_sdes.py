@@ -195,3 +195,12 @@ def test_a_user_sde_without_kernel_says_so():
     assert not sde.has_kernel and sd.VPSDE().has_kernel
     with pytest.raises(NotImplementedError, match="sliced score matching"):
         sde.marginal(torch.zeros(2, 2), 0.5)
+
+
+def test_vp_discretization_stays_finite_on_coarse_grids():
+    """With 5 steps beta(t) dt reaches 4: the step beta is clipped at 0.999 instead of going NaN."""
+    sde = sd.VPSDE()
+    x = torch.randn(3, 2)
+    f, g = sde.discretize(x, torch.tensor([0.2, 0.6, 1.0]), 0.2)
+    assert torch.isfinite(f).all() and torch.isfinite(g).all()
+    assert g.max().item() ** 2 == pytest.approx(0.999)

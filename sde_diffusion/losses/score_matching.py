@@ -91,15 +91,17 @@ def sliced_score_matching(
     t = weighting.sample_time(sde, x0.shape[0], eps, generator=generator, device=x0.device, dtype=x0.dtype)
     with torch.no_grad():
         x_t = sample_marginal(sde, x0, t, generator=generator, n_steps=simulation_steps)
-    x_t = x_t.requires_grad_(True)
-    score = score_fn(x_t, t)
-    trace = torch.zeros(x0.shape[0], device=x0.device, dtype=x0.dtype)
-    for _ in range(n_projections):
-        v = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        if projection == "rademacher":
-            v = v.sign()
-        (grad_vs,) = torch.autograd.grad((score * v).sum(), x_t, create_graph=True)
-        trace = trace + (grad_vs * v).reshape(x0.shape[0], -1).sum(dim=1)
+    keep_graph = torch.is_grad_enabled()  # False in evaluation: no graph through the parameters
+    with torch.enable_grad():  # the estimator differentiates the score in x, even in evaluation
+        x_t = x_t.requires_grad_(True)
+        score = score_fn(x_t, t)
+        trace = torch.zeros(x0.shape[0], device=x0.device, dtype=x0.dtype)
+        for _ in range(n_projections):
+            v = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+            if projection == "rademacher":
+                v = v.sign()
+            (grad_vs,) = torch.autograd.grad((score * v).sum(), x_t, create_graph=keep_graph)
+            trace = trace + (grad_vs * v).reshape(x0.shape[0], -1).sum(dim=1)
     per_sample = trace / n_projections + 0.5 * score.reshape(x0.shape[0], -1).pow(2).sum(dim=1)
     if reduce == "mean":
         per_sample = per_sample / x0[0].numel()

@@ -18,8 +18,12 @@ class VariancePreservingSDE(SDE):
 
     Kernel: ``m(t) = exp(-B(t)/2)``, ``s(t) = sqrt(1 - exp(-B(t)))`` with ``B(t) = int_0^t beta``.
     Discretization: the DDPM chain ``x_{i+1} = sqrt(1 - beta_i) x_i + sqrt(beta_i) z`` with
-    ``beta_i = beta(t_i) dt`` (Song et al. 2021, Eq. 45; Ho et al. 2020).
+    ``beta_i = beta(t_i) dt`` (Song et al. 2021, Eq. 45; Ho et al. 2020), clipped at
+    ``max_step_beta = 0.999`` as DDPM clips its betas: coarse grids (beta(t) dt > 1 with fewer
+    than about 20 steps) would otherwise take the square root of a negative number.
     """
+
+    max_step_beta = 0.999
 
     def __init__(self, schedule):
         self.schedule = schedule
@@ -41,7 +45,7 @@ class VariancePreservingSDE(SDE):
 
     def discretize(self, x: Tensor, t: float | Tensor, dt: float | Tensor) -> tuple[Tensor, Tensor]:
         t, dt = batch_time(t, x), batch_time(dt, x)
-        beta_i = self.schedule.beta(t) * dt
+        beta_i = (self.schedule.beta(t) * dt).clamp(max=self.max_step_beta)
         return expand_like(torch.sqrt(1.0 - beta_i) - 1.0, x) * x, beta_i.sqrt()
 
 

@@ -1,0 +1,18 @@
+"""Training: the optimisation loop, its options, EMA, metrics and atomic, verified checkpoints."""
+
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .metrics import MetricsLog
+from .options import TrainOptions
+from .trainer import NonFiniteLossError, Trainer, TrainResult, evaluate_loss
+
+__all__ = [
+    "Trainer",
+    "TrainOptions",
+    "TrainResult",
+    "NonFiniteLossError",
+    "evaluate_loss",
+    "MetricsLog",
+    "CheckpointError",
+    "save_checkpoint",
+    "load_checkpoint",
+]

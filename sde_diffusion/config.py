@@ -1,0 +1,130 @@
+"""Build library objects from a composed Hydra config: the only library module that reads configs.
+
+Each YAML group names the class or function to build with ``_target_``; this module instantiates
+them, checks what came out, and turns every failure into a :class:`ConfigError` whose message is one
+line naming the config key and the fix. The entry points in :mod:`sde_diffusion.cli` print it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from hydra.errors import HydraException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from torch import nn
+
+from .data.dataset import Dataset
+from .sdes.base import SDE
+from .training.options import TrainOptions
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message is one line naming the key and the fix."""
+
+
+def _one_line(err: BaseException) -> str:
+    """The most specific message in an exception chain, on one line."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text.split(" full_key:")[0]
+
+
+def _build(cfg: DictConfig, key: str, **kwargs):
+    """Instantiate ``cfg[key]``, turning any failure into a one-line :class:`ConfigError`."""
+    try:
+        node = OmegaConf.select(cfg, key, throw_on_missing=True)
+        if node is None:
+            raise ConfigError(f"config has no '{key}' section; add it or choose a {key}=<option>")
+        return instantiate(node, **kwargs)
+    except ConfigError:
+        raise
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{key}: {_one_line(err)} (set it on the command line, e.g. {key}.<name>=<value>)") from None
+    except (HydraException, ValueError, TypeError, ImportError, AttributeError) as err:
+        raise ConfigError(f"{key}: {_one_line(err)}") from None
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available, else the CPU; ``cuda`` without a GPU is an error."""
+    name = str(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device: unknown device {name!r}; use auto, cpu, cuda or cuda:<index>") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but no CUDA GPU is available to torch; use device=cpu or device=auto")
+    return device
+
+
+def build_sde(cfg: DictConfig) -> SDE:
+    sde = _build(cfg, "sde")
+    if not isinstance(sde, SDE):
+        raise ConfigError(f"sde: {type(sde).__name__} is not a subclass of sde_diffusion.SDE")
+    return sde
+
+
+def build_dataset(cfg: DictConfig) -> Dataset:
+    data = _build(cfg, "data")
+    if not isinstance(data, Dataset):
+        raise ConfigError(f"data: the target returned {type(data).__name__}, not a sde_diffusion Dataset")
+    return data
+
+
+def build_score_model(cfg: DictConfig, sde: SDE, data_shape: tuple[int, ...]) -> nn.Module:
+    """The raw network from ``model.net`` wrapped by ``model.parameterization`` into ``score(x, t)``."""
+    net = _build(cfg, "model.net", data_shape=list(data_shape))
+    wrap = _build(cfg, "model.parameterization")
+    try:
+        return wrap(net=net, sde=sde)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"model.parameterization: {_one_line(err)}") from None
+
+
+def build_loss(cfg: DictConfig) -> Callable:
+    return _build(cfg, "loss")
+
+
+def build_train_options(cfg: DictConfig) -> TrainOptions:
+    return _build(cfg, "train")
+
+
+def build_sampler(cfg: DictConfig) -> tuple[Callable, Callable]:
+    """``(sampler_fn, grid_fn)``: call ``grid_fn(sde, dtype=..., device=...)`` for the time grid."""
+    return _build(cfg, "sampler.fn"), _build(cfg, "sampler.grid")
+
+
+@dataclass
+class Experiment:
+    """Everything a training run needs, built and validated from one config."""
+
+    device: torch.device
+    sde: SDE
+    data: Dataset
+    score_model: nn.Module
+    loss_fn: Callable
+    options: TrainOptions
+    sampler: Callable
+    grid: Callable
+
+
+def build_experiment(cfg: DictConfig) -> Experiment:
+    """Validate and build the whole run; fails fast with a :class:`ConfigError`, before any training."""
+    seed = cfg.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+    device = resolve_device(cfg.get("device", "auto"))
+    sde = build_sde(cfg)
+    options = build_train_options(cfg)
+    loss_fn = build_loss(cfg)
+    sampler, grid = build_sampler(cfg)
+    data = build_dataset(cfg)
+    torch.manual_seed(seed)  # the network's initial weights follow the run's seed
+    score_model = build_score_model(cfg, sde, data.data_shape)
+    return Experiment(device, sde, data, score_model, loss_fn, options, sampler, grid)

@@ -1,0 +1,67 @@
+"""Training options: plain values, validated when built."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < 1:
+        raise ValueError(f"train.{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+@dataclass
+class TrainOptions:
+    """How to optimise: Adam with linear warm-up, gradient clipping and an EMA of the weights.
+
+    Args:
+        steps: total optimiser steps (a resumed run continues up to this number).
+        batch_size: samples per step, drawn with replacement from the training split.
+        lr: Adam learning rate after warm-up (> 0).
+        warmup_steps: the learning rate rises linearly from lr/warmup_steps to lr over these steps.
+        grad_clip: clip the global gradient norm to this value; None or 0 disables clipping.
+        ema_decay: decay of the exponential moving average of the weights, in [0, 1).
+        checkpoint_every: write ``checkpoints/last.pt`` every this many steps (and at the end).
+        log_every: append a line to ``metrics.jsonl`` every this many steps.
+        resume: continue from the run directory's ``checkpoints/last.pt``.
+        progress: show a tqdm progress bar.
+    """
+
+    steps: int = 20_000
+    batch_size: int = 256
+    lr: float = 1e-3
+    warmup_steps: int = 500
+    grad_clip: float | None = 1.0
+    ema_decay: float = 0.999
+    checkpoint_every: int = 5_000
+    log_every: int = 100
+    resume: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
+            setattr(self, name, _positive_int(name, getattr(self, name)))
+        if isinstance(self.warmup_steps, bool) or int(self.warmup_steps) != self.warmup_steps or self.warmup_steps < 0:
+            raise ValueError(f"train.warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
+        self.warmup_steps = int(self.warmup_steps)
+        if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool) or not math.isfinite(self.lr) or self.lr <= 0:
+            raise ValueError(f"train.lr must be a positive number, got {self.lr!r} (try 1e-3)")
+        self.lr = float(self.lr)
+        if self.grad_clip is not None:
+            if not isinstance(self.grad_clip, (int, float)) or not math.isfinite(self.grad_clip) or self.grad_clip < 0:
+                raise ValueError(f"train.grad_clip must be a positive number, or 0/null to disable, got {self.grad_clip!r}")
+            self.grad_clip = float(self.grad_clip) or None
+        if not isinstance(self.ema_decay, (int, float)) or not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"train.ema_decay must lie in [0, 1), got {self.ema_decay!r} (0.999 is typical)")
+        self.ema_decay = float(self.ema_decay)
+        for name in ("resume", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"train.{name} must be true or false, got {getattr(self, name)!r}")
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate for the update that follows ``step`` completed steps (linear warm-up)."""
+        if self.warmup_steps == 0:
+            return self.lr
+        return self.lr * min(1.0, (step + 1) / self.warmup_steps)

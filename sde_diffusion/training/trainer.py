@@ -1,0 +1,219 @@
+"""The training loop: denoising score matching with Adam, warm-up, clipping, EMA and exact resume."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
+
+from .._shapes import check_data
+from ..losses import denoising_score_matching
+from ..sdes.base import SDE
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .metrics import MetricsLog
+from .options import TrainOptions
+
+LossFn = Callable[..., Tensor]
+"""``loss_fn(score_model, sde, x0, generator=...) -> (B,)`` per-sample losses."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss or gradient; nothing was written for that step."""
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    seconds: float
+    steps_per_sec: float
+    last_loss: float
+
+
+class Trainer:
+    """Trains ``score_model`` (a module computing ``score(x, t)``) on ``data`` ``(N, *dims)``.
+
+    Each step draws a batch with replacement, evaluates ``loss_fn`` (default: denoising score
+    matching with the eps weighting), takes an Adam step with linearly warmed-up learning rate and
+    clipped gradient norm, and updates the EMA of the weights. All randomness after construction
+    comes from one seeded ``torch.Generator`` whose state is checkpointed, so a resumed run repeats
+    the uninterrupted one exactly.
+
+    With a ``run_dir`` it writes ``metrics.jsonl`` and ``checkpoints/last.pt`` there.
+    """
+
+    def __init__(
+        self,
+        score_model: nn.Module,
+        sde: SDE,
+        data: Tensor,
+        options: TrainOptions,
+        *,
+        loss_fn: LossFn = denoising_score_matching,
+        run_dir: str | Path | None = None,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        config: dict | None = None,
+    ):
+        self.device = torch.device(device)
+        self.model = score_model.to(self.device)
+        self.sde = sde
+        self.data = check_data(data, "training data").to(self.device)
+        self.options = options
+        self.loss_fn = loss_fn
+        self.config = config
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(options.ema_decay), use_buffers=True)
+        # foreach: one fused update over all tensors (measured 10 % faster per step on the CPU too)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=options.lr_at(0), foreach=True)
+        self.generator = torch.Generator(device=self.device).manual_seed(int(seed))
+        self.step = 0
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl") if self.run_dir else None
+        self.on_step: list[Callable[["Trainer"], None]] = []
+        if options.resume:
+            self._resume()
+
+    # ---------------------------------------------------------------------------- checkpoints
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return self.run_dir / "checkpoints" / "last.pt" if self.run_dir else None
+
+    @property
+    def ema_model(self) -> nn.Module:
+        """The score model with EMA weights (use it for sampling and evaluation)."""
+        return self.ema.module
+
+    def state(self) -> dict:
+        rng = {"generator": self.generator.get_state(), "torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": rng,
+            "config": self.config,
+        }
+
+    def save(self) -> Path:
+        if self.checkpoint_path is None:
+            raise ValueError("this Trainer has no run_dir to save checkpoints in")
+        return save_checkpoint(self.checkpoint_path, self.state())
+
+    def load_state(self, state: dict) -> None:
+        try:
+            self.model.load_state_dict(state["model"])
+            self.ema.load_state_dict(state["ema"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, KeyError, ValueError) as err:
+            first = str(err).strip().splitlines()[0]
+            raise CheckpointError(f"the checkpoint does not fit this model and optimizer ({first}); was it written with another config?") from None
+        self.generator.set_state(state["rng"]["generator"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.step = int(state["step"])
+
+    def _resume(self) -> None:
+        if self.checkpoint_path is None or not self.checkpoint_path.exists():
+            raise CheckpointError(
+                f"train.resume=true but there is no checkpoint at {self.checkpoint_path}; point "
+                f"hydra.run.dir at the earlier run's directory, or start afresh with train.resume=false"
+            )
+        self.load_state(load_checkpoint(self.checkpoint_path, map_location=self.device))
+        if self.metrics:
+            self.metrics.truncate_after(self.step)
+
+    # ------------------------------------------------------------------------------- training
+    def train_step(self) -> tuple[Tensor, Tensor]:
+        """One optimiser step; returns the (unsynchronised) loss and gradient norm tensors."""
+        opts = self.options
+        idx = torch.randint(self.data.shape[0], (opts.batch_size,), generator=self.generator, device=self.device)
+        loss = self.loss_fn(self.model, self.sde, self.data[idx], generator=self.generator).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if opts.grad_clip is not None:
+            grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), opts.grad_clip)
+        else:
+            grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self.model.parameters() if p.grad is not None]))
+        if not bool(torch.isfinite(loss) & torch.isfinite(grad_norm)):
+            where = f"; the last good checkpoint is {self.checkpoint_path}" if self.checkpoint_path and self.checkpoint_path.exists() else ""
+            raise NonFiniteLossError(
+                f"training stopped at step {self.step + 1}: loss = {loss.item()}, gradient norm = "
+                f"{grad_norm.item()} (not finite). Lower train.lr, keep train.grad_clip on, or check "
+                f"the data for extreme values{where}"
+            )
+        for group in self.optimizer.param_groups:
+            group["lr"] = opts.lr_at(self.step)
+        self.optimizer.step()
+        self.ema.update_parameters(self.model)
+        self.step += 1
+        return loss.detach(), grad_norm.detach()
+
+    def fit(self) -> TrainResult:
+        """Train until ``options.steps``; checkpoint every ``checkpoint_every`` steps and at the end."""
+        opts = self.options
+        start_step, start = self.step, time.perf_counter()
+        window_loss = torch.zeros((), device=self.device)
+        window_start, window_time = self.step, start
+        last_loss = math.nan
+        self.model.train()
+        with tqdm(total=opts.steps, initial=self.step, disable=not opts.progress, desc="train", mininterval=0.5) as bar:
+            while self.step < opts.steps:
+                loss, grad_norm = self.train_step()
+                window_loss += loss
+                bar.update(1)
+                if self.step % opts.log_every == 0 or self.step == opts.steps:
+                    now = time.perf_counter()
+                    last_loss = (window_loss / (self.step - window_start)).item()
+                    record = {
+                        "step": self.step,
+                        "loss": last_loss,
+                        "grad_norm": grad_norm.item(),
+                        "lr": self.optimizer.param_groups[0]["lr"],
+                        "steps_per_sec": (self.step - window_start) / (now - window_time),
+                        "elapsed_sec": now - start,
+                    }
+                    if self.metrics:
+                        self.metrics.write(record)
+                    bar.set_postfix(loss=f"{last_loss:.4f}")
+                    window_loss.zero_()
+                    window_start, window_time = self.step, now
+                if self.run_dir and (self.step % opts.checkpoint_every == 0 or self.step == opts.steps):
+                    self.save()
+                for callback in self.on_step:
+                    callback(self)
+        seconds = time.perf_counter() - start
+        done = self.step - start_step
+        if self.run_dir and done == 0:
+            self.save()
+        return TrainResult(self.step, seconds, done / seconds if seconds > 0 else math.nan, last_loss)
+
+
+@torch.no_grad()
+def evaluate_loss(
+    score_model: nn.Module,
+    sde: SDE,
+    data: Tensor,
+    *,
+    loss_fn: LossFn = denoising_score_matching,
+    batch_size: int = 4096,
+    seed: int = 0,
+) -> float:
+    """Mean per-sample loss of ``score_model`` over ``data`` with a fixed seed (comparable across runs).
+
+    Runs without building a graph for the parameters; losses that differentiate the score in ``x``
+    (sliced score matching) enable gradients for that part themselves."""
+    device = next(score_model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    total = 0.0
+    for chunk in data.split(batch_size):
+        total += loss_fn(score_model, sde, chunk.to(device), generator=gen).sum().item()
+    return total / data.shape[0]

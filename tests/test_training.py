@@ -1,0 +1,234 @@
+"""Training loop: exact resume, atomic and verified checkpoints, NaN handling, EMA, options."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+
+import pytest
+import torch
+
+import sde_diffusion as sd
+from sde_diffusion.training import CheckpointError, MetricsLog, NonFiniteLossError, load_checkpoint, save_checkpoint
+
+
+def _data(n=256, shape=(2,)):
+    return torch.randn(n, *shape, generator=torch.Generator().manual_seed(0))
+
+
+def _trainer(tmp_path, *, steps=30, shape=(2,), seed=0, resume=False, loss_fn=sd.denoising_score_matching, **opts):
+    torch.manual_seed(123)  # network initialisation
+    sde = sd.VPSDE()
+    model = sd.EpsilonParameterization(sd.TimeMLP(shape, hidden_dim=16, n_layers=2), sde)
+    options = sd.TrainOptions(
+        steps=steps, batch_size=32, lr=1e-2, warmup_steps=5, checkpoint_every=10, log_every=5, progress=False, resume=resume, **opts
+    )
+    return sd.Trainer(model, sde, _data(shape=shape), options, loss_fn=loss_fn, run_dir=tmp_path, seed=seed)
+
+
+def _assert_same_state(a: dict, b: dict):
+    for part in ("model", "ema"):
+        assert a[part].keys() == b[part].keys()
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    for k in sa:
+        for name in sa[k]:
+            assert torch.equal(torch.as_tensor(sa[k][name]), torch.as_tensor(sb[k][name])), (k, name)
+    assert a["step"] == b["step"]
+
+
+class _Crash(Exception):
+    pass
+
+
+def _crash_at(step):
+    def callback(trainer):
+        if trainer.step == step:
+            raise _Crash
+
+    return callback
+
+
+@pytest.mark.parametrize("shape", [(2,), (1, 8, 8)])
+def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, shape):
+    full = _trainer(tmp_path / "full", shape=shape)
+    full.fit()
+
+    crashed = _trainer(tmp_path / "crash", shape=shape)
+    crashed.on_step.append(_crash_at(25))  # dies 5 steps after the checkpoint at step 20
+    with pytest.raises(_Crash):
+        crashed.fit()
+    assert load_checkpoint(tmp_path / "crash" / "checkpoints" / "last.pt")["step"] == 20
+
+    resumed = _trainer(tmp_path / "crash", shape=shape, resume=True)
+    assert resumed.step == 20
+    resumed.fit()
+    _assert_same_state(full.state(), resumed.state())
+    # the metrics hold every logged step once, as in the uninterrupted run
+    steps = [r["step"] for r in MetricsLog(tmp_path / "crash" / "metrics.jsonl").read()]
+    assert steps == [r["step"] for r in MetricsLog(tmp_path / "full" / "metrics.jsonl").read()] == list(range(5, 31, 5))
+
+
+def test_same_seed_same_weights_other_seed_other_weights(tmp_path):
+    a, b, c = _trainer(tmp_path / "a", steps=10), _trainer(tmp_path / "b", steps=10), _trainer(tmp_path / "c", steps=10, seed=1)
+    for t in (a, b, c):
+        t.fit()
+    assert torch.equal(a.model.net.out.weight, b.model.net.out.weight)
+    assert not torch.equal(a.model.net.out.weight, c.model.net.out.weight)
+
+
+def test_resume_without_a_checkpoint_is_refused(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        _trainer(tmp_path, resume=True)
+
+
+def test_truncated_checkpoint_is_refused(tmp_path):
+    t = _trainer(tmp_path, steps=10)
+    t.fit()
+    path = tmp_path / "checkpoints" / "last.pt"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError):
+        _trainer(tmp_path, resume=True)
+
+
+def test_altered_checkpoint_is_refused(tmp_path):
+    t = _trainer(tmp_path, steps=10)
+    t.fit()
+    path = tmp_path / "checkpoints" / "last.pt"
+    payload = torch.load(path, weights_only=True)
+    payload["model"]["net.out.bias"] += 1e-3  # a quiet edit that keeps the file well-formed
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="integrity check"):
+        load_checkpoint(path)
+
+
+def test_every_single_byte_flip_in_tensor_data_is_caught(tmp_path):
+    """Flip bytes spread over the file: each either breaks the archive or the digest; none loads."""
+    path = save_checkpoint(tmp_path / "c.pt", {"w": torch.arange(4096, dtype=torch.float32), "step": 3})
+    clean = path.read_bytes()
+    for offset in range(200, len(clean) - 200, len(clean) // 40):
+        corrupt = bytearray(clean)
+        corrupt[offset] ^= 0x10
+        path.write_bytes(bytes(corrupt))
+        try:
+            loaded = load_checkpoint(path)
+        except CheckpointError:
+            continue
+        # a flip in bytes the reader ignores (zip padding) may load; then the content must be intact
+        assert torch.equal(loaded["w"], torch.arange(4096, dtype=torch.float32)) and loaded["step"] == 3
+
+
+def test_checkpoints_load_without_running_code(tmp_path):
+    """A pickle that would execute code on load is refused: loading uses weights_only=True."""
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "sde-diffusion-checkpoint/1", "x": Evil()}, path)
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="not a sde-diffusion checkpoint"):
+        torch.save({"a": 1}, tmp_path / "other.pt")
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
+    """A crash while writing leaves the previous checkpoint intact and no temporary files."""
+    path = save_checkpoint(tmp_path / "last.pt", {"w": torch.ones(3), "step": 1})
+    before = path.read_bytes()
+
+    def dying_save(obj, f, *a, **k):
+        f.write(b"partial bytes")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"w": torch.zeros(3), "step": 2})
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def _poisoned_loss(after_step):
+    calls = {"n": 0}
+
+    def loss(model, sde, x0, generator=None):
+        calls["n"] += 1
+        value = sd.denoising_score_matching(model, sde, x0, generator=generator)
+        return value * float("nan") if calls["n"] > after_step else value
+
+    return loss
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
+    t = _trainer(tmp_path, steps=30, loss_fn=_poisoned_loss(after_step=15))
+    path = tmp_path / "checkpoints" / "last.pt"
+    with pytest.raises(NonFiniteLossError, match=r"step 16: loss = nan.*Lower train.lr.*last good checkpoint"):
+        t.fit()
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert load_checkpoint(path)["step"] == 10
+    assert torch.isfinite(t.model.net.out.weight).all()  # the poisoned step was not applied
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+
+
+def test_ema_is_the_exponential_average_of_the_weight_history(tmp_path):
+    decay = 0.9
+    t = _trainer(tmp_path, steps=12, ema_decay=decay)
+    history = []
+    t.on_step.append(lambda tr: history.append(tr.model.net.out.bias.detach().clone()))
+    first = t.model.net.out.bias.detach().clone()
+    # AveragedModel copies the weights at the first update; then ema <- decay ema + (1 - decay) w
+    t.fit()
+    expected = history[0]
+    for w in history[1:]:
+        expected = decay * expected + (1 - decay) * w
+    torch.testing.assert_close(t.ema_model.net.out.bias, expected)
+    assert not torch.equal(first, history[-1])
+
+
+def test_warmup_and_clipping(tmp_path):
+    opts = sd.TrainOptions(lr=1e-3, warmup_steps=4)
+    assert [opts.lr_at(s) for s in range(6)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
+    assert sd.TrainOptions(lr=1e-3, warmup_steps=0).lr_at(0) == 1e-3
+    t = _trainer(tmp_path, steps=1, grad_clip=1e-3)
+    _, raw_norm = t.train_step()
+    clipped = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in t.model.parameters()]))
+    assert raw_norm.item() > 1e-3 and clipped.item() == pytest.approx(1e-3, rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"lr": -1.0}, "train.lr must be a positive number"),
+        ({"lr": float("nan")}, "train.lr"),
+        ({"steps": 0}, "train.steps must be a positive integer"),
+        ({"batch_size": 2.5}, "train.batch_size"),
+        ({"ema_decay": 1.0}, "train.ema_decay"),
+        ({"grad_clip": -1.0}, "train.grad_clip"),
+        ({"warmup_steps": -5}, "train.warmup_steps"),
+        ({"resume": "yes"}, "train.resume"),
+    ],
+)
+def test_bad_options_are_rejected(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        sd.TrainOptions(**kwargs)
+
+
+def test_bad_training_data_is_rejected(tmp_path):
+    sde = sd.VPSDE()
+    model = sd.EpsilonParameterization(sd.TimeMLP((2,), hidden_dim=8, n_layers=1), sde)
+    bad = torch.randn(10, 2)
+    bad[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN or infinite values in 1 of 10 samples"):
+        sd.Trainer(model, sde, bad, sd.TrainOptions(progress=False))
+
+
+def test_sliced_score_matching_trains_through_the_trainer(tmp_path):
+    t = _trainer(tmp_path, steps=5, loss_fn=functools.partial(sd.sliced_score_matching, n_projections=2))
+    result = t.fit()
+    assert result.steps == 5 and result.last_loss == result.last_loss  # finite, not NaN
