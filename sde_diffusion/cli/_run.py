@@ -28,6 +28,16 @@ class TrainedRun:
     device: torch.device
 
 
+def _anchor_relative_data_path(cfg: DictConfig, run_dir: Path) -> None:
+    """A relative ``data.path`` was relative to where sde-train was launched (``hydra.runtime.cwd``)."""
+    path = OmegaConf.select(cfg, "data.path", default=None)
+    hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
+    if isinstance(path, str) and not Path(path).is_absolute() and hydra_yaml.is_file():
+        launch_dir = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.runtime.cwd", default=None)
+        if launch_dir:
+            cfg.data.path = str(Path(launch_dir) / path)
+
+
 def load_trained_run(run_dir: str | Path, device: str = "auto") -> TrainedRun:
     """Read ``run_dir/.hydra/config.yaml`` and ``run_dir/checkpoints/last.pt`` (verified, code-free)."""
     run_dir = Path(run_dir).expanduser().resolve()
@@ -35,6 +45,7 @@ def load_trained_run(run_dir: str | Path, device: str = "auto") -> TrainedRun:
     if not cfg_path.is_file():
         raise ConfigError(f"run_dir={run_dir} has no .hydra/config.yaml; pass the directory sde-train wrote")
     cfg = OmegaConf.load(cfg_path)
+    _anchor_relative_data_path(cfg, run_dir)
     dev = resolve_device(device)
     sde = build_sde(cfg)
     data = build_dataset(cfg)
