@@ -7,6 +7,7 @@ line naming the config key and the fix. The entry points in :mod:`sde_diffusion.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -27,11 +28,15 @@ class ConfigError(ValueError):
 
 
 def _one_line(err: BaseException) -> str:
-    """The most specific message in an exception chain, on one line."""
+    """The most specific message in an exception chain, on one line (with the target that could
+    not be imported, when that is the problem)."""
+    located = re.match(r"Error locating target '([^']+)'", str(err))
     while err.__cause__ is not None:
         err = err.__cause__
-    text = " ".join(str(err).split()) or type(err).__name__
-    return text.split(" full_key:")[0]
+    text = (" ".join(str(err).split()) or type(err).__name__).split(" full_key:")[0]
+    if located:
+        return f"cannot import _target_ '{located[1]}' ({text}); check the name and that its module is on PYTHONPATH"
+    return text
 
 
 def _build(cfg: DictConfig, key: str, **kwargs):

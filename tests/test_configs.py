@@ -1,0 +1,114 @@
+"""Every config group option composes and builds the objects it names (STYLE principle 14)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+
+import sde_diffusion as sd
+from sde_diffusion.cli._common import group_options
+from sde_diffusion.config import (
+    ConfigError,
+    build_dataset,
+    build_experiment,
+    build_loss,
+    build_sampler,
+    build_score_model,
+    build_sde,
+    build_train_options,
+    resolve_device,
+)
+
+GROUPS = group_options()
+SMALL = ["data.n_train=500", "data.n_test=100"]
+
+
+def _compose(overrides):
+    with initialize_config_module(config_module="sde_diffusion.conf", version_base=None):
+        return compose(config_name="config", overrides=overrides)
+
+
+def test_the_groups_the_issue_names_exist():
+    assert {"vp", "subvp", "ve"} <= set(GROUPS["sde"])
+    assert "mlp" in GROUPS["model"]
+    assert set(sd.TOY_NAMES) | {"npz"} <= set(GROUPS["data"])
+
+
+@pytest.mark.parametrize("option", GROUPS["sde"])
+def test_every_sde_builds_and_has_a_kernel(option):
+    sde = build_sde(_compose([f"sde={option}"]))
+    assert isinstance(sde, sd.SDE) and sde.has_kernel
+
+
+@pytest.mark.parametrize("option", [o for o in GROUPS["data"] if o != "npz"])
+def test_every_toy_data_option_builds(option):
+    data = build_dataset(_compose([f"data={option}", *SMALL]))
+    assert data.train.shape == (500, 2) and data.test.shape == (100, 2)
+
+
+@pytest.mark.parametrize("option", GROUPS["loss"])
+def test_every_loss_builds_and_returns_per_sample_values(option):
+    cfg = _compose([f"loss={option}", *SMALL])
+    sde = build_sde(cfg)
+    model = build_score_model(cfg, sde, (2,))
+    loss = build_loss(cfg)(model, sde, torch.randn(8, 2), generator=torch.Generator().manual_seed(0))
+    assert loss.shape == (8,) and torch.isfinite(loss).all()
+
+
+@pytest.mark.parametrize("option", GROUPS["sampler"])
+def test_every_sampler_builds_and_samples(option):
+    cfg = _compose([f"sampler={option}"])
+    sde = build_sde(cfg)
+    fn, grid = build_sampler(cfg)
+    ts = grid(sde, dtype=torch.float64)
+    dist = sd.GaussianMixture([1.0], torch.zeros(1, 2, dtype=torch.float64))
+    x = sde.prior_sample((4, 2), dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    out = fn(sde, dist.score_fn(sde), x, ts[:: max(1, (len(ts) - 1) // 5)] if len(ts) > 6 else ts, generator=torch.Generator().manual_seed(1))
+    assert out.samples.shape == (4, 2) and out.nfe > 0
+
+
+@pytest.mark.parametrize("option", GROUPS["model"])
+def test_every_model_builds(option):
+    cfg = _compose([f"model={option}"])
+    if option == "mlp":
+        model = build_score_model(cfg, build_sde(cfg), (2,))
+        assert model(torch.randn(3, 2), torch.rand(3)).shape == (3, 2)
+
+
+def test_train_defaults_build():
+    opts = build_train_options(_compose([]))
+    assert opts.steps > 0 and opts.lr > 0
+
+
+def test_default_experiment_builds_on_the_cpu():
+    exp = build_experiment(_compose(SMALL + ["device=cpu"]))
+    assert exp.device == torch.device("cpu") and isinstance(exp.sde, sd.VPSDE)
+    assert exp.score_model(exp.data.train[:3], torch.rand(3)).shape == (3, 2)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["sde.beta_min=30"], r"^sde: beta_min \(30.0\) must be smaller than beta_max \(20.0\)"),
+        (["sde=ve", "sde.sigma_max=0.001"], r"^sde: sigma_min .* must be smaller"),
+        (["train.lr=-0.1"], r"^train: train.lr must be a positive number"),
+        (["train.steps=0"], r"train.steps must be a positive integer"),
+        (["sde._target_=nowhere.Nothing"], r"^sde: cannot import _target_ 'nowhere.Nothing' \(No module named 'nowhere'\)"),
+        (["data=npz"], r"^data: Missing mandatory value: data.path"),
+        (["seed=-1"], r"seed must be a non-negative integer"),
+        (["device=tpu"], r"device: unknown device 'tpu'"),
+    ],
+)
+def test_invalid_values_give_one_line_config_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        build_experiment(_compose(overrides if "data=npz" in overrides else SMALL + overrides))
+    assert "\n" not in str(info.value)
+
+
+def test_device_resolution():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA GPU"):
+            resolve_device("cuda")
