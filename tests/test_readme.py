@@ -1,0 +1,31 @@
+"""The README's commands and library example stay true."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def _section(title: str) -> str:
+    start = README.index(f"## {title}")
+    nxt = README.find("\n## ", start + 1)
+    return README[start : nxt if nxt != -1 else None]
+
+
+def test_quick_start_has_exactly_two_commands_and_ci_runs_the_test_one():
+    commands = [line.strip() for line in _section("Quick start").splitlines() if line.startswith("    pip install")]
+    assert len(commands) == 2
+    run, test = commands
+    assert run.endswith("&& sde-train")
+    test_command = test.split("&& ", 1)[1]
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert test_command in ci and 'pip install -e ".[test]"' in ci
+
+
+def test_library_example_runs(capsys):
+    (code,) = re.findall(r"```python\n(.*?)```", _section("Using the library"), flags=re.S)
+    exec(compile(code, "README.md", "exec"), {})
+    assert capsys.readouterr().out.strip() == "torch.Size([1000, 2]) 500"
