@@ -18,7 +18,7 @@ def batch_time(t: float | Tensor, x: Tensor) -> Tensor:
     ``x.shape[0]``. Anything else is rejected with the shapes named.
     """
     if x.dim() < 1:
-        raise ValueError(f"data must have shape (B, *dims); got a 0-d tensor")
+        raise ValueError("data must have shape (B, *dims); got a 0-d tensor")
     batch = x.shape[0]
     t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
     if t.dim() == 0 or t.shape == (1,):

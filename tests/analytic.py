@@ -50,3 +50,31 @@ def gaussian_marginal_cov(dist: sd.GaussianMixture, sde: sd.SDE, t: float) -> to
     """Covariance ``m^2 Sigma + s^2 I`` of the marginal at ``t`` of a one-component mixture."""
     m, s = sde.kernel(torch.tensor(t, dtype=torch.float64))
     return m**2 * dist.covs[0] + s**2 * torch.eye(dist.dim, dtype=torch.float64)
+
+
+class KernelFreeVP(sd.SDE):
+    """The VP SDE as a user might write it without knowing its kernel: drift and diffusion only."""
+
+    prior_std = 1.0
+
+    def __init__(self):
+        self._vp = sd.VPSDE()
+
+    def drift(self, x, t):
+        return self._vp.drift(x, t)
+
+    def diffusion(self, t):
+        return self._vp.diffusion(t)
+
+
+class KernelFreeOU(sd.SDE):
+    """``dx = -x dt + dw`` written without its kernel; the probability-flow ODE with score ``-x`` has
+    the closed-form flow ``x_s = x_t exp((t - s) / 2)``."""
+
+    prior_std = 1.0
+
+    def drift(self, x, t):
+        return -x
+
+    def diffusion(self, t):
+        return torch.ones_like(torch.as_tensor(t))

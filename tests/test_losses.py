@@ -10,7 +10,7 @@ import scipy.stats
 import torch
 
 import sde_diffusion as sd
-from analytic import all_sdes, core_sdes, gaussian, gaussian_marginal_cov, mixture
+from analytic import KernelFreeVP, all_sdes, core_sdes, gaussian, gaussian_marginal_cov, mixture
 
 EPS = 1e-5
 
@@ -147,21 +147,6 @@ def test_sliced_score_matching_at_the_exact_score(t, projection):
     assert abs(mean - exact) < 5 * se
 
 
-class _HiddenKernelVP(sd.SDE):
-    """The VP SDE as a user might write it without knowing its kernel."""
-
-    prior_std = 1.0
-
-    def __init__(self):
-        self._vp = sd.VPSDE()
-
-    def drift(self, x, t):
-        return self._vp.drift(x, t)
-
-    def diffusion(self, t):
-        return self._vp.diffusion(t)
-
-
 class _TimeOnly:
     """Weighting with lambda = 1 at a fixed time: needs no kernel."""
 
@@ -181,7 +166,7 @@ def test_sliced_score_matching_works_without_a_kernel():
     """An SDE with no closed-form kernel: x_t is simulated; the loss still has its analytic expectation
     (up to the Euler-Maruyama bias of 200 steps, well inside the statistical tolerance) and ranks the
     exact score below a perturbed one."""
-    sde = _HiddenKernelVP()
+    sde = KernelFreeVP()
     dist = gaussian(dim=2, seed=6)
     t = 0.3
     x0 = dist.sample(20_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import sde_diffusion as sd
-from analytic import all_sdes, mixture
+from analytic import KernelFreeVP, all_sdes, mixture
 
 SDES = all_sdes()
 
@@ -55,19 +55,10 @@ def test_tweedie_x0_of_a_point_mass_is_the_point():
 
 
 def test_kernel_wrappers_refuse_an_sde_without_kernel():
-    class NoKernel(sd.SDE):
-        prior_std = 1.0
-
-        def drift(self, x, t):
-            return -x
-
-        def diffusion(self, t):
-            return torch.ones_like(t)
-
     net = sd.TimeMLP((2,), hidden_dim=8, n_layers=1)
     with pytest.raises(ValueError, match="ScoreParameterization"):
-        sd.EpsilonParameterization(net, NoKernel())
-    sd.ScoreParameterization(net, NoKernel())  # needs no kernel
+        sd.EpsilonParameterization(net, KernelFreeVP())
+    sd.ScoreParameterization(net, KernelFreeVP())  # needs no kernel
 
 
 @pytest.mark.parametrize("shape", [(5, 2), (5, 1, 8, 8), (5, 3, 4)])

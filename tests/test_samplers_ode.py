@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from analytic import core_sdes, gaussian, mixture
+from analytic import KernelFreeOU, KernelFreeVP, core_sdes, gaussian, mixture
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from test_timesteps import NoKernelSDE
 
 import sde_diffusion as sd
 from sde_diffusion import samplers as S
@@ -309,7 +308,7 @@ def _score(x, t):
 def test_kernel_samplers_name_what_is_missing(sampler):
     x, ts = torch.zeros(2, 2), torch.tensor([1.0, 0.5, 1e-3])
     with pytest.raises(ValueError, match="kernel"):
-        sampler(NoKernelSDE(), _score, x, ts)
+        sampler(KernelFreeVP(), _score, x, ts)
     with pytest.raises(ValueError, match="eps > 0"):
         sampler(sd.VPSDE(), _score, x, torch.tensor([1.0, 0.5, 0.0]))
     with pytest.raises(ValueError, match="decrease"):
@@ -319,7 +318,7 @@ def test_kernel_samplers_name_what_is_missing(sampler):
 def test_the_ode_sampler_works_without_a_kernel():
     # dx/dt = -x + x/2 for the OU process with score -x: x_eps = x_T exp((T - eps) / 2)
     x = torch.ones(3, 2, dtype=F64)
-    out = probability_flow_sampler(NoKernelSDE(), _score, x, torch.tensor([1.0, EPS], dtype=F64), rtol=1e-9, atol=1e-9)
+    out = probability_flow_sampler(KernelFreeOU(), _score, x, torch.tensor([1.0, EPS], dtype=F64), rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(out.samples, x * math.exp((1.0 - EPS) / 2), rtol=1e-7, atol=0)
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import sde_diffusion as sd
-from analytic import all_sdes
+from analytic import KernelFreeVP, all_sdes
 
 SDES = all_sdes()
 
@@ -182,16 +182,7 @@ def test_invalid_parameters_are_rejected_with_the_fix(make, message):
 
 
 def test_a_user_sde_without_kernel_says_so():
-    class NoKernel(sd.SDE):
-        prior_std = 1.0
-
-        def drift(self, x, t):
-            return -x
-
-        def diffusion(self, t):
-            return torch.ones_like(t) * 2**0.5
-
-    sde = NoKernel()
+    sde = KernelFreeVP()
     assert not sde.has_kernel and sd.VPSDE().has_kernel
     with pytest.raises(NotImplementedError, match="sliced score matching"):
         sde.marginal(torch.zeros(2, 2), 0.5)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from analytic import all_sdes
+from analytic import KernelFreeVP, all_sdes
 
 import sde_diffusion as sd
 from sde_diffusion.timesteps import check_grid, edm_time_grid, log_snr_time_grid, uniform_time_grid
@@ -12,18 +12,6 @@ from sde_diffusion.timesteps import check_grid, edm_time_grid, log_snr_time_grid
 SDES = all_sdes()
 GRIDS = [uniform_time_grid, log_snr_time_grid, edm_time_grid]
 EPS = 1e-3
-
-
-class NoKernelSDE(sd.SDE):
-    """An SDE without a closed-form kernel: ``dx = -x dt + dw`` (also used by test_samplers_ode)."""
-
-    prior_std = 1.0
-
-    def drift(self, x, t):
-        return -x
-
-    def diffusion(self, t):
-        return torch.ones_like(torch.as_tensor(t))
 
 
 @pytest.mark.parametrize("grid", GRIDS, ids=lambda g: g.__name__)
@@ -82,7 +70,7 @@ def test_log_snr_grids_reject_eps_zero_and_sdes_without_a_kernel(grid):
     with pytest.raises(ValueError, match="eps > 0"):
         grid(sd.VPSDE(), 10, 0.0)
     with pytest.raises(ValueError, match="no perturbation kernel"):
-        grid(NoKernelSDE(), 10, EPS)
+        grid(KernelFreeVP(), 10, EPS)
 
 
 @pytest.mark.parametrize("grid", GRIDS, ids=lambda g: g.__name__)

@@ -39,3 +39,8 @@ __all__ += [
     "NoCorrector",
     "torchsde_sampler",
 ]
+
+# drawing many samples in batches with batch-independent seeds
+from .draw import DrawnSamples, draw_samples
+
+__all__ += ["draw_samples", "DrawnSamples"]

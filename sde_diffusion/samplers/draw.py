@@ -1,0 +1,111 @@
+"""Drawing many samples in batches, with seeds that make a sample independent of its batch.
+
+The prior draw ``x_T`` of sample ``i`` comes from block ``i // PRIOR_BLOCK`` of
+:meth:`SDE.prior_sample`, each block drawn on the CPU by its own generator seeded
+``stream_seed(seed, PRIOR, block)``; batch ``b`` passes the sampler a generator seeded
+``stream_seed(seed, NOISE, b)`` on the sampling device. So deterministic samplers (ode, ddim with
+eta = 0, heun, dpm_solver) give the same samples for every ``batch_size`` and device (up to
+floating-point round-off), while stochastic samplers, whose step noise is drawn per batch, give
+samples that depend on ``batch_size`` (their distribution does not).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..sdes.base import SDE, ScoreFn
+
+PRIOR_BLOCK = 256
+"""Samples per independently seeded block of prior noise."""
+PRIOR, NOISE = 0, 1
+"""Stream numbers of :func:`stream_seed`: the prior draw and the samplers' step noise."""
+
+
+def stream_seed(seed: int, stream: int, index: int) -> int:
+    """A 64-bit seed for block or batch ``index`` of ``stream``, mixed from ``seed`` by numpy's
+    ``SeedSequence`` so that neighbouring seeds and indices give unrelated random streams."""
+    return int(np.random.SeedSequence([seed, stream, index]).generate_state(1, np.uint64)[0])
+
+
+class PriorBlocks:
+    """``x_T`` for any range of sample indices, independent of how the range is split into batches.
+
+    Block ``k`` holds samples ``k B .. (k + 1) B - 1`` (``B = PRIOR_BLOCK``), drawn by
+    ``sde.prior_sample((B, *dims))`` on the CPU from a generator seeded ``stream_seed(seed, PRIOR, k)``.
+    The last block drawn is kept, so consecutive batches draw each block once.
+    """
+
+    def __init__(self, sde: SDE, data_shape: tuple[int, ...], seed: int, dtype: torch.dtype = torch.float32):
+        self.sde, self.data_shape, self.seed, self.dtype = sde, tuple(data_shape), int(seed), dtype
+        self._cached: tuple[int, Tensor] | None = None
+
+    def _block(self, k: int) -> Tensor:
+        if self._cached is None or self._cached[0] != k:
+            gen = torch.Generator().manual_seed(stream_seed(self.seed, PRIOR, k))
+            shape = (PRIOR_BLOCK, *self.data_shape)
+            self._cached = (k, self.sde.prior_sample(shape, generator=gen, dtype=self.dtype))
+        return self._cached[1]
+
+    def take(self, start: int, stop: int) -> Tensor:
+        """Prior samples ``start .. stop - 1``, shape ``(stop - start, *dims)``, on the CPU."""
+        first, last = start // PRIOR_BLOCK, (stop - 1) // PRIOR_BLOCK
+        blocks = torch.cat([self._block(k) for k in range(first, last + 1)])
+        return blocks[start - first * PRIOR_BLOCK : stop - first * PRIOR_BLOCK]
+
+
+@dataclass
+class DrawnSamples:
+    """``samples`` ``(N, *dims)`` on the CPU; ``nfe`` ``(N,)`` score evaluations each sample went
+    through; ``batch_nfe`` the NFE of each sampler call (their sum is the number of network calls);
+    ``seconds`` the wall time of the sampling."""
+
+    samples: Tensor
+    nfe: Tensor
+    batch_nfe: list[int]
+    seconds: float
+
+
+def draw_samples(
+    sde: SDE,
+    score_fn: ScoreFn,
+    sampler: Callable,
+    grid: Callable,
+    data_shape: tuple[int, ...],
+    n: int,
+    *,
+    batch_size: int,
+    seed: int,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    progress: bool = False,
+) -> DrawnSamples:
+    """Draw ``n`` samples of shape ``data_shape`` with ``sampler(sde, score_fn, x_T, ts, generator=...)``
+    in batches of ``batch_size``, on the grid ``ts = grid(sde, dtype=dtype, device=device)``.
+
+    Seeds as described in the module docstring (:class:`PriorBlocks`, :func:`stream_seed`).
+    Raises the sampler's or grid's ``ValueError`` when they refuse the SDE (e.g. no kernel).
+    """
+    device = torch.device(device)
+    ts = grid(sde, dtype=dtype, device=device)
+    prior = PriorBlocks(sde, data_shape, seed, dtype)
+    chunks, batch_nfe = [], []
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for b, lo in enumerate(tqdm(range(0, n, batch_size), disable=not progress, desc="batches")):
+        hi = min(lo + batch_size, n)
+        gen = torch.Generator(device=device).manual_seed(stream_seed(seed, NOISE, b))
+        out = sampler(sde, score_fn, prior.take(lo, hi).to(device), ts, generator=gen, progress=progress)
+        chunks.append(out.samples.cpu())
+        batch_nfe.append(int(out.nfe))
+    seconds = time.perf_counter() - start  # .cpu() above waits for the device
+    sizes = torch.tensor([len(c) for c in chunks])
+    nfe = torch.repeat_interleave(torch.tensor(batch_nfe), sizes)
+    return DrawnSamples(torch.cat(chunks), nfe, batch_nfe, seconds)

@@ -1,0 +1,293 @@
+"""sde-sample: its samples are a direct sampler call on the run's EMA model, its files, its errors.
+
+One tiny sde-train run per module (a subprocess, ~10 s). The app's logic runs in-process on configs
+composed with Hydra's compose API; two subprocesses check the console entry point from outside the
+repository (a sweep over two samplers, and an error).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from functools import partial
+
+import matplotlib.image
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
+
+import sde_diffusion as sd
+from analytic import KernelFreeVP, gaussian, gaussian_marginal_cov
+from sde_diffusion.cli import sample as app
+from sde_diffusion.samplers import draw
+from sde_diffusion.cli._common import group_options
+from sde_diffusion.cli._run import load_trained_run
+from sde_diffusion.config import ConfigError, build_experiment, build_sampler
+from sde_diffusion.plotting import _tile_images, image_grid
+from sde_diffusion.training import CheckpointError, Trainer
+
+SAMPLE = [sys.executable, "-m", "sde_diffusion.cli.sample"]
+TRAIN = [sys.executable, "-m", "sde_diffusion.cli.train", "train.steps=30", "train.progress=false", "n_samples=50",
+         "sampler.grid.n_steps=20"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A 30-step sde-train run on the 2-D checkerboard (VP SDE, eps-parameterized MLP)."""
+    out = tmp_path_factory.mktemp("train")
+    subprocess.run([*TRAIN, f"hydra.run.dir={out}"], check=True, capture_output=True, text=True, timeout=300)
+    return out
+
+
+def _compose(*overrides, config="sample", **kwargs):
+    with initialize_config_module("sde_diffusion.conf", version_base=None):
+        return compose(config, overrides=list(overrides), **kwargs)
+
+
+def _sample_config(run_dir, *overrides, **kwargs):
+    return _compose(f"run_dir={run_dir}", "progress=false", "device=cpu", *overrides, **kwargs)
+
+
+def _sample(run_dir, out_dir, sampler, *overrides):
+    return app.run(_sample_config(run_dir, f"sampler={sampler}", *overrides), out_dir, sampler_name=sampler)
+
+
+def _copy_run(run_dir, dest, **changes):
+    """A copy of ``run_dir`` whose saved config has ``changes`` (dotted keys) applied."""
+    shutil.copytree(run_dir, dest)
+    cfg = OmegaConf.load(dest / ".hydra" / "config.yaml")
+    for key, value in changes.items():
+        OmegaConf.update(cfg, key, value, merge=False)
+    OmegaConf.save(cfg, dest / ".hydra" / "config.yaml")
+    return dest
+
+
+# ------------------------------------------------------------------------- samples and files
+@pytest.mark.parametrize("sampler", ["euler_maruyama", "dpm_solver"])
+def test_samples_equal_a_direct_sampler_call_on_the_ema_model(run_dir, tmp_path, capsys, sampler):
+    summary = _sample(run_dir, tmp_path, sampler, "n_samples=40", "batch_size=25", "seed=7", "sampler.grid.n_steps=8")
+    saved = np.load(tmp_path / "samples.npz")
+
+    # the documented recipe written out by hand: one prior block, one noise generator per batch
+    trained = load_trained_run(run_dir, "cpu")
+    fn, grid = build_sampler(_sample_config(run_dir, f"sampler={sampler}", "sampler.grid.n_steps=8"))
+    ts = grid(trained.sde, dtype=torch.float32)
+    prior = torch.Generator().manual_seed(draw.stream_seed(7, draw.PRIOR, 0))
+    x_T = trained.sde.prior_sample((draw.PRIOR_BLOCK, 2), generator=prior)[:40]
+    expected = []
+    for b, (lo, hi) in enumerate([(0, 25), (25, 40)]):
+        noise = torch.Generator().manual_seed(draw.stream_seed(7, draw.NOISE, b))
+        expected.append(fn(trained.sde, trained.score_model, x_T[lo:hi], ts, generator=noise).samples)
+
+    assert saved["samples"].dtype == np.float32 and saved["samples"].shape == (40, 2)
+    # the same operations on the same inputs: bit for bit
+    torch.testing.assert_close(torch.from_numpy(saved["samples"]), torch.cat(expected), rtol=0, atol=0)
+    assert saved["nfe_per_sample"].tolist() == [8] * 40 and int(saved["nfe"]) == 16
+    assert float(saved["seconds"]) > 0 and "samples_raw" not in saved
+    assert json.loads((tmp_path / "sample_summary.json").read_text()) == summary
+    assert summary["nfe_per_batch"] == [8, 8] and summary["checkpoint_step"] == 30
+    assert (tmp_path / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    line = capsys.readouterr().out.strip()
+    assert "\n" not in line
+    assert re.search(rf"40 samples by {sampler} .*: 8 NFE per sample \(16 batched evaluations\), \d+\.\d\d s", line)
+
+
+def test_other_seeds_give_other_samples_the_same_seed_the_same(run_dir, tmp_path):
+    draw = []
+    for i, seed in enumerate([0, 0, 1]):
+        _sample(run_dir, tmp_path / str(i), "euler_maruyama", "n_samples=8", f"seed={seed}", "sampler.grid.n_steps=4")
+        draw.append(np.load(tmp_path / str(i) / "samples.npz")["samples"])
+    assert np.array_equal(draw[0], draw[1])
+    assert not np.isclose(draw[0], draw[2]).any()
+
+
+def test_prior_blocks_do_not_depend_on_the_split():
+    sde = sd.VESDE()
+    whole = draw.PriorBlocks(sde, (1, 8, 8), seed=3).take(0, 600)
+    blocks = draw.PriorBlocks(sde, (1, 8, 8), seed=3)
+    pieces = torch.cat([blocks.take(lo, min(lo + 97, 600)) for lo in range(0, 600, 97)])
+    assert whole.shape == (600, 1, 8, 8) and torch.equal(whole, pieces)
+    # N(0, sigma_max^2): the std of 38400 normal values has standard error sigma / sqrt(2 n); 5 of those
+    n = whole.numel()
+    assert abs(whole.std() / sde.prior_std - 1.0) < 5 / (2 * n) ** 0.5
+    assert not torch.isclose(whole, draw.PriorBlocks(sde, (1, 8, 8), seed=4).take(0, 600)).any()
+
+
+@pytest.mark.parametrize("event_shape", [None, (1, 8, 8)], ids=["points", "images"])
+def test_exact_score_samples_have_the_data_law_whatever_the_batch_size(event_shape):
+    dim = 2 if event_shape is None else 64
+    data_shape = (dim,) if event_shape is None else event_shape
+    dist, sde, eps, n = gaussian(dim, event_shape=event_shape), sd.VPSDE(), 1e-3, 2000
+    fn = partial(sd.dpm_solver_pp, order=2)
+    grid = partial(sd.log_snr_time_grid, n_steps=100, eps=eps)
+    sample = partial(draw.draw_samples, sde, dist.score_fn(sde), fn, grid, data_shape, n, seed=0, dtype=torch.float64)
+    one, many = sample(batch_size=n), sample(batch_size=300)
+    assert one.samples.shape == (n, *data_shape) and one.samples.dtype == torch.float64
+    assert one.nfe.tolist() == [100] * n and many.batch_nfe == [100] * 7
+    # a deterministic sampler on batch-independent prior noise; float64 round-off only
+    torch.testing.assert_close(one.samples, many.samples, rtol=0, atol=1e-10)
+
+    # whitened by the exact marginal at eps, the samples are N(0, I): each coordinate's mean has
+    # standard error 1/sqrt(n) and the mean squared norm / d has sqrt(2/(n d)); 5 standard errors.
+    # The solver's bias is second order in the step: on this 64-D Gaussian (eigenvalues down to 0.1)
+    # the squared norm is off by 0.026 at 20 steps, 0.0045 at 50, 0.0003 at 200, so 100 steps keep
+    # it near 0.001, a tenth of the tolerance 0.0125
+    chol = torch.linalg.cholesky(gaussian_marginal_cov(dist, sde, eps))
+    m, _ = sde.kernel(torch.tensor(eps, dtype=torch.float64))
+    centred = one.samples.reshape(n, dim) - m * dist.means[0]
+    z = torch.linalg.solve_triangular(chol, centred.T, upper=False).T
+    assert z.mean(0).abs().max() < 5 / n**0.5
+    assert abs(z.pow(2).sum(1).mean() / dim - 1) < 5 * (2 / (n * dim)) ** 0.5
+
+
+def test_image_runs_write_an_image_grid(tmp_path):
+    images = torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    np.savez(tmp_path / "images.npz", x=images.numpy())
+    cfg = _compose(
+        "data=npz", f"data.path={tmp_path / 'images.npz'}", "train.steps=2", "train.progress=false",
+        "model.net.hidden_dim=16", "model.net.n_layers=1", "train.batch_size=8", "device=cpu", config="config",
+    )  # fmt: skip
+    exp = build_experiment(cfg)
+    run = tmp_path / "run"
+    Trainer(exp.score_model, exp.sde, exp.data.train, exp.options, loss_fn=exp.loss_fn, run_dir=run).fit()
+    (run / ".hydra").mkdir()
+    OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
+
+    summary = _sample(run, tmp_path / "out", "ddim", "n_samples=10", "batch_size=4", "sampler.grid.n_steps=3")
+    saved = np.load(tmp_path / "out" / "samples.npz")
+    assert saved["samples"].shape == (10, 1, 8, 8) and summary["nfe_per_batch"] == [3, 3, 3]
+    picture = matplotlib.image.imread(tmp_path / "out" / "samples.png")
+    assert picture.ndim == 3 and min(picture.shape[:2]) > 100
+
+
+def test_tiles_sit_row_major_on_a_white_background():
+    images = torch.arange(5 * 3 * 2 * 3, dtype=torch.float32).reshape(5, 3, 2, 3) / 45 - 0.5  # values in [-0.5, 1.5]
+    tiled = _tile_images(images, n_cols=3, value_range=(-0.5, 1.0), pad=1)
+    assert tiled.shape == (3, 1 + 2 * 3, 1 + 3 * 4)
+    expected = ((images + 0.5) / 1.5).clamp(0, 1)
+    for i in range(5):
+        r, c = divmod(i, 3)
+        assert torch.equal(tiled[:, 1 + 3 * r : 3 + 3 * r, 1 + 4 * c : 4 + 4 * c], expected[i])
+    assert (tiled[:, 4:, 9:] == 1).all()  # the sixth slot is empty
+    assert (tiled[:, 0] == 1).all() and (tiled[:, :, 4] == 1).all()  # padding rows and columns
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"samples": torch.zeros(4, 8, 8)}, r"\(N, C, H, W\)"),
+        ({"value_range": (1.0, 1.0)}, "value_range"),
+        ({"max_images": 0}, "max_images"),
+    ],
+)
+def test_image_grid_rejects_bad_input(tmp_path, kwargs, message):
+    args = {"samples": torch.zeros(4, 1, 8, 8), **kwargs}
+    with pytest.raises(ValueError, match=message):
+        image_grid(args.pop("samples"), tmp_path / "grid.png", **args)
+
+
+# -------------------------------------------------------------------------------- configs
+@pytest.mark.parametrize("sampler", group_options()["sampler"])
+def test_every_sampler_composes_and_its_grid_can_be_overridden(sampler):
+    fn, grid = build_sampler(_compose(f"sampler={sampler}", "sampler.grid.n_steps=50"))
+    assert callable(fn) and grid(sd.VPSDE()).shape == (51,)
+
+
+def test_default_output_directories_name_the_sampler():
+    cfg = _compose("sampler=heun", return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    try:
+        assert re.fullmatch(r"outputs/sample/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d-heun", cfg.hydra.run.dir)
+        assert cfg.hydra.job.chdir is False  # sweep directories: see the sweep test below
+    finally:
+        HydraConfig.instance().cfg = None
+
+
+# --------------------------------------------------------------------------------- errors
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("n_samples=0", "n_samples must be an integer >= 1"),
+        ("n_samples=2.5", "n_samples must be an integer"),
+        ("n_samples=true", "n_samples must be an integer"),
+        ("batch_size=0", "batch_size must be an integer >= 1"),
+        ("seed=-1", "seed must be an integer >= 0"),
+        ("progress=3", "progress must be true or false"),
+        ("sampler.grid.n_steps=0", "sampler=euler_maruyama: n_steps must be a positive integer"),
+    ],
+)
+def test_bad_options_are_refused(run_dir, tmp_path, override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        _sample(run_dir, tmp_path, "euler_maruyama", override)
+
+
+def test_missing_or_incomplete_run_directories_are_refused(run_dir, tmp_path):
+    with pytest.raises(ConfigError, match="run_dir is required"):
+        app.run(_compose("progress=false"), tmp_path)
+    with pytest.raises(ConfigError, match="is not a directory"):
+        _sample(tmp_path / "nowhere", tmp_path, "ddim")
+    (tmp_path / "no_ckpt").mkdir()
+    shutil.copytree(run_dir / ".hydra", tmp_path / "no_ckpt" / ".hydra")
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        _sample(tmp_path / "no_ckpt", tmp_path, "ddim")
+
+
+def test_samplers_that_need_a_kernel_are_refused_on_an_sde_without_one(run_dir, tmp_path):
+    run = _copy_run(
+        run_dir,
+        tmp_path / "kernel_free",
+        sde={"_target_": f"{KernelFreeVP.__module__}.{KernelFreeVP.__qualname__}"},
+        **{"model.parameterization._target_": "sde_diffusion.ScoreParameterization"},
+    )
+    for sampler in ("dpm_solver", "ancestral"):  # the grid refuses, the sampler refuses
+        with pytest.raises(ConfigError, match=rf"^sampler={sampler}: .*(kernel|log-SNR)"):
+            _sample(run, tmp_path / sampler, sampler, "n_samples=4")
+    summary = _sample(run, tmp_path / "em", "euler_maruyama", "n_samples=4", "sampler.grid.n_steps=3")
+    assert summary["nfe_per_batch"] == [3]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["sampler=nope"], "unknown sampler 'nope'; choose one of: ancestral"),
+        (["sde=ve"], "sde is fixed by the training run"),
+        (["data.path=x.npz"], "data.path is fixed by the training run"),
+    ],
+)
+def test_entry_point_refuses_unknown_samplers_and_fixed_groups(monkeypatch, capsys, argv, message):
+    monkeypatch.setattr(sys, "argv", ["sde-sample", "run_dir=x", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        app.main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith(f"sde-sample: error: {message}") and err.count("\n") == 1
+
+
+# ---------------------------------------------------------------------- console, outside the repo
+def test_a_sweep_over_two_samplers_from_another_directory(run_dir, tmp_path):
+    args = ["-m", f"run_dir={os.path.relpath(run_dir, tmp_path)}", "sampler=dpm_solver,heun", "n_samples=64",
+            "batch_size=32", "sampler.grid.n_steps=4", "progress=false"]  # fmt: skip
+    proc = subprocess.run([*SAMPLE, *args], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("sde-sample:")]
+    assert len(lines) == 2
+    for line, name, nfe in zip(lines, ["dpm_solver", "heun"], [4, 7]):  # Heun: 2 N - 1
+        pattern = rf"64 samples by {name} .*: {nfe} NFE per sample \({2 * nfe} batched evaluations\), \d+\.\d\d s"
+        assert re.search(pattern, line)
+        (out,) = tmp_path.glob(f"multirun/sample/*/*/*-{name}")
+        assert np.load(out / "samples.npz")["samples"].shape == (64, 2)
+        assert (out / "samples.png").stat().st_size > 1000
+
+
+def test_errors_exit_non_zero_with_one_line(run_dir, tmp_path):
+    (tmp_path / "no_ckpt").mkdir()
+    shutil.copytree(run_dir / ".hydra", tmp_path / "no_ckpt" / ".hydra")
+    proc = subprocess.run([*SAMPLE, "run_dir=no_ckpt"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("sde-sample: error: no checkpoint at ") and proc.stderr.count("\n") == 1
