@@ -8,7 +8,9 @@ from .data import (
     Checkerboard,
     Dataset,
     GaussianMixture,
+    digits_dataset,
     eight_gaussians_mixture,
+    npz_image_dataset,
     npz_dataset,
     toy_dataset,
 )
@@ -35,6 +37,7 @@ from .models import (
     ScoreParameterization,
     SinusoidalEmbedding,
     TimeMLP,
+    UNet,
 )
 from .sdes import (
     SDE,
@@ -88,6 +91,7 @@ __all__ = [
     "simulate_forward",
     "sample_marginal",
     "TimeMLP",
+    "UNet",
     "GaussianFourierEmbedding",
     "SinusoidalEmbedding",
     "ScoreParameterization",
@@ -102,6 +106,8 @@ __all__ = [
     "Dataset",
     "toy_dataset",
     "npz_dataset",
+    "digits_dataset",
+    "npz_image_dataset",
     "TOY_NAMES",
     "Checkerboard",
     "eight_gaussians_mixture",

@@ -38,3 +38,7 @@ __all__ = [
     "swiss_roll",
     "pinwheel",
 ]
+
+from .images import DIGITS_LEVELS, IMAGE_INTERVAL, digits_dataset, levels_to_interval, npz_image_dataset  # noqa: E402
+
+__all__ += ["digits_dataset", "npz_image_dataset", "levels_to_interval", "IMAGE_INTERVAL", "DIGITS_LEVELS"]

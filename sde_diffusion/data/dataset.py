@@ -35,6 +35,9 @@ class Dataset:
             (REFERENCES, bits/dim). Both None for continuous data.
         shift, scale: set when the data were standardized, shape ``data_shape``: stored data are
             ``(raw - shift) / scale``; :meth:`unstandardize` maps samples back.
+        train_labels, test_labels, n_classes: for labelled data, int64 class labels ``(N_train,)``
+            and ``(N_test,)`` in ``0 .. n_classes - 1``, row ``i`` labelling sample ``i``. All three
+            or none.
     """
 
     train: Tensor
@@ -45,6 +48,9 @@ class Dataset:
     interval_width: float | None = None
     shift: Tensor | None = None
     scale: Tensor | None = None
+    train_labels: Tensor | None = None
+    test_labels: Tensor | None = None
+    n_classes: int | None = None
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -62,6 +68,7 @@ class Dataset:
             raise TypeError(f"distribution must have a log_prob(x) method, got {type(self.distribution).__name__}")
         self._check_levels()
         self._check_standardization()
+        self._check_labels()
 
     def _check_levels(self) -> None:
         if (self.levels is None) != (self.interval_width is None):
@@ -86,6 +93,22 @@ class Dataset:
         if not (torch.isfinite(self.shift).all() and torch.isfinite(self.scale).all() and (self.scale > 0).all()):
             raise ValueError("shift must be finite and scale finite and positive everywhere")
 
+    def _check_labels(self) -> None:
+        given = [f for f in ("train_labels", "test_labels", "n_classes") if getattr(self, f) is not None]
+        if not given:
+            return
+        if len(given) < 3:
+            raise ValueError(f"train_labels, test_labels and n_classes describe labelled data together: give all three or none (got only {', '.join(given)})")
+        if isinstance(self.n_classes, bool) or not isinstance(self.n_classes, int) or self.n_classes < 1:
+            raise ValueError(f"n_classes must be a positive integer, got {self.n_classes!r}")
+        for split in ("train", "test"):
+            y, n = getattr(self, f"{split}_labels"), len(getattr(self, split))
+            if not isinstance(y, Tensor) or y.dtype != torch.int64 or y.shape != (n,):
+                what = f"{y.dtype} of shape {tuple(y.shape)}" if isinstance(y, Tensor) else type(y).__name__
+                raise ValueError(f"{split}_labels must be an int64 tensor of shape ({n},), one label per {split} sample; got {what}")
+            if bool(((y < 0) | (y >= self.n_classes)).any()):
+                raise ValueError(f"{split}_labels must lie in 0..{self.n_classes - 1} (n_classes={self.n_classes}); got values from {int(y.min())} to {int(y.max())}")
+
     @property
     def data_shape(self) -> tuple[int, ...]:
         """Shape of one sample, ``dims`` in ``(N, *dims)``."""
@@ -105,7 +128,8 @@ class Dataset:
         )
         dist = "" if self.distribution is None else f", distribution={self.distribution!r}"
         std = ", standardized" if self.scale is not None else ""
+        classes = f", n_classes={self.n_classes}" if self.n_classes is not None else ""
         return (
             f"Dataset({self.name!r}, train={len(self.train)}, test={len(self.test)}, "
-            f"data_shape={self.data_shape}{dist}{extras}{std})"
+            f"data_shape={self.data_shape}{dist}{extras}{std}{classes})"
         )

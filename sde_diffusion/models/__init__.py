@@ -12,3 +12,7 @@ __all__ = [
     "EpsilonParameterization",
     "DataParameterization",
 ]
+
+from .unet import UNet  # noqa: E402
+
+__all__ += ["UNet"]

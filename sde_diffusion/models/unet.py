@@ -1,0 +1,196 @@
+"""A U-Net noise/score network for images, in the DDPM++ / NCSN++ family, sized by its arguments."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .._shapes import batch_time
+from .blocks import ResAttnBlock, Upsample, conv3x3, group_norm, zero_init
+from .embeddings import GaussianFourierEmbedding
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"UNet {name} must be a positive integer, got {value!r}")
+    return value
+
+
+class UNet(nn.Module):
+    """Raw network ``net(x, t)`` or ``net(x, t, y)`` for images ``x`` of shape ``(B, C, H, W)``;
+    the output has the shape of ``x``.
+
+    The architecture of DDPM (Ho et al. 2020, App. B) with the DDPM++ choices of Song et al. 2021
+    (App. H): residual blocks with GroupNorm and SiLU, the embedding of ``t`` (and of the class
+    ``y``) added to every residual block, single-head self-attention after the residual blocks of the
+    levels whose resolution is listed (and always in the middle), residual sums scaled by
+    ``1 / sqrt(2)``, and every residual branch and the output convolution initialised to zero, so
+    the initial output is exactly 0 (a sensible start for every parameterization).
+
+    Level ``l`` (``l = 0 .. L - 1``, ``L = len(channel_mult)``) works at resolution
+    ``H / 2**l x W / 2**l`` with ``channels * channel_mult[l]`` channels; ``H`` and ``W`` must be
+    divisible by ``2**(L - 1)`` (checked here, with the fix named). The encoder holds
+    ``n_res_blocks`` residual blocks per level, the decoder ``n_res_blocks + 1``, fed by skip
+    connections.
+
+    Args:
+        data_shape: ``(C, H, W)`` of one image.
+        channels: base channel count (128 in DDPM++ on CIFAR-10).
+        channel_mult: channel multiplier of each level, e.g. ``[1, 2, 2]``.
+        n_res_blocks: residual blocks per encoder level.
+        attention_resolutions: spatial sizes (feature-map heights ``H / 2**l``) at which to add
+            self-attention, e.g. ``[16]`` for 32x32 images; each must be the resolution of a level.
+        dropout: dropout probability inside residual blocks, in ``[0, 1)``.
+        n_classes: number of classes for class-conditional models; labels are ``0 .. n_classes - 1``
+            and ``n_classes`` itself is the null label (no class, for classifier-free guidance).
+            ``None`` builds an unconditional network.
+        time_embedding: module mapping ``t`` ``(B,)`` to ``(B, dim)`` features with a ``dim``
+            attribute (default :class:`GaussianFourierEmbedding`); an MLP maps it to
+            ``4 * channels`` features.
+    """
+
+    def __init__(
+        self,
+        data_shape: Sequence[int],
+        channels: int = 64,
+        channel_mult: Sequence[int] = (1, 2, 2),
+        n_res_blocks: int = 2,
+        attention_resolutions: Sequence[int] = (),
+        dropout: float = 0.1,
+        n_classes: int | None = None,
+        time_embedding: nn.Module | None = None,
+    ):
+        super().__init__()
+        data_shape = tuple(int(d) for d in data_shape)
+        if len(data_shape) != 3 or min(data_shape) < 1:
+            raise ValueError(
+                f"UNet needs data_shape (C, H, W) of positive sizes for images, got {data_shape}; "
+                f"for vector data use TimeMLP"
+            )
+        _positive_int("channels", channels)
+        _positive_int("n_res_blocks", n_res_blocks)
+        channel_mult = [_positive_int("channel_mult entries", m) for m in channel_mult]
+        if not channel_mult:
+            raise ValueError("UNet channel_mult must list at least one level, e.g. [1, 2, 2]")
+        if not (isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0):
+            raise ValueError(f"UNet dropout must lie in [0, 1), got {dropout!r}")
+        if n_classes is not None:
+            _positive_int("n_classes", n_classes)
+        self.data_shape = data_shape
+        self.n_classes = n_classes
+        n_levels = len(channel_mult)
+        resolutions = _level_resolutions(data_shape, n_levels)
+        attention = _check_attention(attention_resolutions, resolutions)
+
+        self.time_embedding = time_embedding if time_embedding is not None else GaussianFourierEmbedding()
+        if not isinstance(self.time_embedding, nn.Module) or not isinstance(getattr(self.time_embedding, "dim", None), int):
+            raise ValueError(
+                f"UNet time_embedding must be a module mapping t (B,) to (B, dim) with an integer dim "
+                f"attribute (e.g. GaussianFourierEmbedding), got {type(self.time_embedding).__name__}"
+            )
+        emb_dim = 4 * channels
+        self.time_mlp = nn.Sequential(nn.Linear(self.time_embedding.dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        # row n_classes is the null label used when no class is given
+        self.class_embedding = nn.Embedding(n_classes + 1, emb_dim) if n_classes is not None else None
+
+        def block(c_in: int, c_out: int, res: int) -> ResAttnBlock:
+            return ResAttnBlock(c_in, c_out, emb_dim, dropout, attention=res in attention)
+
+        # encoder: per level n_res_blocks blocks, then a stride-2 convolution (except the last level);
+        # every output is kept for a skip connection
+        self.inp = conv3x3(data_shape[0], channels)
+        ch, skips = channels, [channels]
+        self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
+        for level, mult in enumerate(channel_mult):
+            blocks = nn.ModuleList()
+            for _ in range(n_res_blocks):
+                blocks.append(block(ch, channels * mult, resolutions[level]))
+                ch = channels * mult
+                skips.append(ch)
+            self.down.append(blocks)
+            if level < n_levels - 1:
+                self.downsample.append(conv3x3(ch, ch, stride=2))
+                skips.append(ch)
+        # middle: residual block, attention, residual block (DDPM), at the lowest resolution
+        self.mid = nn.ModuleList(
+            [ResAttnBlock(ch, ch, emb_dim, dropout, attention=True), ResAttnBlock(ch, ch, emb_dim, dropout, attention=False)]
+        )
+        # decoder: per level n_res_blocks + 1 blocks, each eating one skip, then upsampling
+        self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
+        for level in reversed(range(n_levels)):
+            blocks = nn.ModuleList()
+            for _ in range(n_res_blocks + 1):
+                blocks.append(block(ch + skips.pop(), channels * channel_mult[level], resolutions[level]))
+                ch = channels * channel_mult[level]
+            self.up.append(blocks)
+            if level > 0:
+                self.upsample.append(Upsample(ch))
+        self.out = nn.Sequential(group_norm(ch), nn.SiLU(), zero_init(conv3x3(ch, data_shape[0])))
+
+    def embed(self, t: Tensor, y: Tensor | None) -> Tensor:
+        """The ``(B, 4 channels)`` conditioning vector: ``MLP(time_embedding(t)) + E[y]``."""
+        emb = self.time_mlp(self.time_embedding(t))
+        if self.class_embedding is None:
+            if y is not None:
+                raise ValueError("this UNet was built with n_classes=None (unconditional); build it with n_classes to pass labels y")
+            return emb
+        if y is None:
+            y = torch.full((t.shape[0],), self.n_classes, dtype=torch.long, device=t.device)
+        elif y.shape != t.shape or y.dtype != torch.long:
+            raise ValueError(f"labels y must be int64 of shape (B,) = {tuple(t.shape)}, got {y.dtype} of shape {tuple(y.shape)}")
+        elif bool(((y < 0) | (y > self.n_classes)).any()):
+            raise ValueError(f"labels y must lie in 0..{self.n_classes} ({self.n_classes} is the null label), got values from {int(y.min())} to {int(y.max())}")
+        return emb + self.class_embedding(y)
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """``x`` ``(B, C, H, W)``, ``t`` ``(B,)`` (or a scalar), optional class labels ``y`` ``(B,)``
+        int64 (``None``: the null label for a conditional network). Returns ``(B, C, H, W)``."""
+        if tuple(x.shape[1:]) != self.data_shape:
+            raise ValueError(f"UNet was built for images of shape {self.data_shape}, got input of shape {tuple(x.shape)}")
+        emb = self.embed(batch_time(t, x), y)
+        h = self.inp(x)
+        skips = [h]
+        for level, blocks in enumerate(self.down):
+            for blk in blocks:
+                h = blk(h, emb)
+                skips.append(h)
+            if level < len(self.downsample):
+                h = self.downsample[level](h)
+                skips.append(h)
+        for blk in self.mid:
+            h = blk(h, emb)
+        for level, blocks in enumerate(self.up):
+            for blk in blocks:
+                h = blk(torch.cat([h, skips.pop()], dim=1), emb)
+            if level < len(self.upsample):
+                h = self.upsample[level](h)
+        return self.out(h)
+
+
+def _level_resolutions(data_shape: tuple[int, int, int], n_levels: int) -> list[int]:
+    """Feature-map heights ``H / 2**l`` of the levels; rejects sizes that do not halve evenly."""
+    _, height, width = data_shape
+    factor = 2 ** (n_levels - 1)
+    if height % factor or width % factor:
+        fits = 1
+        while height % 2**fits == 0 and width % 2**fits == 0:
+            fits += 1
+        raise ValueError(
+            f"UNet with {n_levels} levels (len(channel_mult)) halves {height}x{width} images "
+            f"{n_levels - 1} times, so H and W must be divisible by {factor}; use at most {fits} "
+            f"levels for {height}x{width} images, or pad or resize them (e.g. to 32x32)"
+        )
+    return [height // 2**level for level in range(n_levels)]
+
+
+def _check_attention(attention_resolutions: Sequence[int], resolutions: list[int]) -> set[int]:
+    wanted = {int(r) for r in attention_resolutions}
+    missing = sorted(wanted - set(resolutions))
+    if missing:
+        raise ValueError(
+            f"UNet attention_resolutions {missing} are not resolutions of this network: its levels "
+            f"work at {resolutions} (feature-map height); choose among those"
+        )
+    return wanted
