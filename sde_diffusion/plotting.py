@@ -126,3 +126,17 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_samples(samples: torch.Tensor, reference: torch.Tensor, path: str | Path, *, title: str = "") -> Path | None:
+    """The right picture for the data's shape: two coordinates, a scatter beside ``reference``
+    (held-out data); ``(C, H, W)`` or ``(H, W)`` samples, an image grid over the reference's value
+    range; other shapes, the first two coordinates; None for 1-D samples."""
+    dims = samples.shape[1:]
+    if samples[0].numel() != 2 and len(dims) in (2, 3):
+        images = samples if len(dims) == 3 else samples[:, None]
+        lo, hi = float(reference.min()), float(reference.max())
+        return image_grid(images, path, value_range=(lo, hi) if hi > lo else (lo - 1.0, hi + 1.0), title=title)
+    if samples[0].numel() >= 2:
+        return scatter_samples(samples, reference, path, title=title)
+    return None

@@ -22,8 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from ..config import ConfigError, build_sampler
-from ..data.dataset import Dataset
-from ..plotting import image_grid, scatter_samples
+from ..plotting import plot_samples
 from ..samplers.draw import draw_samples
 from ..training import CheckpointError
 from ._common import check_group_choices, fail, group_options
@@ -43,19 +42,6 @@ def _check_options(cfg: DictConfig) -> tuple[int, int, int, bool]:
     if not isinstance(cfg.get("progress"), bool):
         raise ConfigError(f"progress must be true or false, got {cfg.get('progress')!r}")
     return (*values, cfg.progress)
-
-
-def _plot(samples: Tensor, data: Dataset, path: Path, title: str) -> Path | None:
-    """Two coordinates: scatter beside the held-out data; ``(C, H, W)`` or ``(H, W)`` samples: an
-    image grid over the held-out data's value range; otherwise the first two coordinates; None for 1-D."""
-    dims = samples.shape[1:]
-    if samples[0].numel() != 2 and len(dims) in (2, 3):
-        images = samples if len(dims) == 3 else samples[:, None]
-        lo, hi = float(data.test.min()), float(data.test.max())
-        return image_grid(images, path, value_range=(lo, hi) if hi > lo else (lo - 1.0, hi + 1.0), title=title)
-    if samples[0].numel() >= 2:
-        return scatter_samples(samples, data.test, path, title=title)
-    return None
 
 
 def _nfe_text(nfe: Tensor) -> str:
@@ -101,7 +87,7 @@ def run(cfg: DictConfig, out_dir: Path, *, sampler_name: str = "sampler") -> dic
     np.savez(out_dir / "samples.npz", **arrays)
     nfe = _nfe_text(drawn.nfe)
     title = f"{trained.data.name}: {type(trained.sde).__name__}, {sampler_name} ({nfe})"
-    plot = _plot(samples, trained.data, out_dir / "samples.png", title)
+    plot = plot_samples(samples, trained.data.test, out_dir / "samples.png", title=title)
     n_bad = int((~torch.isfinite(samples.reshape(n, -1))).any(dim=1).sum())
 
     summary = {

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import hydra
@@ -19,7 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..config import ConfigError, build_experiment
 from ..distances import sliced_wasserstein
-from ..plotting import loss_curve, scatter_samples
+from ..plotting import loss_curve, plot_samples
+from ..samplers.draw import DrawnSamples, draw_samples
 from ..training import CheckpointError, NonFiniteLossError, Trainer, evaluate_loss
 from ._common import check_group_choices, fail
 
@@ -45,14 +45,13 @@ def _check_resume_matches(cfg: DictConfig, run_dir: Path) -> None:
 
 
 @torch.no_grad()
-def _sample(exp, score_model, n: int, seed: int, progress: bool):
-    gen = torch.Generator(device=exp.device).manual_seed(seed + 1)
-    shape = (n, *exp.data.data_shape)
-    x = exp.sde.prior_sample(shape, generator=gen, device=exp.device)
-    ts = exp.grid(exp.sde, device=exp.device, dtype=x.dtype)
-    start = time.perf_counter()
-    out = exp.sampler(exp.sde, score_model, x, ts, generator=gen, progress=progress)
-    return out, time.perf_counter() - start
+def _sample(exp, score_model, n: int, seed: int, progress: bool) -> DrawnSamples:
+    """End-of-run samples, seeded as ``sde-sample`` seeds them: the same seed, sampler and ``n``
+    reproduce them there."""
+    return draw_samples(
+        exp.sde, score_model, exp.sampler, exp.grid, exp.data.data_shape, n,
+        batch_size=n, seed=seed, device=exp.device, progress=progress,
+    )
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
@@ -75,13 +74,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     ema = trainer.ema_model.eval()
     test = exp.data.test
     held_out_loss = evaluate_loss(ema, exp.sde, test, loss_fn=exp.loss_fn, seed=int(cfg.seed))
-    out, sample_sec = _sample(exp, ema, int(cfg.n_samples), int(cfg.seed), exp.options.progress)
-    samples = out.samples.float().cpu()
+    drawn = _sample(exp, ema, int(cfg.n_samples), int(cfg.seed), exp.options.progress)
+    samples, nfe, sample_sec = drawn.samples.float(), drawn.batch_nfe[0], drawn.seconds
     np.savez(run_dir / "samples.npz", samples=samples.numpy())
     n_cmp = min(samples.shape[0], test.shape[0])
     sw2 = sliced_wasserstein(samples[:n_cmp], test[:n_cmp], generator=torch.Generator().manual_seed(0))
     sampler_name = HydraConfig.get().runtime.choices.get("sampler", "sampler")
-    scatter_samples(samples, test, run_dir / "samples.png", title=f"{exp.data.name}: {type(exp.sde).__name__}, {sampler_name} ({out.nfe} NFE)")
+    plot_samples(samples, test, run_dir / "samples.png", title=f"{exp.data.name}: {type(exp.sde).__name__}, {sampler_name} ({nfe} NFE)")
     loss_curve(run_dir / "metrics.jsonl", run_dir / "loss.png")
 
     summary = {
@@ -91,7 +90,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         "final_train_loss": result.last_loss,
         "held_out_loss_ema": held_out_loss,
         "sampler": sampler_name,
-        "nfe": out.nfe,
+        "nfe": nfe,
         "sample_seconds": round(sample_sec, 3),
         "sliced_w2_vs_held_out": sw2,
         "n_samples": int(samples.shape[0]),
@@ -102,7 +101,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     print(
         f"{PROG}: {result.steps} steps in {result.seconds:.1f} s ({result.steps_per_sec:.0f} steps/s); "
         f"held-out loss (EMA) {held_out_loss:.4f}; {samples.shape[0]} samples by {sampler_name} "
-        f"({out.nfe} NFE, {sample_sec:.1f} s), sliced W2 to held-out data {sw2:.4f}; wrote {run_dir}",
+        f"({nfe} NFE, {sample_sec:.1f} s), sliced W2 to held-out data {sw2:.4f}; wrote {run_dir}",
         flush=True,
     )
     return summary
