@@ -29,3 +29,10 @@ def test_library_example_runs(capsys):
     (code,) = re.findall(r"```python\n(.*?)```", _section("Using the library"), flags=re.S)
     exec(compile(code, "README.md", "exec"), {})
     assert capsys.readouterr().out.strip() == "torch.Size([1000, 2]) 500"
+
+
+def test_every_python_block_in_the_readme_runs():
+    blocks = re.findall(r"```python\n(.*?)```", README, flags=re.S)
+    assert len(blocks) >= 2
+    for i, code in enumerate(blocks):
+        exec(compile(code, f"README.md block {i}", "exec"), {})
