@@ -232,3 +232,20 @@ def test_sliced_score_matching_trains_through_the_trainer(tmp_path):
     t = _trainer(tmp_path, steps=5, loss_fn=functools.partial(sd.sliced_score_matching, n_projections=2))
     result = t.fit()
     assert result.steps == 5 and result.last_loss == result.last_loss  # finite, not NaN
+
+
+def test_a_metrics_line_cut_short_by_a_kill_is_dropped_on_resume(tmp_path):
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    log.write({"step": 1, "loss": 1.0})
+    log.write({"step": 2, "loss": 0.9})
+    with log.path.open("a") as f:
+        f.write('{"step": 3, "lo')
+    assert [r["step"] for r in log.read()] == [1, 2]
+    log.truncate_after(2)
+    assert log.path.read_text().count("\n") == 2
+
+
+def test_stale_temporary_files_of_a_killed_writer_are_removed(tmp_path):
+    (tmp_path / ".last.pt.abc123.tmp").write_bytes(b"half a checkpoint")
+    save_checkpoint(tmp_path / "last.pt", {"w": torch.ones(2), "step": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
