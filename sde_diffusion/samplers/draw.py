@@ -15,11 +15,11 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .._seeding import derive_seed
 from ..sdes.base import SDE, ScoreFn
 
 PRIOR_BLOCK = 256
@@ -29,9 +29,8 @@ PRIOR, NOISE = 0, 1
 
 
 def stream_seed(seed: int, stream: int, index: int) -> int:
-    """A 64-bit seed for block or batch ``index`` of ``stream``, mixed from ``seed`` by numpy's
-    ``SeedSequence`` so that neighbouring seeds and indices give unrelated random streams."""
-    return int(np.random.SeedSequence([seed, stream, index]).generate_state(1, np.uint64)[0])
+    """The seed of block or batch ``index`` of ``stream`` (see :func:`sde_diffusion._seeding.derive_seed`)."""
+    return derive_seed(seed, stream, index)
 
 
 class PriorBlocks:
