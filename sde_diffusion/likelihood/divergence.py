@@ -3,8 +3,8 @@
 Both are quadratic forms ``v^T (d f/dx) v`` over a stack of probes ``v``: the ``D`` coordinate basis
 vectors give the exact trace ``sum_d e_d^T J e_d`` (Chen et al. 2018); random probes with
 ``E[v v^T] = I`` (Rademacher or Gaussian) give the unbiased Hutchinson-Skilling estimate
-``E_v[v^T J v] = tr J`` (Hutchinson 1990, Skilling 1989; Grathwohl et al. 2019). One forward evaluation of the field and one
-vectorised backward pass (``is_grads_batched``) serve all probes of a batch.
+``E_v[v^T J v] = tr J`` (Hutchinson 1990, Skilling 1989; Grathwohl et al. 2019). One forward evaluation of the field and
+vectorised backward passes (``is_grads_batched``) over blocks of probes serve all probes of a batch.
 """
 
 from __future__ import annotations
@@ -17,6 +17,12 @@ from torch import Tensor
 from .._shapes import flat_dim
 
 PROBES = ("rademacher", "gaussian")
+
+PROBE_BLOCK_ROWS = 8192
+"""A vectorised backward pass over ``P`` probes of a batch of ``B`` holds ``P B`` rows of every
+intermediate of the field; blocks of probes keep ``P B <= 8192``. One pass over all probes ran up
+to 2x slower on a CPU once ``P B`` reached ~10^4 (exact divergence at ``D = 16``, ``B >= 1000``;
+benchmarks/likelihood.md), and its memory grows with ``P B``; below the cap nothing changes."""
 
 
 def basis_probes(x: Tensor) -> Tensor:
@@ -52,8 +58,13 @@ def jacobian_quadratic_forms(
         probes: ``(P, B, *dims)``.
     Returns: ``f(x)`` of shape ``(B, *dims)`` and the forms ``(P, B)``, both detached.
     """
+    blocks = probes.split(max(1, PROBE_BLOCK_ROWS // x.shape[0]))
+    forms = []
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         f = field(x)
-        (vjp,) = torch.autograd.grad(f, x, grad_outputs=probes, is_grads_batched=True)
-    return f.detach(), (vjp * probes).flatten(2).sum(-1)
+        for i, v in enumerate(blocks):
+            last = i == len(blocks) - 1
+            (vjp,) = torch.autograd.grad(f, x, grad_outputs=v, is_grads_batched=True, retain_graph=not last)
+            forms.append((vjp * v).flatten(2).sum(-1))
+    return f.detach(), torch.cat(forms)

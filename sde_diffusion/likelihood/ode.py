@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -125,6 +125,7 @@ def log_likelihood(
     backend: str = "torchdiffeq",
     generator: torch.Generator | None = None,
     options: dict[str, Any] | None = None,
+    prior_logp: Callable[[Tensor], Tensor] | None = None,
 ) -> LikelihoodOutput:
     """Log-likelihood of data ``x`` under the probability-flow ODE of ``sde`` driven by ``score_fn``.
 
@@ -156,6 +157,10 @@ def log_likelihood(
         generator: seeds the Hutchinson probes.
         options: extra solver options (torchdiffeq ``options``, e.g. ``{"step_size": 0.01}`` for
             fixed-step methods; keyword arguments of ``solve_ivp`` for scipy).
+        prior_logp: ``log p_T(z) -> (B,)`` used at ``T``; default ``sde.prior_logp`` (the model's
+            density). Pass the true marginal at ``T`` when it is known, e.g.
+            ``lambda z: mix.log_prob(z, sde.T, sde)`` for a Gaussian mixture, to get the true
+            ``log p_eps(x)`` up to solver error alone.
     Returns: :class:`LikelihoodOutput`. No gradients flow through the result.
     """
     _check_options(sde, eps, rtol, atol, divergence, probe, n_probes, backend, method, options)
@@ -167,7 +172,7 @@ def log_likelihood(
     delta = x.new_zeros(1 if exact else int(n_probes), x.shape[0])
     t_span = torch.tensor([eps, sde.T], dtype=x.dtype, device=x.device)
     latent, delta = BACKENDS[backend](flow, (x, delta), t_span, method, rtol, atol, options)
-    logp_probes = sde.prior_logp(latent) + delta  # (P, B)
+    logp_probes = (sde.prior_logp if prior_logp is None else prior_logp)(latent) + delta  # (P, B)
     logp = logp_probes.mean(0)
     if exact:
         return LikelihoodOutput(logp, latent, score.nfe)

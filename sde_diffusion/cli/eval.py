@@ -1,0 +1,199 @@
+"""``sde-eval``: negative log-likelihood of a finished training run through the probability-flow ODE.
+
+``sde-eval run_dir=<sde-train run dir>`` rebuilds the run's SDE, network (EMA weights) and data from
+the run directory alone, evaluates the mean NLL of a split with
+:func:`sde_diffusion.likelihood.evaluate_nll` (nats/dim, bits/dim for discrete data, standard errors
+over points, probes and dequantization draws, NFE, wall time) and writes one result record, with
+the settings that produced it, to two places:
+
+- appended to ``<run_dir>/eval.json``, a JSON list of records, one per evaluation, so sweeps over
+  runs and settings collect beside the checkpoint they evaluate. The list is rewritten atomically
+  (temporary file, then rename) while holding a lock on the run directory, so concurrent
+  evaluations of one run neither lose records nor leave a half-written file;
+- ``eval.json`` in sde-eval's own Hydra run directory (``outputs/eval/<date>/<time>``), a list
+  holding this record alone, beside ``.hydra/``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import fcntl
+import importlib.resources
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from .. import distributed
+from ..config import ConfigError
+from ..likelihood.evaluate import evaluate_nll
+from ..training import CheckpointError
+from ._common import fail, join_torchrun
+from ._run import load_trained_run
+
+PROG = "sde-eval"
+RESULTS = "eval.json"
+SPLITS = ("test", "train")
+SETTINGS = ("batch_size", "divergence", "n_probes", "n_dequant", "rtol", "atol", "method", "eps", "seed", "backend")
+"""Config keys passed to :func:`evaluate_nll` as they are, and recorded with each result."""
+
+
+def _check_options(cfg: DictConfig) -> None:
+    """Refuse what the library would not catch with a clear message: a missing run_dir, an unknown split,
+    non-boolean progress. Counts, tolerances and method names are checked by ``evaluate_nll``."""
+    if OmegaConf.is_missing(cfg, "run_dir"):
+        raise ConfigError(f"run_dir is required: {PROG} run_dir=<the directory sde-train wrote>")
+    if cfg.split not in SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {cfg.split!r}")
+    if not isinstance(cfg.progress, bool):
+        raise ConfigError(f"progress must be true or false, got {cfg.progress!r}")
+
+
+def _read_records(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    try:
+        records = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path} is not valid JSON ({err.msg}, line {err.lineno}); move it aside to start a new list") from None
+    if not isinstance(records, list):
+        raise ConfigError(f"{path} holds a JSON {type(records).__name__}, not a list of evaluation records; move it aside")
+    return records
+
+
+def _write_atomic(path: Path, records: list[dict]) -> None:
+    """Write ``records`` to a temporary file beside ``path`` and rename it over ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp creates 0600; results are meant to be shared
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(records, indent=2) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def append_record(path: Path, record: dict) -> int:
+    """Append ``record`` to the JSON list in ``path`` (created when absent); returns the new length.
+
+    Read, append and atomic rewrite happen under an exclusive ``flock`` on ``path``'s directory, so
+    evaluations running side by side (a parallel sweep) each add their record."""
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(dir_fd, fcntl.LOCK_EX)
+        records = _read_records(path)
+        records.append(record)
+        _write_atomic(path, records)
+        return len(records)
+    finally:
+        os.close(dir_fd)  # closing releases the lock
+
+
+def run(cfg: DictConfig, out_dir: Path) -> dict:
+    """Evaluate ``cfg.run_dir`` as configured, write the record to both ``eval.json`` files and print
+    one line; returns the record."""
+    _check_options(cfg)
+    run_dir = Path(str(cfg.run_dir)).expanduser()
+    if not run_dir.is_dir():
+        raise ConfigError(f"run_dir={run_dir} is not a directory; pass the directory sde-train wrote")
+    ctx = distributed.current()
+    device = f"cuda:{ctx.local_rank}" if ctx.active and str(cfg.device) in ("auto", "cuda") and torch.cuda.is_available() else cfg.device
+    trained = load_trained_run(run_dir, device)
+    data = trained.data
+    settings = {key: cfg[key] for key in SETTINGS}
+    try:
+        result = evaluate_nll(
+            trained.sde,
+            trained.score_model,
+            getattr(data, cfg.split).to(trained.device),
+            levels=data.levels,
+            interval_width=data.interval_width,
+            n_points=cfg.n_points,
+            density=data.distribution,
+            progress=cfg.progress,
+            shard=ctx,
+            **settings,
+        )
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+    record = {
+        "run_dir": str(trained.run_dir),
+        "checkpoint_step": trained.step,
+        "data": data.name,
+        "split": cfg.split,
+        **settings,
+        **result,  # the resolved divergence replaces "auto"
+        "device": str(trained.device),
+        "out_dir": str(out_dir),
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if not ctx.is_main:  # every process holds the gathered result; the main one writes it
+        return record
+    record["processes"] = ctx.world_size
+    n_records = append_record(trained.run_dir / RESULTS, record)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out_dir / RESULTS, [record])
+    print(f"{PROG}: {_summary_line(record)}; appended record {n_records} to {trained.run_dir / RESULTS}, wrote {out_dir}", flush=True)
+    return record
+
+
+def _pm(value: float, stderr: float | None, unit: str) -> str:
+    return f"{value:.4f} {unit}" if stderr is None else f"{value:.4f} +- {stderr:.4f} {unit}"
+
+
+def _summary_line(r: dict) -> str:
+    parts = [f"NLL {_pm(r['nll_nats_per_dim'], r['nll_stderr'], 'nats/dim')}"]
+    if r["bpd"] is not None:
+        parts.append(_pm(r["bpd"], r["bpd_stderr"], "bits/dim"))
+    text = (
+        f"{', '.join(parts)} on {r['n_points']} {r['split']} points of {r['data']} (D={r['dim']}, "
+        f"{r['divergence']} divergence) at step {r['checkpoint_step']}"
+    )
+    if r["data_nll_nats_per_dim"] is not None:
+        text += f" (exact data NLL {r['data_nll_nats_per_dim']:.4f})"
+    return text + f"; {r['nfe']:.0f} NFE per solve, {r['seconds']:.1f} s"
+
+
+@hydra.main(version_base=None, config_path="pkg://sde_diffusion.conf", config_name="eval")
+def _main(cfg: DictConfig) -> None:
+    try:
+        run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except (ConfigError, CheckpointError) as err:
+        fail(PROG, str(err))
+
+
+def _check_keys(argv: list[str]) -> None:
+    """Refuse overrides of keys ``eval.yaml`` does not have (``sde=ve``, ``model.net.hidden_dim=64``)
+    in one line: the run's saved config fixes everything but the evaluation settings."""
+    known = list(OmegaConf.create((importlib.resources.files("sde_diffusion.conf") / "eval.yaml").read_text()).keys())
+    for arg in argv:
+        key = arg.lstrip("+~").split("=", 1)[0]
+        if "=" in arg and not arg.startswith(("-", "hydra")) and key.split(".", 1)[0] not in known:
+            fail(
+                PROG,
+                f"{key} is not an sde-eval option; the training run's saved config (.hydra/config.yaml in "
+                f"run_dir) fixes the SDE, model and data. Options: {', '.join(k for k in known if k != 'hydra')}",
+            )
+
+
+def main() -> None:
+    _check_keys(sys.argv[1:])
+    ctx = join_torchrun(PROG, sys.argv, "outputs/eval/%Y-%m-%d/%H-%M-%S")
+    try:
+        _main()
+    finally:
+        distributed.shutdown(ctx)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""Mean negative log-likelihood of a data set with standard errors: the evaluation behind ``sde-eval``
+and the held-out NLL of ``sde-train``.
+
+Each point ``x_i`` gets one number, its NLL per dimension averaged over the randomness spent on it:
+
+    nll_i = mean_{j, p} ( -log p(y_ij; v_ijp) / D ),
+
+over ``n_dequant`` dequantization draws ``y_ij`` (discrete data; ``y_i1 = x_i`` otherwise) and
+``n_probes`` Hutchinson probes ``v`` (one "probe", the exact trace, for the exact divergence). The
+reported value is ``mean_i nll_i`` and its standard error is ``std_i(nll_i) / sqrt(n)`` (unbiased
+std over the ``n`` points). Points are i.i.d. and each carries its own independent draws, so the
+``nll_i`` are i.i.d. and this one standard error covers the variation over points, probes and
+dequantization draws together.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .._seeding import derive_seed
+from .._shapes import check_data, flat_dim
+from ..distributed import SINGLE, DistributedContext, all_gather_objects
+from ..data.dataset import Density
+from ..sdes.base import SDE, ScoreFn
+from .bits import bits_per_dim, dequantize, nats_per_dim
+from .ode import DIVERGENCES, log_likelihood
+
+EXACT_DIVERGENCE_MAX_DIM = 16
+"""``divergence="auto"`` takes the exact trace up to this many dimensions, Hutchinson above."""
+
+
+def resolve_divergence(divergence: str, dim: int) -> str:
+    """``"auto"`` becomes ``"exact"`` for ``D <= 16`` (``D`` backward passes per evaluation are
+    cheap there) and ``"hutchinson"`` above; other values pass through unchanged."""
+    if divergence != "auto":
+        return divergence
+    return "exact" if dim <= EXACT_DIVERGENCE_MAX_DIM else "hutchinson"
+
+
+def _mean_and_stderr(values: Tensor) -> tuple[float, float | None]:
+    """Mean of ``(n,)`` per-point values and its standard error ``std / sqrt(n)`` (None for ``n = 1``)."""
+    mean = values.mean().item()
+    if values.numel() < 2:
+        return mean, None
+    return mean, (values.std() / math.sqrt(values.numel())).item()
+
+
+def _check_counts(n_points, batch_size, n_dequant, seed, levels) -> None:
+    for name, value in (("batch_size", batch_size), ("n_dequant", n_dequant)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if n_points is not None and (isinstance(n_points, bool) or not isinstance(n_points, int) or n_points < 1):
+        raise ValueError(f"n_points must be a positive integer or None (all points), got {n_points!r}")
+    if levels is None and n_dequant != 1:
+        raise ValueError(
+            f"n_dequant={n_dequant} applies to discrete data only (levels and interval_width set); "
+            f"continuous data are evaluated as they are, leave n_dequant=1"
+        )
+
+
+def evaluate_nll(
+    sde: SDE,
+    score_fn: ScoreFn,
+    data: Tensor,
+    *,
+    levels: int | None = None,
+    interval_width: float | None = None,
+    n_points: int | None = None,
+    batch_size: int = 1000,
+    divergence: str = "auto",
+    n_probes: int = 1,
+    probe: str = "rademacher",
+    n_dequant: int = 1,
+    eps: float = 1e-5,
+    method: str = "dopri5",
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    backend: str = "torchdiffeq",
+    seed: int = 0,
+    density: Density | None = None,
+    progress: bool = False,
+    shard: DistributedContext = SINGLE,
+) -> dict:
+    """Mean NLL in nats per dimension (and bits per dimension for discrete data) of ``data`` under
+    the probability-flow ODE of ``sde`` and ``score_fn``, with standard errors (module docstring).
+
+    Every batch is one :func:`~sde_diffusion.likelihood.log_likelihood` solve (Song et al. 2021,
+    App. D), so the NLL refers to the model's marginal at ``t = eps`` with the prior as ``p_T``.
+
+    Args:
+        sde, score_fn: the model; ``score_fn(x, t)`` on ``data``'s device and dtype.
+        data: ``(N, *dims)`` points; the first ``n_points`` are evaluated (all when None), in
+            batches of ``batch_size`` points.
+        levels, interval_width: for discrete data, ``K`` levels per dimension spread over an
+            interval of width ``w`` (as in :class:`~sde_diffusion.data.Dataset`). Each point is
+            dequantized ``n_dequant`` times, ``y = x + u w / K`` with ``u ~ U[0, 1)^D``, and
+            ``bpd = (-log p(y) / D + log(K / w)) / ln 2`` (REFERENCES, bits/dim). The points must
+            lie on one grid of spacing ``w / K`` (checked); its origin is taken to be the smallest
+            value evaluated, which is a level (dequantization does not depend on the origin).
+        divergence: ``"exact"``, ``"hutchinson"`` or ``"auto"`` (exact for ``D <= 16``).
+        n_probes, probe: Hutchinson probes per point and their distribution; the exact divergence
+            (also when ``"auto"`` chooses it) needs ``n_probes=1``.
+        eps, method, rtol, atol, backend: passed to ``log_likelihood``.
+        seed: batch ``b`` (of ``batch_size`` points) draws its probes and dequantization noise from a
+            generator seeded ``derive_seed(seed, b)``: the draws depend on ``seed`` and
+            ``batch_size``, never on which process solves the batch.
+        density: the data's exact density, when known (``Dataset.distribution``); adds the exact
+            NLL of the same points (computed on the CPU in float64), the entropy estimate the
+            model's NLL should approach.
+        progress: show a progress bar over points.
+        shard: under torch.distributed, process ``r`` of ``W`` solves batches ``r, r + W, ...`` and
+            the per-point results are gathered once at the end (no collective during the adaptive
+            solves, whose step counts differ between processes), so every process returns the
+            numbers one process would.
+    Returns: a JSON-ready dict: ``n_points``, ``dim`` (``D``), ``divergence`` (resolved),
+        ``nll_nats_per_dim`` and ``nll_stderr``; ``bpd`` and ``bpd_stderr`` (None for continuous
+        data); ``data_nll_nats_per_dim`` and ``data_nll_stderr`` (None without ``density``);
+        ``nfe`` (score evaluations per solve, averaged over batches), ``nfe_total``,
+        ``n_solves`` and ``seconds`` (wall time of the solves, the gathering included). Standard errors are None for one point.
+    """
+    check_data(data, "data")
+    if divergence not in ("auto", *DIVERGENCES):
+        raise ValueError(f"divergence must be 'auto' or one of {DIVERGENCES}, got {divergence!r}")
+    if (levels is None) != (interval_width is None):
+        raise ValueError("levels and interval_width describe discrete data together: give both or neither")
+    _check_counts(n_points, batch_size, n_dequant, seed, levels)
+    if n_points is not None and n_points > data.shape[0]:
+        raise ValueError(f"n_points={n_points} but the data hold {data.shape[0]} points; lower n_points or use null for all")
+    x_all = data if n_points is None else data[:n_points]
+    dim = flat_dim(x_all)
+    divergence = resolve_divergence(divergence, dim)
+    interval = None if levels is None else (x_all.min().item(), x_all.min().item() + interval_width)
+    batches = list(enumerate(x_all.split(batch_size)))[shard.rank :: shard.world_size]
+    mine: dict[int, tuple] = {}
+    start = time.perf_counter()
+    with tqdm(total=sum(len(x) for _, x in batches), disable=not (progress and shard.is_main), desc="NLL", unit="pt", leave=False) as bar:
+        for b, x in batches:
+            generator = torch.Generator(device=x.device).manual_seed(derive_seed(seed, b))
+            y = x if levels is None else dequantize(x, levels, interval, n_dequant=n_dequant, generator=generator)
+            out = log_likelihood(
+                sde, score_fn, y, eps=eps, method=method, rtol=rtol, atol=atol, divergence=divergence,
+                n_probes=n_probes, probe=probe, backend=backend, generator=generator,
+            )
+            nll_b = nats_per_dim(out.logp, dim).reshape(n_dequant, -1).mean(0)  # draw-major rows
+            bpd_b = None if levels is None else bits_per_dim(out.logp, dim, levels, interval, n_dequant=n_dequant)
+            mine[b] = (nll_b.cpu(), None if bpd_b is None else bpd_b.cpu(), out.nfe)
+            bar.update(x.shape[0])
+            bar.set_postfix(nll=f"{torch.cat([v[0] for v in mine.values()]).mean().item():.4f}", nfe=out.nfe)
+    merged = {b: v for part in all_gather_objects(mine, shard) for b, v in part.items()}
+    seconds = time.perf_counter() - start
+    ordered = [merged[b] for b in sorted(merged)]
+    nll = [v[0] for v in ordered]
+    bpd = [v[1] for v in ordered if v[1] is not None]
+    nfe = [v[2] for v in ordered]
+
+    nll_mean, nll_se = _mean_and_stderr(torch.cat(nll))
+    bpd_mean, bpd_se = _mean_and_stderr(torch.cat(bpd)) if bpd else (None, None)
+    data_mean, data_se = (
+        _mean_and_stderr(nats_per_dim(density.log_prob(x_all.cpu().double()), dim)) if density is not None else (None, None)
+    )
+    return {
+        "n_points": int(x_all.shape[0]),
+        "dim": dim,
+        "divergence": divergence,
+        "nll_nats_per_dim": nll_mean,
+        "nll_stderr": nll_se,
+        "bpd": bpd_mean,
+        "bpd_stderr": bpd_se,
+        "data_nll_nats_per_dim": data_mean,
+        "data_nll_stderr": data_se,
+        "nfe": sum(nfe) / len(nfe),
+        "nfe_total": sum(nfe),
+        "n_solves": len(nfe),
+        "seconds": seconds,
+    }
