@@ -25,7 +25,9 @@ from omegaconf import OmegaConf
 
 import sde_diffusion as sd
 from analytic import KernelFreeVP, gaussian, gaussian_marginal_cov
+from sde_diffusion import samplers as S
 from sde_diffusion.cli import sample as app
+from sde_diffusion.cli.train import _grid_labels
 from sde_diffusion.samplers import draw
 from sde_diffusion.cli._common import group_options
 from sde_diffusion.cli._run import load_trained_run
@@ -291,3 +293,119 @@ def test_errors_exit_non_zero_with_one_line(run_dir, tmp_path):
     proc = subprocess.run([*SAMPLE, "run_dir=no_ckpt"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.startswith("sde-sample: error: no checkpoint at ") and proc.stderr.count("\n") == 1
+
+
+# ------------------------------------------ a class-conditional image run: guidance, inpainting, SDEdit
+DIGITS = ["experiment=digits", "train.steps=4", "train.batch_size=16", "train.lr=1e-2", "train.warmup_steps=1",
+          "train.checkpoint_every=4", "train.log_every=2", "train.progress=false", "model.net.channels=8",
+          "model.net.channel_mult=[1,2]", "model.net.attention_resolutions=[]", "n_samples=20",
+          "sampler.grid.n_steps=3", "eval_points=0", "guidance=1.5"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """``sde-train experiment=digits`` shrunk to 4 steps of a tiny class-conditional U-Net (a subprocess,
+    one thread like this process, so both compute bit for bit alike)."""
+    out = tmp_path_factory.mktemp("digits")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "sde_diffusion.cli.train", *DIGITS, f"hydra.run.dir={out}"]
+    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300, env=env)
+    return out
+
+
+def _by_hand(run, fn, n, batch_size, seed=0):
+    """The edit tasks' recipe written out: held-out point ``i mod N_test`` for sample ``i``, and batch
+    ``b`` gets the step-noise generator of draw_samples' batch ``b``."""
+    trained = load_trained_run(run, "cpu")
+    inputs = trained.data.test[torch.arange(n) % trained.data.test.shape[0]]
+    out = [fn(trained, x, torch.Generator().manual_seed(draw.stream_seed(seed, draw.NOISE, b))) for b, x in enumerate(inputs.split(batch_size))]
+    return inputs, torch.cat([o.samples for o in out])
+
+
+def test_sde_train_draws_a_guided_grid_of_classes(digits_run):
+    trained = load_trained_run(digits_run, "cpu")
+    assert trained.score_model.n_classes == 10
+    fn, grid = build_sampler(_sample_config(digits_run, "sampler=euler_maruyama", "sampler.grid.n_steps=3"))  # the experiment's
+    labels = _grid_labels(20, 10)  # 4 rows of 5 columns: classes 0, 1, 2, 3
+    sample = partial(draw.draw_samples, trained.sde, sampler=fn, grid=grid, data_shape=(1, 8, 8), n=20, batch_size=20, seed=0)
+    guided = sample(score_fn=S.GuidedScore(trained.score_model, labels, 1.5)).samples
+    saved = torch.from_numpy(np.load(digits_run / "samples.npz")["samples"])
+    torch.testing.assert_close(saved, guided, rtol=0, atol=0)
+    # neither unguided nor other labels give these samples
+    assert not torch.allclose(saved, sample(score_fn=S.GuidedScore(trained.score_model, labels, 0.0)).samples)
+    assert not torch.allclose(saved, sample(score_fn=S.GuidedScore(trained.score_model, labels.flip(0), 1.5)).samples)
+    picture = matplotlib.image.imread(digits_run / "samples.png")
+    assert picture.ndim == 3 and min(picture.shape[:2]) > 100
+
+
+def test_class_label_and_guidance_give_the_guided_samples(digits_run, tmp_path):
+    summary = _sample(digits_run, tmp_path, "dpm_solver", "class_label=7", "guidance=2", "n_samples=8", "sampler.grid.n_steps=4")
+    trained = load_trained_run(digits_run, "cpu")
+    fn, grid = build_sampler(_sample_config(digits_run, "sampler=dpm_solver", "sampler.grid.n_steps=4"))
+    expected = draw.draw_samples(trained.sde, S.GuidedScore(trained.score_model, 7, 2.0), fn, grid, (1, 8, 8), 8, batch_size=1000, seed=0)
+    torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "samples.npz")["samples"]), expected.samples, rtol=0, atol=0)
+    assert summary["class_label"] == 7 and summary["guidance"] == 2.0 and summary["task"] == "sample"
+
+
+def test_inpainting_held_out_digits_keeps_their_known_pixels(digits_run, tmp_path, capsys):
+    summary = _sample(digits_run, tmp_path, "reverse_diffusion", "task=inpaint", "mask=center", "n_samples=12", "batch_size=5",
+                      "sampler.grid.n_steps=4")  # fmt: skip
+    saved = np.load(tmp_path / "samples.npz")
+    mask = S.inpainting_mask("center", (1, 8, 8))
+    fn, grid = build_sampler(_sample_config(digits_run, "sampler=reverse_diffusion", "sampler.grid.n_steps=4"))
+
+    def inpaint(trained, x, generator):
+        ts = grid(trained.sde, dtype=torch.float32)
+        return S.inpaint(trained.sde, trained.score_model, x, mask, ts, generator=generator, **fn.keywords)
+
+    inputs, expected = _by_hand(digits_run, inpaint, 12, 5)
+    samples = torch.from_numpy(saved["samples"])
+    torch.testing.assert_close(samples, expected, rtol=0, atol=0)
+    assert torch.equal(samples[:, mask], inputs[:, mask]) and not torch.isclose(samples[:, ~mask], inputs[:, ~mask]).all()
+    assert np.array_equal(saved["inputs"], inputs.numpy()) and np.array_equal(saved["mask"], mask.numpy())
+    assert summary["task"] == "inpaint" and summary["mask"] == "center" and summary["nfe_per_batch"] == [5, 5, 5]
+    assert (tmp_path / "inputs.png").stat().st_size > 1000 and (tmp_path / "samples.png").stat().st_size > 1000
+    assert "12 samples by reverse_diffusion, inpainting center from step 4" in capsys.readouterr().out
+
+
+def test_sdedit_of_held_out_digits_towards_a_class(digits_run, tmp_path):
+    summary = _sample(digits_run, tmp_path, "ddim", "task=sdedit", "t0=0.5", "class_label=3", "guidance=1", "n_samples=6",
+                      "sampler.grid.n_steps=10")  # fmt: skip
+    fn, grid = build_sampler(_sample_config(digits_run, "sampler=ddim", "sampler.grid.n_steps=10"))
+
+    def sdedit(trained, x, generator):
+        ts = grid(trained.sde, dtype=torch.float32)
+        return S.sdedit(trained.sde, S.GuidedScore(trained.score_model, 3, 1.0), x, 0.5, ts, sampler=fn, generator=generator)
+
+    _, expected = _by_hand(digits_run, sdedit, 6, 1000)
+    torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "samples.npz")["samples"]), expected, rtol=0, atol=0)
+    ts = grid(sd.VPSDE())
+    assert summary["t0"] == 0.5 and summary["nfe_per_batch"] == [int((ts < 0.5).sum())]
+
+
+@pytest.mark.parametrize(
+    "sampler, overrides, message",
+    [
+        ("ddim", ["task=inpaint"], "task=inpaint runs a predictor-corrector chain with replacement; choose sampler=pc"),
+        ("pc", ["task=inpaint", "mask=diagonal"], "mask must name the region to regenerate, one of left, right"),
+        ("pc", ["task=paint"], "task must be one of sample, inpaint, sdedit"),
+        ("ddim", ["class_label=10"], "class_label must be an integer in 0..9 or null"),
+        ("ddim", ["guidance=1"], "guidance=1.0 steers the samples towards a class: set class_label"),
+        ("ddim", ["class_label=2", "guidance=-1"], "guidance: guidance weight w must be a finite number >= 0"),
+        ("ddim", ["task=sdedit", "t0=2"], r"sampler=ddim: t0 must lie in [0, ts[0]]"),
+        ("ddim", ["task=sdedit", "t0=soon"], "t0 must be a number"),
+    ],
+)
+def test_bad_task_options_are_refused(digits_run, tmp_path, sampler, overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        _sample(digits_run, tmp_path, sampler, "n_samples=2", *overrides)
+
+
+def test_class_labels_need_a_conditional_run_and_rows_need_images(run_dir, tmp_path):
+    with pytest.raises(ConfigError, match="class_label=0 needs a class-conditional run"):
+        _sample(run_dir, tmp_path, "ddim", "class_label=0")
+    with pytest.raises(ConfigError, match="mask=top needs images"):
+        _sample(run_dir, tmp_path, "pc", "task=inpaint", "mask=top")
+    summary = _sample(run_dir, tmp_path, "pc", "task=inpaint", "mask=left", "n_samples=4", "sampler.grid.n_steps=3")
+    saved = np.load(tmp_path / "samples.npz")
+    assert summary["mask"] == "left" and np.array_equal(saved["samples"][:, 1], saved["inputs"][:, 1])

@@ -4,14 +4,24 @@
 network and data from its saved config, loads the EMA weights, and writes into its own Hydra run
 directory ``samples.npz``, ``samples.png`` and ``sample_summary.json`` (and ``.hydra/``).
 
+``task`` chooses what to draw: ``sample`` (from the prior), ``inpaint`` (regenerate the ``mask``
+region of held-out points with the predictor-corrector sampler, :func:`~sde_diffusion.samplers.inpaint`)
+or ``sdedit`` (noise held-out points to ``t0`` and denoise them, :func:`~sde_diffusion.samplers.sdedit`);
+sample ``i`` of the last two edits held-out point ``i mod N_test``, and ``inputs.png`` shows the inputs.
+A class-conditional run samples class ``class_label`` with guidance weight ``guidance``
+(:class:`~sde_diffusion.samplers.GuidedScore`), or the unconditional (null-label) model when it is null.
+
 Seeding is that of :func:`sde_diffusion.samplers.draw_samples`: deterministic samplers give the
-same samples for every ``batch_size``; stochastic ones draw their step noise per batch.
+same samples for every ``batch_size``; stochastic ones draw their step noise per batch. The edit
+tasks give batch ``b`` the same noise generator as ``draw_samples`` does, and the random mask its own.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -23,12 +33,21 @@ from torch import Tensor
 
 from ..config import ConfigError, build_sampler
 from ..plotting import plot_samples
-from ..samplers.draw import draw_samples
+from ..samplers.controllable import MASK_REGIONS, inpaint, inpainting_mask, sdedit
+from ..samplers.draw import NOISE, DrawnSamples, draw_samples, stream_seed
+from ..samplers.guidance import GuidedScore, check_guidance
+from ..samplers.predictor_corrector import predictor_corrector
+from ..sdes.base import ScoreFn
 from ..training import CheckpointError
 from ._common import check_group_choices, fail, group_options
 from ._run import load_trained_run
 
 PROG = "sde-sample"
+TASKS = ("sample", "inpaint", "sdedit")
+MASK = 2
+"""Stream number of :func:`stream_seed` for the random inpainting mask (0 and 1 are the prior and step noise)."""
+
+
 def _check_options(cfg: DictConfig) -> tuple[int, int, int, bool]:
     """``(n_samples, batch_size, seed, progress)`` from the config, each validated."""
     if OmegaConf.is_missing(cfg, "run_dir"):
@@ -49,31 +68,109 @@ def _nfe_text(nfe: Tensor) -> str:
     return f"{lo} NFE" if lo == hi else f"{lo}-{hi} NFE (mean {nfe.double().mean():.1f})"
 
 
+def _score(cfg: DictConfig, model) -> ScoreFn:
+    """The run's EMA score model; for ``class_label`` on a class-conditional run, the guided score."""
+    label = cfg.get("class_label")
+    try:
+        w = check_guidance(cfg.get("guidance", 0.0))
+    except ValueError as err:
+        raise ConfigError(f"guidance: {err}") from None
+    if label is None:
+        if w:
+            raise ConfigError(f"guidance={w} steers the samples towards a class: set class_label=<class> too (class_label=null samples the unconditional model)")
+        return model
+    n_classes = getattr(model, "n_classes", None)
+    if n_classes is None:
+        raise ConfigError(
+            f"class_label={label} needs a class-conditional run (trained with model.net.n_classes on labelled data); "
+            f"this run's model is unconditional, use class_label=null"
+        )
+    if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < n_classes:
+        raise ConfigError(f"class_label must be an integer in 0..{n_classes - 1} or null, got {label!r}")
+    return GuidedScore(model, label, w)
+
+
+def _inpainting(cfg: DictConfig, sampler, sampler_name: str, data_shape: tuple[int, ...]) -> tuple[dict, Tensor]:
+    """The predictor-corrector options of ``sampler`` and the boolean mask (True = kept) for task=inpaint."""
+    if not (isinstance(sampler, functools.partial) and sampler.func is predictor_corrector):
+        raise ConfigError(
+            f"task=inpaint runs a predictor-corrector chain with replacement; choose sampler=pc, reverse_diffusion, "
+            f"ancestral, langevin or annealed_langevin (got sampler={sampler_name})"
+        )
+    region = cfg.get("mask")
+    if region not in MASK_REGIONS:
+        raise ConfigError(f"mask must name the region to regenerate, one of {', '.join(MASK_REGIONS)}; got {region!r}")
+    try:
+        mask = inpainting_mask(region, data_shape, generator=torch.Generator().manual_seed(stream_seed(int(cfg.seed), MASK, 0)))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return dict(sampler.keywords), mask
+
+
+@torch.no_grad()
+def _edit(fn, inputs: Tensor, batch_size: int, seed: int, device: torch.device) -> DrawnSamples:
+    """``fn(x, generator=...)`` on ``inputs`` in batches; batch ``b`` gets the step-noise generator
+    :func:`draw_samples` gives its batch ``b``."""
+    chunks, batch_nfe = [], []
+    start = time.perf_counter()
+    for b, x in enumerate(inputs.split(batch_size)):
+        out = fn(x.to(device), generator=torch.Generator(device=device).manual_seed(stream_seed(seed, NOISE, b)))
+        chunks.append(out.samples.cpu())
+        batch_nfe.append(int(out.nfe))
+    seconds = time.perf_counter() - start
+    nfe = torch.repeat_interleave(torch.tensor(batch_nfe), torch.tensor([len(c) for c in chunks]))
+    return DrawnSamples(torch.cat(chunks), nfe, batch_nfe, seconds)
+
+
+def _draw(cfg: DictConfig, trained, score: ScoreFn, sampler_name: str, n: int, batch_size: int, seed: int, progress: bool):
+    """Run the task; returns the drawn samples, the inputs (None for task=sample), the inpainting
+    mask (else None) and the task's words for the title and summary."""
+    sampler, grid = build_sampler(cfg)
+    task, sde, data = cfg.get("task"), trained.sde, trained.data
+    if task == "sample":
+        drawn = draw_samples(
+            sde, score, sampler, grid, data.data_shape, n, batch_size=batch_size, seed=seed, device=trained.device, progress=progress
+        )
+        return drawn, None, None, {}
+    if task not in TASKS:
+        raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    inputs = data.test[torch.arange(n) % data.test.shape[0]]  # sample i edits held-out point i mod N_test
+    ts = grid(sde, dtype=inputs.dtype, device=trained.device)
+    if task == "inpaint":
+        options, mask = _inpainting(cfg, sampler, sampler_name, data.data_shape)
+        fn = functools.partial(inpaint, sde, score, mask=mask.to(trained.device), ts=ts, progress=progress, **options)
+        return _edit(fn, inputs, batch_size, seed, trained.device), inputs, mask, {"mask": cfg.mask}
+    t0 = cfg.get("t0")
+    if isinstance(t0, bool) or not isinstance(t0, (int, float)):
+        raise ConfigError(f"t0 must be a number in [0, {sde.T}] (the time the inputs are noised to), got {t0!r}")
+    fn = functools.partial(sdedit, sde, score, t0=t0, ts=ts, sampler=sampler, progress=progress)
+    return _edit(fn, inputs, batch_size, seed, trained.device), inputs, None, {"t0": float(t0)}
+
+
+def _task_text(task: str, extra: dict, score: ScoreFn) -> str:
+    words = {"sample": "", "inpaint": f", inpainting {extra.get('mask')}", "sdedit": f", SDEdit from t0={extra.get('t0')}"}[task]
+    if isinstance(score, GuidedScore):
+        words += f", class {int(score.labels)}, guidance {score.guidance:g}"
+    return words
+
+
 def run(cfg: DictConfig, out_dir: Path, *, sampler_name: str = "sampler") -> dict:
-    """Load ``cfg.run_dir``, draw ``cfg.n_samples`` samples, write the files into ``out_dir`` and
-    print one line; returns the summary (also written to ``sample_summary.json``)."""
+    """Load ``cfg.run_dir``, run ``cfg.task`` for ``cfg.n_samples`` samples, write the files into
+    ``out_dir`` and print one line; returns the summary (also written to ``sample_summary.json``)."""
     n, batch_size, seed, progress = _check_options(cfg)
     run_dir = Path(str(cfg.run_dir)).expanduser()
     if not run_dir.is_dir():
         raise ConfigError(f"run_dir={run_dir} is not a directory; pass the directory sde-train wrote")
     trained = load_trained_run(run_dir, cfg.device)
-    sampler, grid = build_sampler(cfg)
+    score = _score(cfg, trained.score_model)
     try:
-        drawn = draw_samples(
-            trained.sde,
-            trained.score_model,
-            sampler,
-            grid,
-            trained.data.data_shape,
-            n,
-            batch_size=batch_size,
-            seed=seed,
-            device=trained.device,
-            progress=progress,
-        )
+        drawn, inputs, mask, extra = _draw(cfg, trained, score, sampler_name, n, batch_size, seed, progress)
     except ValueError as err:
+        if isinstance(err, ConfigError):
+            raise
         raise ConfigError(f"sampler={sampler_name}: {err}") from None
 
+    task = cfg.task
     samples = drawn.samples.float()
     arrays = {
         "samples": samples.numpy(),
@@ -83,16 +180,30 @@ def run(cfg: DictConfig, out_dir: Path, *, sampler_name: str = "sampler") -> dic
     }
     if trained.data.scale is not None:
         arrays["samples_raw"] = trained.data.unstandardize(samples).numpy()
+    if inputs is not None:
+        arrays["inputs"] = inputs.numpy()
+    if mask is not None:
+        arrays["mask"] = mask.numpy()
     out_dir.mkdir(parents=True, exist_ok=True)
     np.savez(out_dir / "samples.npz", **arrays)
     nfe = _nfe_text(drawn.nfe)
-    title = f"{trained.data.name}: {type(trained.sde).__name__}, {sampler_name} ({nfe})"
+    words = _task_text(task, extra, score)
+    title = f"{trained.data.name}: {type(trained.sde).__name__}, {sampler_name} ({nfe}){words}"
     plot = plot_samples(samples, trained.data.test, out_dir / "samples.png", title=title)
+    if inputs is not None:
+        test = trained.data.test
+        blank = 0.5 * (float(test.min()) + float(test.max()))  # regions to inpaint show as mid-grey
+        shown = inputs if mask is None else torch.where(mask, inputs, blank)
+        plot_samples(shown, test, out_dir / "inputs.png", title=f"{trained.data.name}: inputs{words}")
     n_bad = int((~torch.isfinite(samples.reshape(n, -1))).any(dim=1).sum())
 
     summary = {
         "run_dir": str(trained.run_dir),
         "checkpoint_step": trained.step,
+        "task": task,
+        **extra,
+        "class_label": cfg.get("class_label"),
+        "guidance": float(cfg.get("guidance", 0.0)),
         "sampler": sampler_name,
         "n_samples": n,
         "batch_size": batch_size,
@@ -108,7 +219,7 @@ def run(cfg: DictConfig, out_dir: Path, *, sampler_name: str = "sampler") -> dic
     (out_dir / "sample_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     warning = f"; WARNING: {n_bad} samples are not finite" if n_bad else ""
     print(
-        f"{PROG}: {n} samples by {sampler_name} from step {trained.step} of {trained.run_dir}: {nfe} per "
+        f"{PROG}: {n} samples by {sampler_name}{words} from step {trained.step} of {trained.run_dir}: {nfe} per "
         f"sample ({summary['nfe_total']} batched evaluations), {drawn.seconds:.2f} s{warning}; wrote {out_dir}",
         flush=True,
     )

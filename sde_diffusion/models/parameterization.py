@@ -4,6 +4,11 @@ Samplers, losses and the likelihood only see ``score(x, t) = grad_x log p_t(x)``
 predicts (the score, the noise eps, or the clean data x0) is a choice made here, using the SDE's
 perturbation kernel ``x_t = m(t) x_0 + s(t) eps`` (REFERENCES: eps = -s * score,
 x0 = (x_t + s^2 score) / m).
+
+Class-conditional networks ``net(x, t, y)`` (e.g. :class:`~sde_diffusion.models.UNet` with
+``n_classes``) pass through unchanged: ``forward(x, t, y)`` hands the ``(B,)`` int64 labels ``y`` to
+the network, and ``forward(x, t)`` calls ``net(x, t)`` as before (the null label for a conditional
+network), so the wrapped model is still a plain ``score(x, t)`` for samplers and the likelihood.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from ..sdes.base import SDE
 
 
 class _Parameterization(nn.Module):
-    """Common part: holds the raw network and the SDE; ``forward(x, t)`` returns the score."""
+    """Common part: holds the raw network and the SDE; ``forward(x, t, y=None)`` returns the score."""
 
     needs_kernel = True
 
@@ -29,6 +34,16 @@ class _Parameterization(nn.Module):
         self.net = net
         self.sde = sde
 
+    @property
+    def n_classes(self) -> int | None:
+        """The network's number of classes ``K`` (labels ``0 .. K - 1``, null label ``K``), or None
+        for an unconditional network."""
+        return getattr(self.net, "n_classes", None)
+
+    def _net(self, x: Tensor, t: Tensor, y: Tensor | None) -> Tensor:
+        """``net(x, t)`` without labels (so networks without a ``y`` argument work), else ``net(x, t, y)``."""
+        return self.net(x, t) if y is None else self.net(x, t, y)
+
     def _kernel(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         m, s = self.sde.kernel(t)
         return expand_like(m, x), expand_like(s, x)
@@ -39,23 +54,23 @@ class ScoreParameterization(_Parameterization):
 
     needs_kernel = False
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        return self.net(x, batch_time(t, x))
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        return self._net(x, batch_time(t, x), y)
 
 
 class EpsilonParameterization(_Parameterization):
     """The network predicts the noise: ``score = -net(x, t) / s(t)`` (Ho et al. 2020; Song et al. 2021)."""
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         t = batch_time(t, x)
         _, s = self._kernel(x, t)
-        return -self.net(x, t) / s
+        return -self._net(x, t, y) / s
 
 
 class DataParameterization(_Parameterization):
     """The network predicts the clean data: ``score = -(x - m(t) x0_hat) / s(t)^2`` (x0-prediction)."""
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         t = batch_time(t, x)
         m, s = self._kernel(x, t)
-        return -(x - m * self.net(x, t)) / s**2
+        return -(x - m * self._net(x, t, y)) / s**2

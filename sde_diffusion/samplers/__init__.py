@@ -44,3 +44,9 @@ __all__ += [
 from .draw import DrawnSamples, draw_samples
 
 __all__ += ["draw_samples", "DrawnSamples"]
+
+# conditional and controllable generation: classifier-free guidance, inpainting, SDEdit
+from .controllable import MASK_REGIONS, inpaint, inpainting_mask, sdedit
+from .guidance import GuidedScore, check_guidance
+
+__all__ += ["GuidedScore", "check_guidance", "inpaint", "inpainting_mask", "sdedit", "MASK_REGIONS"]

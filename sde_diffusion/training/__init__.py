@@ -13,6 +13,7 @@ __all__ = [
     "evaluate_loss",
     "MetricsLog",
     "CheckpointError",
+
     "save_checkpoint",
     "load_checkpoint",
 ]

@@ -27,6 +27,12 @@ class TrainOptions:
         log_every: append a line to ``metrics.jsonl`` every this many steps.
         resume: continue from the run directory's ``checkpoints/last.pt``.
         progress: show a tqdm progress bar.
+        grad_accumulation: micro-batches per process per step; the global ``batch_size`` is split
+            into ``world_size x grad_accumulation`` equal micro-batches (memory, and the exact match
+            between multi-process runs and one process: see :class:`~sde_diffusion.training.Trainer`).
+        label_dropout: for class-conditional training, the probability in [0, 1) that a sample's
+            label is replaced by the null label (classifier-free guidance, Ho & Salimans 2022: 0.1
+            to 0.2); unused without labels.
     """
 
     steps: int = 20_000
@@ -39,9 +45,11 @@ class TrainOptions:
     log_every: int = 100
     resume: bool = False
     progress: bool = True
+    label_dropout: float = 0.1
+    grad_accumulation: int = 1
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every", "grad_accumulation"):
             setattr(self, name, _positive_int(name, getattr(self, name)))
         if isinstance(self.warmup_steps, bool) or int(self.warmup_steps) != self.warmup_steps or self.warmup_steps < 0:
             raise ValueError(f"train.warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
@@ -56,6 +64,12 @@ class TrainOptions:
         if not isinstance(self.ema_decay, (int, float)) or not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"train.ema_decay must lie in [0, 1), got {self.ema_decay!r} (0.999 is typical)")
         self.ema_decay = float(self.ema_decay)
+        if isinstance(self.label_dropout, bool) or not isinstance(self.label_dropout, (int, float)) or not 0.0 <= self.label_dropout < 1.0:
+            raise ValueError(
+                f"train.label_dropout must lie in [0, 1), got {self.label_dropout!r} (0.1 trains the null "
+                f"label on a tenth of the samples, for classifier-free guidance; 0 disables guidance)"
+            )
+        self.label_dropout = float(self.label_dropout)
         for name in ("resume", "progress"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"train.{name} must be true or false, got {getattr(self, name)!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -13,10 +14,12 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
+from .._seeding import derive_seed
 from .._shapes import check_data
 from ..losses import denoising_score_matching
 from ..sdes.base import SDE
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..distributed import SINGLE, DistributedContext, all_reduce_mean
 from .metrics import MetricsLog
 from .options import TrainOptions
 
@@ -46,6 +49,23 @@ class Trainer:
     the uninterrupted one exactly.
 
     With a ``run_dir`` it writes ``metrics.jsonl`` and ``checkpoints/last.pt`` there.
+
+    Micro-batches and processes. The global batch of ``options.batch_size`` rows, drawn by the
+    shared generator (identical on every process), is cut into ``world_size x grad_accumulation``
+    equal micro-batches. Micro-batch ``c`` of step ``k`` draws its noise (times, perturbations,
+    label dropout) from a generator seeded ``derive_seed(seed, k, c)``, so the randomness of every
+    sample depends on where it sits in the global batch, not on which process computes it: ``W``
+    processes with ``A`` accumulation steps each train exactly as one process with ``W A``
+    accumulation steps (up to the order of floating-point sums). Under torch.distributed (``dist``),
+    the model runs inside DistributedDataParallel, which averages gradients across processes; only
+    the main process writes metrics and checkpoints, and every process can resume from them.
+
+    Class-conditional training: give ``labels`` ``(N,)`` int64, one per row of ``data``, and a
+    ``score_model(x, t, y)`` whose ``n_classes = K`` exceeds every label (``K`` is its null label).
+    Each batch then carries the labels of its rows, and each label is replaced by the null label with
+    probability ``options.label_dropout`` (drawn from the same generator, so resume stays exact),
+    which trains the unconditional score of classifier-free guidance (Ho & Salimans 2022, Alg. 1).
+    The loss sees the plain score ``lambda x, t: score_model(x, t, y)``.
     """
 
     def __init__(
@@ -60,24 +80,39 @@ class Trainer:
         device: str | torch.device = "cpu",
         seed: int = 0,
         config: dict | None = None,
+        labels: Tensor | None = None,
+        dist: DistributedContext = SINGLE,
     ):
         self.device = torch.device(device)
         self.model = score_model.to(self.device)
         self.sde = sde
         self.data = check_data(data, "training data").to(self.device)
+        self.labels = None if labels is None else _check_labels(labels, self.data, score_model).to(self.device)
         self.options = options
         self.loss_fn = loss_fn
         self.config = config
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.dist = dist
+        self.seed = int(seed)
+        self.micro_batches = dist.world_size * options.grad_accumulation
+        if options.batch_size % self.micro_batches:
+            raise ValueError(
+                f"train.batch_size ({options.batch_size}) must be divisible by the number of micro-batches, "
+                f"{dist.world_size} processes x train.grad_accumulation {options.grad_accumulation} = {self.micro_batches}"
+            )
         self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(options.ema_decay), use_buffers=True)
         # foreach: one fused update over all tensors (measured 10 % faster per step on the CPU too)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=options.lr_at(0), foreach=True)
         self.generator = torch.Generator(device=self.device).manual_seed(int(seed))
         self.step = 0
-        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl") if self.run_dir else None
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl") if self.run_dir and dist.is_main else None
         self.on_step: list[Callable[["Trainer"], None]] = []
         if options.resume:
             self._resume()
+        self.net: nn.Module = self.model  # what the training forward pass calls
+        if dist.active:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
 
     # ---------------------------------------------------------------------------- checkpoints
     @property
@@ -102,9 +137,12 @@ class Trainer:
             "config": self.config,
         }
 
-    def save(self) -> Path:
+    def save(self) -> Path | None:
+        """Write ``checkpoints/last.pt`` (the main process only; None elsewhere)."""
         if self.checkpoint_path is None:
             raise ValueError("this Trainer has no run_dir to save checkpoints in")
+        if not self.dist.is_main:
+            return None
         return save_checkpoint(self.checkpoint_path, self.state())
 
     def load_state(self, state: dict) -> None:
@@ -128,21 +166,33 @@ class Trainer:
                 f"hydra.run.dir at the earlier run's directory, or start afresh with train.resume=false"
             )
         self.load_state(load_checkpoint(self.checkpoint_path, map_location=self.device))
-        if self.metrics:
+        if self.metrics:  # the main process's
             self.metrics.truncate_after(self.step)
 
     # ------------------------------------------------------------------------------- training
     def train_step(self) -> tuple[Tensor, Tensor]:
-        """One optimiser step; returns the (unsynchronised) loss and gradient norm tensors."""
+        """One optimiser step over the global batch; returns this process's mean loss and the
+        gradient norm (unsynchronised tensors)."""
         opts = self.options
         idx = torch.randint(self.data.shape[0], (opts.batch_size,), generator=self.generator, device=self.device)
-        loss = self.loss_fn(self.model, self.sde, self.data[idx], generator=self.generator).mean()
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        per_micro = opts.batch_size // self.micro_batches
+        loss = torch.zeros((), device=self.device)
+        for a in range(opts.grad_accumulation):
+            c = self.dist.rank * opts.grad_accumulation + a  # this micro-batch's place in the global batch
+            rows = idx[c * per_micro : (c + 1) * per_micro]
+            gen = torch.Generator(device=self.device).manual_seed(derive_seed(self.seed, self.step, c))
+            last = a == opts.grad_accumulation - 1
+            sync = contextlib.nullcontext() if last or not self.dist.active else self.net.no_sync()
+            with sync:  # DDP averages gradients across processes on the last micro-batch only
+                micro = self.loss_fn(self._score_for(rows, gen), self.sde, self.data[rows], generator=gen).mean()
+                (micro / opts.grad_accumulation).backward()
+            loss = loss + micro.detach() / opts.grad_accumulation
         if opts.grad_clip is not None:
             grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), opts.grad_clip)
         else:
             grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self.model.parameters() if p.grad is not None]))
+        # a NaN on any process reaches every process through the averaged gradient: all stop together
         if not bool(torch.isfinite(loss) & torch.isfinite(grad_norm)):
             where = f"; the last good checkpoint is {self.checkpoint_path}" if self.checkpoint_path and self.checkpoint_path.exists() else ""
             raise NonFiniteLossError(
@@ -155,7 +205,18 @@ class Trainer:
         self.optimizer.step()
         self.ema.update_parameters(self.model)
         self.step += 1
-        return loss.detach(), grad_norm.detach()
+        return loss, grad_norm.detach()
+
+    def _score_for(self, idx: Tensor, generator: torch.Generator) -> Callable[[Tensor, Tensor], Tensor]:
+        """The score the loss trains on the rows ``data[idx]``: the model itself without labels; with
+        labels, ``score(x, t) = model(x, t, y)`` for the rows' labels after label dropout."""
+        if self.labels is None:
+            return self.net
+        y = self.labels[idx]
+        if self.options.label_dropout > 0:
+            drop = torch.rand(y.shape, generator=generator, device=self.device) < self.options.label_dropout
+            y = torch.where(drop, self.model.n_classes, y)
+        return lambda x, t: self.net(x, t, y)
 
     def fit(self) -> TrainResult:
         """Train until ``options.steps``; checkpoint every ``checkpoint_every`` steps and at the end."""
@@ -165,14 +226,16 @@ class Trainer:
         window_start, window_time = self.step, start
         last_loss = math.nan
         self.model.train()
-        with tqdm(total=opts.steps, initial=self.step, disable=not opts.progress, desc="train", mininterval=0.5) as bar:
+        show = opts.progress and self.dist.is_main
+        with tqdm(total=opts.steps, initial=self.step, disable=not show, desc="train", mininterval=0.5) as bar:
             while self.step < opts.steps:
                 loss, grad_norm = self.train_step()
                 window_loss += loss
                 bar.update(1)
                 if self.step % opts.log_every == 0 or self.step == opts.steps:
                     now = time.perf_counter()
-                    last_loss = (window_loss / (self.step - window_start)).item()
+                    # every process reaches the logging steps together: the mean over processes is safe
+                    last_loss = (all_reduce_mean(window_loss, self.dist) / (self.step - window_start)).item()
                     record = {
                         "step": self.step,
                         "loss": last_loss,
@@ -195,6 +258,25 @@ class Trainer:
         if self.run_dir and done == 0:
             self.save()
         return TrainResult(self.step, seconds, done / seconds if seconds > 0 else math.nan, last_loss)
+
+
+def _check_labels(labels: Tensor, data: Tensor, model: nn.Module) -> Tensor:
+    """Labels for class-conditional training: int64 ``(N,)`` in ``0 .. K - 1`` for a model with ``n_classes = K``."""
+    n_classes = getattr(model, "n_classes", None)
+    if n_classes is None:
+        raise ValueError(
+            f"labels were given but {type(model).__name__} is not class-conditional (no n_classes); build the "
+            f"network with n_classes (e.g. UNet(..., n_classes=10)) or train without labels"
+        )
+    if not isinstance(labels, Tensor) or labels.dtype != torch.int64 or labels.shape != (data.shape[0],):
+        what = f"{labels.dtype} of shape {tuple(labels.shape)}" if isinstance(labels, Tensor) else type(labels).__name__
+        raise ValueError(f"labels must be an int64 tensor of shape ({data.shape[0]},), one per training sample; got {what}")
+    if bool(((labels < 0) | (labels >= n_classes)).any()):
+        raise ValueError(
+            f"labels must lie in 0..{n_classes - 1} for a model with n_classes={n_classes} (label {n_classes} is its "
+            f"null label); got values from {int(labels.min())} to {int(labels.max())}: build the network with more classes"
+        )
+    return labels
 
 
 @torch.no_grad()
