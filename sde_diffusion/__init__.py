@@ -14,9 +14,11 @@ from .data import (
     npz_dataset,
     toy_dataset,
 )
+from . import distributed
 from .distances import sliced_wasserstein
 from .likelihood import (
     LikelihoodOutput,
+    evaluate_nll,
     bits_per_dim,
     dequantization_offset,
     dequantize,
@@ -139,6 +141,8 @@ __all__ = [
     "dequantization_offset",
     "bits_per_dim",
     "nats_per_dim",
+    "evaluate_nll",
+    "distributed",
     "Trainer",
     "TrainOptions",
     "save_checkpoint",

@@ -128,16 +128,6 @@ def test_the_shipped_custom_sde_example_runs_in_the_app(tmp_path):
     assert "QuadraticVPSDE" in (run / ".hydra" / "config.yaml").read_text()
 
 
-def test_multirun_sweep_smoke(tmp_path):
-    proc = _sde_train(
-        ["-m", *TINY, "train.steps=10", "sde=vp,subvp", f"hydra.sweep.dir={tmp_path / 'sweep'}", "hydra.sweep.subdir=${hydra.job.num}"],
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr
-    summaries = sorted((tmp_path / "sweep").glob("*/summary.json"))
-    assert len(summaries) == 2 and all(json.loads(p.read_text())["steps"] == 10 for p in summaries)
-
-
 def test_module_entry_point_matches_console_script(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "sde_diffusion.cli.train", *TINY, "train.steps=5", "sde=foo"], cwd=tmp_path, capture_output=True, text=True, timeout=120

@@ -5,7 +5,12 @@ from __future__ import annotations
 import importlib.resources
 import re
 import sys
+import time
 from typing import NoReturn
+
+import torch
+
+from .. import distributed
 
 _GROUP_CHOICE = re.compile(r"^(?P<group>[a-z_]+)=(?P<value>[A-Za-z0-9_.,\-]+)$")
 
@@ -47,3 +52,21 @@ def check_group_choices(prog: str, argv: list[str]) -> None:
                     f"unknown {match['group']} '{value}'; choose one of: {', '.join(groups[match['group']])} "
                     f"(or set {match['group']}._target_ to your own class)",
                 )
+
+
+def join_torchrun(prog: str, argv: list[str], run_dir_pattern: str) -> distributed.DistributedContext:
+    """Under torchrun: join the process group and make every rank use one run directory, chosen by
+    rank 0 (``time.strftime(run_dir_pattern)`` unless ``hydra.run.dir`` is given); only rank 0 lets
+    Hydra write ``.hydra/`` and its log. ``argv`` is extended in place. Single process: no-op."""
+    if not distributed.launched_by_torchrun():
+        return distributed.SINGLE
+    if any(a in ("-m", "--multirun") for a in argv):
+        fail(prog, "torchrun runs one job; launch sweeps (-m) without torchrun, or with hydra/launcher=slurm")
+    on_gpu = torch.cuda.is_available() and "device=cpu" not in argv
+    ctx = distributed.init_distributed("cuda" if on_gpu else "cpu")
+    if not any(a.startswith("hydra.run.dir=") for a in argv):
+        chosen = time.strftime(run_dir_pattern) if ctx.is_main else None
+        argv.append(f"hydra.run.dir={distributed.broadcast_object(chosen, ctx)}")
+    if not ctx.is_main:
+        argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+    return ctx

@@ -7,6 +7,7 @@ Writes into the Hydra run directory: ``checkpoints/last.pt``, ``metrics.jsonl``,
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -18,10 +19,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..config import ConfigError, build_experiment
 from ..distances import sliced_wasserstein
-from ..plotting import loss_curve, plot_samples
+from ..likelihood.evaluate import evaluate_nll
+from ..plotting import image_grid, loss_curve, plot_samples
 from ..samplers.draw import DrawnSamples, draw_samples
+from ..samplers.guidance import GuidedScore, check_guidance
+from .. import distributed
 from ..training import CheckpointError, NonFiniteLossError, Trainer, evaluate_loss
-from ._common import check_group_choices, fail
+from ._common import check_group_choices, fail, join_torchrun
 
 PROG = "sde-train"
 
@@ -45,18 +49,113 @@ def _check_resume_matches(cfg: DictConfig, run_dir: Path) -> None:
 
 
 @torch.no_grad()
-def _sample(exp, score_model, n: int, seed: int, progress: bool) -> DrawnSamples:
+def _sample(exp, score_model, n: int, seed: int, progress: bool, guidance: float = 0.0) -> DrawnSamples:
     """End-of-run samples, seeded as ``sde-sample`` seeds them: the same seed, sampler and ``n``
-    reproduce them there."""
+    reproduce them there. A class-conditional model's samples take the labels of :func:`_grid_labels`,
+    guided with weight ``guidance``."""
+    n_classes = getattr(score_model, "n_classes", None)
+    if n_classes is not None:
+        score_model = GuidedScore(score_model, _grid_labels(n, n_classes), guidance)
     return draw_samples(
         exp.sde, score_model, exp.sampler, exp.grid, exp.data.data_shape, n,
         batch_size=n, seed=seed, device=exp.device, progress=progress,
     )
 
 
+def _train_labels(exp) -> torch.Tensor | None:
+    """The training labels for a class-conditional network (``model.net.n_classes`` set), else None."""
+    n_classes = getattr(exp.score_model, "n_classes", None)
+    if n_classes is None:
+        return None
+    if exp.data.train_labels is None:
+        raise ConfigError(
+            f"model.net.n_classes={n_classes} builds a class-conditional network but data {exp.data.name!r} has no "
+            f"labels; use labelled data (data=digits, or data.labels_key=<key> with data=npz_images) or set model.net.n_classes=null"
+        )
+    if exp.data.n_classes > n_classes:
+        raise ConfigError(f"data {exp.data.name!r} has {exp.data.n_classes} classes but model.net.n_classes={n_classes}; set model.net.n_classes={exp.data.n_classes}")
+    return exp.data.train_labels
+
+
+def _guidance(cfg: DictConfig, score_model) -> float:
+    """The top-level ``guidance`` weight, validated; only a class-conditional model can be guided."""
+    try:
+        w = check_guidance(cfg.get("guidance", 0.0))
+    except ValueError as err:
+        raise ConfigError(f"guidance: {err}") from None
+    if w and getattr(score_model, "n_classes", None) is None:
+        raise ConfigError(f"guidance={w} needs a class-conditional model (model.net.n_classes set, labelled data); use guidance=0")
+    return w
+
+
+def _grid_columns(n: int, n_classes: int) -> int:
+    """Columns of the class grid: ``image_grid`` tiles its ``N`` images ``ceil(sqrt(N))`` to a row,
+    and the grid shows the first ``N = min(n, K^2)`` samples, one class per row when ``n >= K^2``."""
+    return math.ceil(math.sqrt(min(n, n_classes**2)))
+
+
+def _grid_labels(n: int, n_classes: int) -> torch.Tensor:
+    """Labels ``(n,)`` of the end-of-run samples of a class-conditional model: sample ``i`` has class
+    ``(i // c) mod K`` for ``c`` grid columns, so row ``r`` of the grid shows class ``r mod K``."""
+    return (torch.arange(n) // _grid_columns(n, n_classes)) % n_classes
+
+
+def _plot(samples: torch.Tensor, exp, score_model, path: Path, title: str) -> Path | None:
+    """``plot_samples`` beside held-out data; for a class-conditional image model the class grid
+    (rows are classes, :func:`_grid_labels`) over the held-out data's value range."""
+    n_classes = getattr(score_model, "n_classes", None)
+    if n_classes is None or samples.dim() != 4:
+        return plot_samples(samples, exp.data.test, path, title=title)
+    shown = min(samples.shape[0], n_classes**2)
+    value_range = (float(exp.data.test.min()), float(exp.data.test.max()))
+    return image_grid(samples, path, value_range=value_range, max_images=shown, title=f"{title}\nrow r: class r mod {n_classes}")
+
+
+def _eval_points(cfg: DictConfig) -> int:
+    n = cfg.get("eval_points", 0)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ConfigError(f"eval_points must be an integer >= 0 (0 skips the held-out NLL), got {n!r}")
+    return n
+
+
+def _held_out_nll(exp, score_model, n_points: int, seed: int) -> dict:
+    """Probability-flow NLL of ``score_model`` on the first ``n_points`` held-out points, with the
+    defaults of ``sde-eval`` (exact divergence for D <= 16, else Hutchinson); {} when ``n_points`` is 0."""
+    if n_points == 0:
+        return {}
+    data = exp.data
+    r = evaluate_nll(
+        exp.sde, score_model, data.test.to(exp.device), levels=data.levels, interval_width=data.interval_width,
+        n_points=min(n_points, data.test.shape[0]), seed=seed, density=data.distribution, progress=exp.options.progress,
+    )
+    summary = {"held_out_nll_nats_per_dim": r["nll_nats_per_dim"], "held_out_nll_stderr": r["nll_stderr"]}
+    if r["bpd"] is not None:
+        summary.update(held_out_bpd=r["bpd"], held_out_bpd_stderr=r["bpd_stderr"])
+    if r["data_nll_nats_per_dim"] is not None:
+        summary["held_out_data_nll_nats_per_dim"] = r["data_nll_nats_per_dim"]  # the exact density's, for the gap
+    summary.update(held_out_nll_points=r["n_points"], held_out_nll_nfe=r["nfe"], held_out_nll_seconds=round(r["seconds"], 3))
+    return summary
+
+
+def _nll_text(s: dict) -> str:
+    if not s:
+        return ""
+    text = f", NLL {s['held_out_nll_nats_per_dim']:.4f} nats/dim"
+    if "held_out_bpd" in s:
+        text += f" ({s['held_out_bpd']:.3f} bits/dim)"
+    if "held_out_data_nll_nats_per_dim" in s:
+        text += f" (exact data {s['held_out_data_nll_nats_per_dim']:.4f})"
+    return text + f" on {s['held_out_nll_points']} points"
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Train, sample, plot and summarise; returns the summary (also written to ``summary.json``)."""
     exp = build_experiment(cfg)
+    ctx = distributed.current()
+    if ctx.active and exp.device.type == "cuda":
+        exp.device = torch.device("cuda", ctx.local_rank)  # one GPU per process under torchrun
+    eval_points = _eval_points(cfg)
+    guidance = _guidance(cfg, exp.score_model)
     _check_resume_matches(cfg, run_dir)
     trainer = Trainer(
         exp.score_model,
@@ -68,19 +167,24 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         device=exp.device,
         seed=int(cfg.seed),
         config=OmegaConf.to_container(cfg, resolve=True),
+        labels=_train_labels(exp),
+        dist=ctx,
     )
     result = trainer.fit()
+    if not ctx.is_main:  # evaluation, samples and plots are the main process's
+        return {}
 
     ema = trainer.ema_model.eval()
     test = exp.data.test
     held_out_loss = evaluate_loss(ema, exp.sde, test, loss_fn=exp.loss_fn, seed=int(cfg.seed))
-    drawn = _sample(exp, ema, int(cfg.n_samples), int(cfg.seed), exp.options.progress)
+    held_out_nll = _held_out_nll(exp, ema, eval_points, int(cfg.seed))
+    drawn = _sample(exp, ema, int(cfg.n_samples), int(cfg.seed), exp.options.progress, guidance)
     samples, nfe, sample_sec = drawn.samples.float(), drawn.batch_nfe[0], drawn.seconds
     np.savez(run_dir / "samples.npz", samples=samples.numpy())
     n_cmp = min(samples.shape[0], test.shape[0])
     sw2 = sliced_wasserstein(samples[:n_cmp], test[:n_cmp], generator=torch.Generator().manual_seed(0))
     sampler_name = HydraConfig.get().runtime.choices.get("sampler", "sampler")
-    plot_samples(samples, test, run_dir / "samples.png", title=f"{exp.data.name}: {type(exp.sde).__name__}, {sampler_name} ({nfe} NFE)")
+    _plot(samples, exp, ema, run_dir / "samples.png", title=f"{exp.data.name}: {type(exp.sde).__name__}, {sampler_name} ({nfe} NFE)")
     loss_curve(run_dir / "metrics.jsonl", run_dir / "loss.png")
 
     summary = {
@@ -89,6 +193,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         "steps_per_sec": round(result.steps_per_sec, 2),
         "final_train_loss": result.last_loss,
         "held_out_loss_ema": held_out_loss,
+        **held_out_nll,
         "sampler": sampler_name,
         "nfe": nfe,
         "sample_seconds": round(sample_sec, 3),
@@ -100,7 +205,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(
         f"{PROG}: {result.steps} steps in {result.seconds:.1f} s ({result.steps_per_sec:.0f} steps/s); "
-        f"held-out loss (EMA) {held_out_loss:.4f}; {samples.shape[0]} samples by {sampler_name} "
+        f"held-out loss (EMA) {held_out_loss:.4f}{_nll_text(held_out_nll)}; {samples.shape[0]} samples by {sampler_name} "
         f"({nfe} NFE, {sample_sec:.1f} s), sliced W2 to held-out data {sw2:.4f}; wrote {run_dir}",
         flush=True,
     )
@@ -120,7 +225,11 @@ def _main(cfg: DictConfig) -> None:
 
 def main() -> None:
     check_group_choices(PROG, sys.argv[1:])
-    _main()
+    ctx = join_torchrun(PROG, sys.argv, "outputs/%Y-%m-%d/%H-%M-%S")
+    try:
+        _main()
+    finally:
+        distributed.shutdown(ctx)
 
 
 if __name__ == "__main__":
