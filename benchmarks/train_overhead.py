@@ -95,7 +95,10 @@ def default_run(quick: bool) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rounds, steps, batch = (3, 100, 256) if args.quick else (7, 600, 256)
     data = sd.toy_dataset("checkerboard", n_train=50_000, n_test=100).train
     rates = {"toolkit": [], "hand, same work": [], "hand, bare": []}
