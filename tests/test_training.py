@@ -182,7 +182,7 @@ def test_ema_is_the_exponential_average_of_the_weight_history(tmp_path):
     history = []
     t.on_step.append(lambda tr: history.append(tr.model.net.out.bias.detach().clone()))
     first = t.model.net.out.bias.detach().clone()
-    # AveragedModel copies the weights at the first update; then ema <- decay ema + (1 - decay) w
+    # the EMA copies the weights at the first update; then ema <- decay ema + (1 - decay) w
     t.fit()
     expected = history[0]
     for w in history[1:]:
@@ -249,3 +249,31 @@ def test_stale_temporary_files_of_a_killed_writer_are_removed(tmp_path):
     (tmp_path / ".last.pt.abc123.tmp").write_bytes(b"half a checkpoint")
     save_checkpoint(tmp_path / "last.pt", {"w": torch.ones(2), "step": 1})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_ema_follows_its_recursion_and_matches_averaged_model():
+    """First update copies the weights, then ema <- d ema + (1 - d) w; the state_dict layout and every
+    value equal torch's AveragedModel with EMA averaging, so checkpoints load either way."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    from sde_diffusion.training.ema import EMA
+
+    torch.manual_seed(0)
+    net = sd.TimeMLP((2,), hidden_dim=8, n_layers=1)
+    decay = 0.9
+    ema, reference = EMA(net, decay), AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    expected = None
+    for k in range(4):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p))  # an "optimiser step", in place
+        w = torch.cat([p.detach().flatten() for p in net.parameters()])
+        expected = w.clone() if k == 0 else decay * expected + (1 - decay) * w
+        ema.update()
+        reference.update_parameters(net)
+    got = torch.cat([p.flatten() for p in ema.module.parameters()])
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    ours, theirs = ema.state_dict(), reference.state_dict()
+    assert ours.keys() == theirs.keys() and int(ours["n_averaged"]) == 4
+    for key in ours:
+        torch.testing.assert_close(ours[key], theirs[key], rtol=1e-6, atol=1e-6, msg=key)

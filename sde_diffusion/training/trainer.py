@@ -11,7 +11,6 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from .._seeding import derive_seed
@@ -19,6 +18,7 @@ from .._shapes import check_data
 from ..losses import denoising_score_matching
 from ..sdes.base import SDE
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .ema import EMA
 from ..distributed import SINGLE, DistributedContext, all_reduce_mean
 from .metrics import MetricsLog
 from .options import TrainOptions
@@ -100,10 +100,12 @@ class Trainer:
                 f"train.batch_size ({options.batch_size}) must be divisible by the number of micro-batches, "
                 f"{dist.world_size} processes x train.grad_accumulation {options.grad_accumulation} = {self.micro_batches}"
             )
-        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(options.ema_decay), use_buffers=True)
+        self.ema = EMA(self.model, options.ema_decay)
+        self._params = list(self.model.parameters())
         # foreach: one fused update over all tensors (measured 10 % faster per step on the CPU too)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=options.lr_at(0), foreach=True)
         self.generator = torch.Generator(device=self.device).manual_seed(int(seed))
+        self._micro_generator = torch.Generator(device=self.device)  # re-seeded for every micro-batch
         self.step = 0
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl") if self.run_dir and dist.is_main else None
         self.on_step: list[Callable[["Trainer"], None]] = []
@@ -177,23 +179,25 @@ class Trainer:
         idx = torch.randint(self.data.shape[0], (opts.batch_size,), generator=self.generator, device=self.device)
         self.optimizer.zero_grad(set_to_none=True)
         per_micro = opts.batch_size // self.micro_batches
-        loss = torch.zeros((), device=self.device)
-        for a in range(opts.grad_accumulation):
-            c = self.dist.rank * opts.grad_accumulation + a  # this micro-batch's place in the global batch
+        n_acc = opts.grad_accumulation
+        losses = []
+        for a in range(n_acc):
+            c = self.dist.rank * n_acc + a  # this micro-batch's place in the global batch
             rows = idx[c * per_micro : (c + 1) * per_micro]
-            gen = torch.Generator(device=self.device).manual_seed(derive_seed(self.seed, self.step, c))
-            last = a == opts.grad_accumulation - 1
+            gen = self._micro_generator.manual_seed(derive_seed(self.seed, self.step, c))
+            last = a == n_acc - 1
             sync = contextlib.nullcontext() if last or not self.dist.active else self.net.no_sync()
             with sync:  # DDP averages gradients across processes on the last micro-batch only
                 micro = self.loss_fn(self._score_for(rows, gen), self.sde, self.data[rows], generator=gen).mean()
-                (micro / opts.grad_accumulation).backward()
-            loss = loss + micro.detach() / opts.grad_accumulation
+                (micro if n_acc == 1 else micro / n_acc).backward()
+            losses.append(micro.detach())
+        loss = losses[0] if n_acc == 1 else torch.stack(losses).mean()
         if opts.grad_clip is not None:
-            grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), opts.grad_clip)
+            grad_norm = nn.utils.clip_grad_norm_(self._params, opts.grad_clip)
         else:
-            grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self.model.parameters() if p.grad is not None]))
+            grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self._params if p.grad is not None]))
         # a NaN on any process reaches every process through the averaged gradient: all stop together
-        if not bool(torch.isfinite(loss) & torch.isfinite(grad_norm)):
+        if not bool(torch.isfinite(loss + grad_norm)):  # one check for both (a sum is finite iff both are, short of overflow)
             where = f"; the last good checkpoint is {self.checkpoint_path}" if self.checkpoint_path and self.checkpoint_path.exists() else ""
             raise NonFiniteLossError(
                 f"training stopped at step {self.step + 1}: loss = {loss.item()}, gradient norm = "
@@ -203,7 +207,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = opts.lr_at(self.step)
         self.optimizer.step()
-        self.ema.update_parameters(self.model)
+        self.ema.update()
         self.step += 1
         return loss, grad_norm.detach()
 
