@@ -217,3 +217,25 @@ def test_reduce_mean_divides_the_sum_by_the_dimension():
 def test_bad_loss_options_are_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
         sd.denoising_score_matching(lambda x, t: x, sd.VPSDE(), torch.randn(3, 2), **kwargs)
+
+
+@pytest.mark.parametrize("name", list(all_sdes()))
+@pytest.mark.parametrize("weighting", [sd.NoiseWeighting(), sd.ImportanceLikelihoodWeighting()], ids=repr)
+def test_weight_over_variance_is_lambda_over_s2(name, weighting):
+    """The shortcut the DSM loss takes must be the ratio it replaces, and the loss with the shortcut
+    equals the loss computed from ``weight`` (a duck-typed weighting without the shortcut)."""
+    sde = all_sdes()[name]
+    t = torch.linspace(1e-3, 1.0, 50, dtype=torch.float64)
+    ratio = torch.as_tensor(weighting.weight_over_variance(sde, t, EPS), dtype=torch.float64)
+    torch.testing.assert_close(ratio.expand(50), weighting.weight(sde, t, EPS) / sde.kernel(t)[1] ** 2, rtol=1e-10, atol=0)
+
+    class WeightOnly:  # the same weighting without weight_over_variance: DSM divides by s^2 itself
+        needs_kernel = True
+        sample_time = weighting.sample_time
+        weight = weighting.weight
+
+    dist = gaussian(dim=2, seed=1)
+    x0 = dist.sample(64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    losses = [sd.denoising_score_matching(dist.score_fn(sde), sde, x0, weighting=w, generator=torch.Generator().manual_seed(1))
+              for w in (weighting, WeightOnly())]
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-9, atol=0)

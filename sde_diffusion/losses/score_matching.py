@@ -39,7 +39,8 @@ def denoising_score_matching(
 
     ``lambda(t) || s_theta(x_t, t) + z / s(t) ||^2`` with ``x_t = m(t) x0 + s(t) z``, ``z ~ N(0, I)``,
     ``t`` drawn by ``weighting`` (default :class:`NoiseWeighting`, ``lambda = s^2``: the eps loss).
-    Computed as ``(lambda / s^2) || s s_theta + z ||^2`` for numerical range at small ``s``.
+    Computed as ``(lambda / s^2) || s s_theta + z ||^2`` for numerical range at small ``s``, with the
+    weighting's own ``weight_over_variance`` when it has one (see :mod:`.weighting`).
 
     ``x0``: ``(B, *dims)``. Returns ``(B,)``: the squared norm summed (``reduce="sum"``) or averaged
     (``"mean"``) over the data dimensions. Needs the SDE's kernel.
@@ -54,7 +55,9 @@ def denoising_score_matching(
     t = weighting.sample_time(sde, x0.shape[0], eps, generator=generator, device=x0.device, dtype=x0.dtype)
     x_t, z, s = sde.perturb(x0, t, generator=generator)
     residual = expand_like(s, x0) * score_fn(x_t, t) + z
-    return weighting.weight(sde, t, eps) / s**2 * _reduce(residual**2, reduce)
+    ratio = getattr(weighting, "weight_over_variance", None)
+    ratio = weighting.weight(sde, t, eps) / s**2 if ratio is None else ratio(sde, t, eps)
+    return ratio * _reduce(residual**2, reduce)
 
 
 def sliced_score_matching(

@@ -4,6 +4,13 @@ The objective is ``E_t [ lambda(t) E || s_theta(x_t, t) - grad log p_0t(x_t | x_
 ``t ~ U(eps, T)`` (Song et al. 2021, Eq. 7). A weighting object draws ``t`` and returns the weight
 that makes the per-sample value an unbiased estimate of that objective, so importance sampling of
 ``t`` changes the variance and never the expectation.
+
+A weighting is any object with ``sample_time(sde, batch, eps, *, generator, device, dtype) -> (B,)``
+and ``weight(sde, t, eps) -> lambda(t)``. Denoising score matching computes the loss as
+``(lambda / s^2) || s s_theta + z ||^2``; a weighting may also give that ratio directly as
+``weight_over_variance(sde, t, eps)`` (a float or a ``(B,)`` tensor), which the loss then uses
+instead of dividing by ``s(t)^2``: exact (no cancellation at small ``s``) and cheaper (no kernel
+evaluation for the eps loss, whose ratio is 1).
 """
 
 from __future__ import annotations
@@ -29,6 +36,9 @@ class NoiseWeighting:
 
     def weight(self, sde: SDE, t: Tensor, eps: float) -> Tensor:
         return sde.kernel(t)[1] ** 2
+
+    def weight_over_variance(self, sde: SDE, t: Tensor, eps: float) -> float:
+        return 1.0
 
     def __repr__(self) -> str:
         return "NoiseWeighting()"
@@ -71,7 +81,10 @@ class ImportanceLikelihoodWeighting:
         return t.to(dtype or torch.get_default_dtype())
 
     def weight(self, sde: SDE, t: Tensor, eps: float) -> Tensor:
-        return self._normaliser(sde, eps) / (sde.T - eps) * sde.kernel(t)[1] ** 2
+        return self.weight_over_variance(sde, t, eps) * sde.kernel(t)[1] ** 2
+
+    def weight_over_variance(self, sde: SDE, t: Tensor, eps: float) -> float:
+        return self._normaliser(sde, eps) / (sde.T - eps)
 
     def __repr__(self) -> str:
         return "ImportanceLikelihoodWeighting()"

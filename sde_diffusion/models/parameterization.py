@@ -64,7 +64,7 @@ class EpsilonParameterization(_Parameterization):
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         t = batch_time(t, x)
         _, s = self._kernel(x, t)
-        return -self._net(x, t, y) / s
+        return self._net(x, t, y) / -s  # negate the (B, 1, ...) std, not the network's output
 
 
 class DataParameterization(_Parameterization):
@@ -73,4 +73,4 @@ class DataParameterization(_Parameterization):
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         t = batch_time(t, x)
         m, s = self._kernel(x, t)
-        return -(x - m * self._net(x, t, y)) / s**2
+        return (m * self._net(x, t, y) - x) / s**2
