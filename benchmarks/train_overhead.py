@@ -154,7 +154,7 @@ def main() -> None:
         "default_run": run,
     }
     RESULTS.mkdir(exist_ok=True)
-    suffix = "_quick" if args.quick else ""
+    suffix = ("_quick" if args.quick else "") + (f"_threads{args.threads}" if args.threads else "")
     (RESULTS / f"train_overhead{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         "# Training throughput: toolkit vs hand-written loop",
