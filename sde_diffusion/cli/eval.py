@@ -22,7 +22,6 @@ import importlib.resources
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import hydra
@@ -31,6 +30,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from .. import distributed
+from .._atomic import write_atomically
 from ..config import ConfigError
 from ..likelihood.evaluate import evaluate_nll
 from ..training import CheckpointError
@@ -67,19 +67,9 @@ def _read_records(path: Path) -> list[dict]:
     return records
 
 
-def _write_atomic(path: Path, records: list[dict]) -> None:
-    """Write ``records`` to a temporary file beside ``path`` and rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp creates 0600; results are meant to be shared
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(records, indent=2) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+def _write_records(path: Path, records: list[dict]) -> None:
+    """Write ``records`` atomically (readable by all: results are meant to be shared)."""
+    write_atomically(path, lambda f: f.write(json.dumps(records, indent=2) + "\n"), binary=False, mode=0o644)
 
 
 def append_record(path: Path, record: dict) -> int:
@@ -92,7 +82,7 @@ def append_record(path: Path, record: dict) -> int:
         fcntl.flock(dir_fd, fcntl.LOCK_EX)
         records = _read_records(path)
         records.append(record)
-        _write_atomic(path, records)
+        _write_records(path, records)
         return len(records)
     finally:
         os.close(dir_fd)  # closing releases the lock
@@ -142,7 +132,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     record["processes"] = ctx.world_size
     n_records = append_record(trained.run_dir / RESULTS, record)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out_dir / RESULTS, [record])
+    _write_records(out_dir / RESULTS, [record])
     print(f"{PROG}: {_summary_line(record)}; appended record {n_records} to {trained.run_dir / RESULTS}, wrote {out_dir}", flush=True)
     return record
 
