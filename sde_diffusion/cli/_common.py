@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.resources
 import re
 import sys
 import time
-from typing import NoReturn
+from typing import Iterator, NoReturn
 
 import torch
 
@@ -54,10 +55,22 @@ def check_group_choices(prog: str, argv: list[str]) -> None:
                 )
 
 
-def join_torchrun(prog: str, argv: list[str], run_dir_pattern: str) -> distributed.DistributedContext:
-    """Under torchrun: join the process group and make every rank use one run directory, chosen by
+@contextlib.contextmanager
+def torchrun_session(prog: str, argv: list[str], run_dir_pattern: str) -> Iterator[distributed.DistributedContext]:
+    """Run an entry point's body under torchrun, or as a single process when torchrun did not start it.
+
+    Under torchrun: join the process group and make every rank use one run directory, chosen by
     rank 0 (``time.strftime(run_dir_pattern)`` unless ``hydra.run.dir`` is given); only rank 0 lets
-    Hydra write ``.hydra/`` and its log. ``argv`` is extended in place. Single process: no-op."""
+    Hydra write ``.hydra/`` and its log. ``argv`` is extended in place. The process group is shut
+    down when the body ends, also on an error."""
+    ctx = _join_torchrun(prog, argv, run_dir_pattern)
+    try:
+        yield ctx
+    finally:
+        distributed.shutdown(ctx)
+
+
+def _join_torchrun(prog: str, argv: list[str], run_dir_pattern: str) -> distributed.DistributedContext:
     if not distributed.launched_by_torchrun():
         return distributed.SINGLE
     if any(a in ("-m", "--multirun") for a in argv):

@@ -34,7 +34,7 @@ from .._atomic import write_atomically
 from ..config import ConfigError
 from ..likelihood.evaluate import evaluate_nll
 from ..training import CheckpointError
-from ._common import fail, join_torchrun
+from ._common import fail, torchrun_session
 from ._run import load_trained_run
 
 PROG = "sde-eval"
@@ -178,11 +178,8 @@ def _check_keys(argv: list[str]) -> None:
 
 def main() -> None:
     _check_keys(sys.argv[1:])
-    ctx = join_torchrun(PROG, sys.argv, "outputs/eval/%Y-%m-%d/%H-%M-%S")
-    try:
+    with torchrun_session(PROG, sys.argv, "outputs/eval/%Y-%m-%d/%H-%M-%S"):
         _main()
-    finally:
-        distributed.shutdown(ctx)
 
 
 if __name__ == "__main__":

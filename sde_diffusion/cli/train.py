@@ -25,7 +25,7 @@ from ..samplers.draw import DrawnSamples, draw_samples
 from ..samplers.guidance import GuidedScore, check_guidance
 from .. import distributed
 from ..training import CheckpointError, NonFiniteLossError, Trainer, evaluate_loss
-from ._common import check_group_choices, fail, join_torchrun
+from ._common import check_group_choices, fail, torchrun_session
 
 PROG = "sde-train"
 
@@ -225,11 +225,8 @@ def _main(cfg: DictConfig) -> None:
 
 def main() -> None:
     check_group_choices(PROG, sys.argv[1:])
-    ctx = join_torchrun(PROG, sys.argv, "outputs/%Y-%m-%d/%H-%M-%S")
-    try:
+    with torchrun_session(PROG, sys.argv, "outputs/%Y-%m-%d/%H-%M-%S"):
         _main()
-    finally:
-        distributed.shutdown(ctx)
 
 
 if __name__ == "__main__":
