@@ -94,11 +94,6 @@ def all_reduce_mean(t: torch.Tensor, ctx: DistributedContext) -> torch.Tensor:
     return t / ctx.world_size
 
 
-def barrier(ctx: DistributedContext) -> None:
-    if ctx.active:
-        dist.barrier()
-
-
 def shutdown(ctx: DistributedContext) -> None:
     if ctx.active and dist.is_initialized():
         dist.destroy_process_group()
