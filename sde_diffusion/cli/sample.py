@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import json
 import sys
-import time
 from pathlib import Path
 
 import hydra
@@ -34,7 +33,7 @@ from torch import Tensor
 from ..config import ConfigError, build_sampler
 from ..plotting import plot_samples
 from ..samplers.controllable import MASK_REGIONS, inpaint, inpainting_mask, sdedit
-from ..samplers.draw import NOISE, DrawnSamples, draw_samples, stream_seed
+from ..samplers.draw import DrawnSamples, draw_samples, sample_in_batches, stream_seed
 from ..samplers.guidance import GuidedScore, check_guidance
 from ..samplers.predictor_corrector import predictor_corrector
 from ..sdes.base import ScoreFn
@@ -108,18 +107,13 @@ def _inpainting(cfg: DictConfig, sampler, sampler_name: str, data_shape: tuple[i
 
 
 @torch.no_grad()
-def _edit(fn, inputs: Tensor, batch_size: int, seed: int, device: torch.device) -> DrawnSamples:
-    """``fn(x, generator=...)`` on ``inputs`` in batches; batch ``b`` gets the step-noise generator
-    :func:`draw_samples` gives its batch ``b``."""
-    chunks, batch_nfe = [], []
-    start = time.perf_counter()
-    for b, x in enumerate(inputs.split(batch_size)):
-        out = fn(x.to(device), generator=torch.Generator(device=device).manual_seed(stream_seed(seed, NOISE, b)))
-        chunks.append(out.samples.cpu())
-        batch_nfe.append(int(out.nfe))
-    seconds = time.perf_counter() - start
-    nfe = torch.repeat_interleave(torch.tensor(batch_nfe), torch.tensor([len(c) for c in chunks]))
-    return DrawnSamples(torch.cat(chunks), nfe, batch_nfe, seconds)
+def _edit(fn, inputs: Tensor, batch_size: int, seed: int, device: torch.device, progress: bool) -> DrawnSamples:
+    """``fn(x, generator=...)`` on ``inputs`` in batches, each batch with the step-noise generator
+    :func:`draw_samples` gives its batch."""
+    def batch(lo: int, hi: int, generator: torch.Generator):
+        return fn(inputs[lo:hi].to(device), generator=generator)
+
+    return sample_in_batches(batch, inputs.shape[0], batch_size=batch_size, seed=seed, device=device, progress=progress)
 
 
 def _draw(cfg: DictConfig, trained, score: ScoreFn, sampler_name: str, n: int, batch_size: int, seed: int, progress: bool):
@@ -139,12 +133,12 @@ def _draw(cfg: DictConfig, trained, score: ScoreFn, sampler_name: str, n: int, b
     if task == "inpaint":
         options, mask = _inpainting(cfg, sampler, sampler_name, data.data_shape)
         fn = functools.partial(inpaint, sde, score, mask=mask.to(trained.device), ts=ts, progress=progress, **options)
-        return _edit(fn, inputs, batch_size, seed, trained.device), inputs, mask, {"mask": cfg.mask}
+        return _edit(fn, inputs, batch_size, seed, trained.device, progress), inputs, mask, {"mask": cfg.mask}
     t0 = cfg.get("t0")
     if isinstance(t0, bool) or not isinstance(t0, (int, float)):
         raise ConfigError(f"t0 must be a number in [0, {sde.T}] (the time the inputs are noised to), got {t0!r}")
     fn = functools.partial(sdedit, sde, score, t0=t0, ts=ts, sampler=sampler, progress=progress)
-    return _edit(fn, inputs, batch_size, seed, trained.device), inputs, None, {"t0": float(t0)}
+    return _edit(fn, inputs, batch_size, seed, trained.device, progress), inputs, None, {"t0": float(t0)}
 
 
 def _task_text(task: str, extra: dict, score: ScoreFn) -> str:

@@ -41,9 +41,9 @@ __all__ += [
 ]
 
 # drawing many samples in batches with batch-independent seeds
-from .draw import DrawnSamples, draw_samples
+from .draw import DrawnSamples, draw_samples, sample_in_batches
 
-__all__ += ["draw_samples", "DrawnSamples"]
+__all__ += ["draw_samples", "DrawnSamples", "sample_in_batches"]
 
 # conditional and controllable generation: classifier-free guidance, inpainting, SDEdit
 from .controllable import MASK_REGIONS, inpaint, inpainting_mask, sdedit

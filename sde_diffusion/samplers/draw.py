@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .._seeding import derive_seed
 from ..sdes.base import SDE, ScoreFn
+from .base import SamplerOutput
 
 PRIOR_BLOCK = 256
 """Samples per independently seeded block of prior noise."""
@@ -94,14 +95,34 @@ def draw_samples(
     device = torch.device(device)
     ts = grid(sde, dtype=dtype, device=device)
     prior = PriorBlocks(sde, data_shape, seed, dtype)
+
+    def batch(lo: int, hi: int, generator: torch.Generator):
+        return sampler(sde, score_fn, prior.take(lo, hi).to(device), ts, generator=generator, progress=progress)
+
+    return sample_in_batches(batch, n, batch_size=batch_size, seed=seed, device=device, progress=progress)
+
+
+def sample_in_batches(
+    call: Callable[[int, int, torch.Generator], SamplerOutput],
+    n: int,
+    *,
+    batch_size: int,
+    seed: int,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> DrawnSamples:
+    """``call(lo, hi, generator)`` for samples ``lo .. hi - 1`` of ``n``, batch by batch; batch ``b``
+    gets the generator seeded ``stream_seed(seed, NOISE, b)`` on ``device``. Collects the samples on
+    the CPU, each batch's NFE and the wall time (the loop of :func:`draw_samples`, also used by
+    ``sde-sample``'s inpainting and SDEdit of given inputs)."""
+    device = torch.device(device)
     chunks, batch_nfe = [], []
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
     for b, lo in enumerate(tqdm(range(0, n, batch_size), disable=not progress, desc="batches")):
-        hi = min(lo + batch_size, n)
         gen = torch.Generator(device=device).manual_seed(stream_seed(seed, NOISE, b))
-        out = sampler(sde, score_fn, prior.take(lo, hi).to(device), ts, generator=gen, progress=progress)
+        out = call(lo, min(lo + batch_size, n), gen)
         chunks.append(out.samples.cpu())
         batch_nfe.append(int(out.nfe))
     seconds = time.perf_counter() - start  # .cpu() above waits for the device
