@@ -1,6 +1,8 @@
 """Figures written by the apps: samples beside data, image grids, and the training loss curve.
 
 Matplotlib runs on the non-interactive Agg backend, so plots work on machines without a display.
+``scatter_figure`` and ``loss_figure`` return the open figure (for notebooks and tests); the functions
+taking a ``path`` save it as a PNG and close it.
 """
 
 from __future__ import annotations
@@ -13,55 +15,138 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker as ticker  # noqa: E402
 import torch  # noqa: E402
 
 
-def scatter_samples(samples: torch.Tensor, data: torch.Tensor, path: str | Path, *, title: str = "") -> Path:
-    """Side-by-side scatter of held-out ``data`` and model ``samples`` on shared axes.
+def scatter_samples(
+    samples: torch.Tensor, data: torch.Tensor, path: str | Path, *, title: str = "", units: str | None = None
+) -> Path:
+    """Save :func:`scatter_figure` as a PNG at ``path`` (cropped to its contents, nothing cut off)."""
+    return _save_tight(scatter_figure(samples, data, title=title, units=units), Path(path))
+
+
+def scatter_figure(samples: torch.Tensor, data: torch.Tensor, *, title: str = "", units: str | None = None) -> plt.Figure:
+    """Side-by-side scatter of held-out ``data`` ``(N, *dims)`` and model ``samples`` ``(M, *dims)`` on
+    shared, equal-aspect axes limited to the 0.1 %..99.9 % quantiles of both.
 
     Samples of more than two dimensions are shown by their first two coordinates (said in the labels).
+    ``units`` (e.g. ``"standardized units"``) is appended to both axis labels.
     """
-    path = Path(path)
     s = samples.detach().reshape(samples.shape[0], -1)[:, :2].float().cpu()
     d = data.detach().reshape(data.shape[0], -1)[:, :2].float().cpu()
     both = torch.cat([s, d])
     lo, hi = both.quantile(0.001, dim=0), both.quantile(0.999, dim=0)
     pad = 0.05 * (hi - lo)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4.5), sharex=True, sharey=True)
-    for ax, pts, name in zip(axes, (d, s), ("held-out data", "samples")):
-        ax.scatter(pts[:, 0], pts[:, 1], s=1.5, alpha=0.5, color="tab:blue" if name != "samples" else "tab:orange")
+    xlim = (float(lo[0] - pad[0]), float(hi[0] + pad[0]))  # Python floats: matplotlib deprecates 0-d tensors
+    ylim = (float(lo[1] - pad[1]), float(hi[1] + pad[1]))
+    xlabel, ylabel = _axis_labels(samples[0].numel(), units)
+    # equal aspect: size each panel to the data's height/width so the figure has little blank space
+    aspect = min(max((ylim[1] - ylim[0]) / max(xlim[1] - xlim[0], 1e-12), 0.4), 2.0)
+    panel = 4.2  # inches
+    fig, axes = plt.subplots(
+        1, 2, figsize=(2 * panel + 0.8, panel * aspect + (1.2 if title else 0.9)), sharex=True, sharey=True,
+        layout="constrained",
+    )
+    for ax, pts, name, color in zip(axes, (d, s), ("held-out data", "samples"), ("tab:blue", "tab:orange")):
+        ax.scatter(pts[:, 0].numpy(), pts[:, 1].numpy(), s=1.5, alpha=0.5, color=color)
         ax.set_title(f"{name} ({pts.shape[0]})")
-        ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
-        ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
+        ax.set_xlim(*xlim)
+        ax.set_ylim(*ylim)
         ax.set_aspect("equal", adjustable="box")
-        if samples[0].numel() > 2:
-            ax.set_xlabel("coordinate 0")
-            ax.set_ylabel("coordinate 1")
+        ax.set_xlabel(xlabel)
+    axes[0].set_ylabel(ylabel)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    return fig
+
+
+def _axis_labels(n_dims: int, units: str | None) -> tuple[str, str]:
+    """Axis labels of a 2-D scatter: ``x``/``y`` for 2-D data, ``coordinate 0``/``coordinate 1`` for the
+    first two coordinates of wider data; ``(units)`` appended when given."""
+    names = ("x", "y") if n_dims == 2 else ("coordinate 0", "coordinate 1")
+    return tuple(f"{n} ({units})" if units else n for n in names)
+
+
+def _save_tight(fig: plt.Figure, path: Path) -> Path:
+    """Write ``fig`` as a PNG at 120 dpi cropped to its contents (``bbox_inches="tight"``), and close it."""
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 
 
-def loss_curve(metrics_path: str | Path, path: str | Path) -> Path | None:
-    """Plot ``loss`` against ``step`` from a ``metrics.jsonl`` file; None when it holds no records."""
-    lines = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
-    if not lines:
+def loss_curve(
+    metrics_path: str | Path, path: str | Path, *, held_out: dict[str, float] | None = None, title: str = ""
+) -> Path | None:
+    """Save :func:`loss_figure` of a ``metrics.jsonl`` file's records as a PNG at ``path``; None (and
+    no file) when it holds no records."""
+    lines = Path(metrics_path).read_text().splitlines()
+    records = [json.loads(line) for line in lines if line.strip()]
+    if not records:
         return None
-    path = Path(path)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([r["step"] for r in lines], [r["loss"] for r in lines])
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss (window mean)")
-    if all(r["loss"] > 0 for r in lines):
+    return _save_tight(loss_figure(records, held_out=held_out, title=title), Path(path))
+
+
+def loss_figure(records: list[dict], *, held_out: dict[str, float] | None = None, title: str = "") -> plt.Figure:
+    """The training ``loss`` of ``records`` (``metrics.jsonl`` dicts with ``step``, ``loss`` and
+    optionally ``lr``) against ``step``, with the learning rate in a second panel below when every
+    record holds it.
+
+    ``held_out`` maps a label (e.g. ``"held-out loss, EMA weights"``) to one loss value measured at the
+    last step, drawn as a marker there and named in the legend. The loss axis is logarithmic when every
+    value on it is positive. ``title`` defaults to ``"training loss"``.
+    """
+    held_out = {label: float(v) for label, v in (held_out or {}).items()}
+    steps = [r["step"] for r in records]
+    has_lr = all(r.get("lr") is not None for r in records)
+    fig, axes = plt.subplots(
+        2 if has_lr else 1, 1, figsize=(7, 5.5 if has_lr else 4), sharex=True, squeeze=False, layout="constrained",
+        gridspec_kw={"height_ratios": [3, 1]} if has_lr else None,
+    )
+    _draw_loss(axes[0, 0], steps, [r["loss"] for r in records], held_out)
+    axes[0, 0].set_title(title or "training loss")
+    if has_lr:
+        _draw_lr(axes[1, 0], steps, [r["lr"] for r in records])
+    bottom = axes[-1, 0]
+    bottom.set_xlabel("step")
+    bottom.xaxis.set_major_locator(ticker.MaxNLocator(8, integer=True))
+    bottom.xaxis.set_major_formatter(ticker.EngFormatter(sep=""))  # 20k, 1.5M
+    return fig
+
+
+def _draw_loss(ax: plt.Axes, steps: list[int], loss: list[float], held_out: dict[str, float]) -> None:
+    """The loss line, one marker per held-out value at the last step, and the legend; log scale when
+    everything is positive."""
+    ax.plot(steps, loss, color="tab:blue", label="training loss (window mean)")
+    markers = iter("oDs^v<>P*X")
+    for label, value in held_out.items():
+        ax.plot([steps[-1]], [value], linestyle="none", marker=next(markers, "o"), markersize=8, label=label)
+    ax.set_ylabel("loss")
+    if all(v > 0 for v in loss) and all(v > 0 for v in held_out.values()):
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(_PlainLogFormatter())  # 0.4, 0.6, 1 rather than 6x10^-1
+        ax.yaxis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(1.5, 0.6)))
+    ax.grid(alpha=0.3, which="major")
+    ax.grid(alpha=0.1, which="minor")
+    ax.legend(loc="best", fontsize="small")
+
+
+def _draw_lr(ax: plt.Axes, steps: list[int], lr: list[float]) -> None:
+    """The learning rate against step, on a linear axis with at most a few scientific-notation ticks."""
+    ax.plot(steps, lr, color="tab:green")
+    ax.set_ylabel("learning rate")
+    ax.yaxis.set_major_locator(ticker.MaxNLocator(3))
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+
+
+class _PlainLogFormatter(ticker.LogFormatter):
+    """Log-axis tick labels as plain numbers (``0.4``, ``20``, ``1e-05``); which ticks are labelled is
+    matplotlib's choice (minor ticks too on an axis spanning under about a decade, powers of 10 only
+    on a wide one)."""
+
+    def __call__(self, x, pos=None):
+        return f"{x:.4g}" if super().__call__(x, pos) else ""
 
 
 def _tile_images(images: torch.Tensor, n_cols: int, value_range: tuple[float, float], pad: int = 1) -> torch.Tensor:
@@ -128,15 +213,18 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
-def plot_samples(samples: torch.Tensor, reference: torch.Tensor, path: str | Path, *, title: str = "") -> Path | None:
+def plot_samples(
+    samples: torch.Tensor, reference: torch.Tensor, path: str | Path, *, title: str = "", units: str | None = None
+) -> Path | None:
     """The right picture for the data's shape: two coordinates, a scatter beside ``reference``
-    (held-out data); ``(C, H, W)`` or ``(H, W)`` samples, an image grid over the reference's value
-    range; other shapes, the first two coordinates; None for 1-D samples."""
+    (held-out data) with ``units`` (e.g. ``"standardized units"``) on both axis labels; ``(C, H, W)`` or
+    ``(H, W)`` samples, an image grid over the reference's value range (``units`` unused); other shapes,
+    the first two coordinates; None for 1-D samples."""
     dims = samples.shape[1:]
     if samples[0].numel() != 2 and len(dims) in (2, 3):
         images = samples if len(dims) == 3 else samples[:, None]
         lo, hi = float(reference.min()), float(reference.max())
         return image_grid(images, path, value_range=(lo, hi) if hi > lo else (lo - 1.0, hi + 1.0), title=title)
     if samples[0].numel() >= 2:
-        return scatter_samples(samples, reference, path, title=title)
+        return scatter_samples(samples, reference, path, title=title, units=units)
     return None

@@ -1,14 +1,19 @@
 """``sde-summarize``: one table of a sweep's runs: their overrides and final metrics.
 
     sde-summarize multirun/2026-11-22/12-00-00
+    sde-summarize multirun/... --columns sde,seed,held_out_loss_ema     # or --columns all
     sde-summarize multirun/... --metric held_out_loss_ema --by sde
 
 Every run directory below the given one (any depth) that holds ``.hydra/overrides.yaml`` becomes a
 row: its command-line overrides (``key=value``), the numbers of its ``summary.json`` (written by
 ``sde-train``) and of the last record of its ``eval.json`` (written by ``sde-eval``), prefixed
-``eval.``. The table is printed, and saved as ``summary.csv`` and ``summary.md`` in the sweep
-directory; ``--metric`` and ``--by`` add a plot of one metric across the values of one override
-(``summary_<metric>_by_<override>.png``: every run as a point, the mean per value as a line).
+``eval.``. ``summary.csv`` in the sweep directory keeps every column (``run``, the overrides that vary
+across runs, every metric); the printed table and ``summary.md`` show the chosen ``--columns``, by
+default ``run``, the varying overrides and the metrics that matter (:data:`DEFAULT_METRICS`, those
+that at least one run has). ``--metric`` and ``--by`` add a plot of one metric across the values of
+one override (``summary_<metric>_by_<override>.png``): every run as a point; for numeric values
+(``lr=1e-4,1e-3``) the mean per value as a line, for categorical ones (``sde=vp,subvp,ve``) the mean
+per category as a point with its standard error on a categorical axis.
 """
 
 from __future__ import annotations
@@ -19,12 +24,30 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import OmegaConf
 
 from ._common import fail
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
 PROG = "sde-summarize"
+
+DEFAULT_METRICS = (
+    "steps",
+    "held_out_loss_ema",
+    "held_out_nll_nats_per_dim",
+    "held_out_bpd",
+    "sliced_w2_vs_held_out",
+    "nfe",
+    "train_seconds",
+    "eval.nll_nats_per_dim",
+    "eval.bpd",
+)
+"""Metrics shown by default, in this order, when at least one run has them."""
 
 
 def _overrides(run: Path) -> dict[str, str]:
@@ -73,6 +96,25 @@ def _columns(rows: list[dict], override_keys: set[str]) -> list[str]:
     return ["run"] + [k for k in keys if k in varies] + [k for k in keys if k != "run" and k not in override_keys]
 
 
+def select_columns(all_columns: list[str], override_columns: set[str], spec: str | None = None) -> list[str]:
+    """The columns to show: ``spec`` None gives ``run``, the varying overrides and the
+    :data:`DEFAULT_METRICS` present in ``all_columns``; ``"all"`` gives ``all_columns``; otherwise
+    ``spec`` is comma-separated names, kept in that order. Unknown names raise ValueError listing the
+    available ones."""
+    if spec is None:
+        return [c for c in all_columns if c == "run" or c in override_columns] + [
+            m for m in DEFAULT_METRICS if m in all_columns
+        ]
+    if spec.strip() == "all":
+        return list(all_columns)
+    names = list(dict.fromkeys(n.strip() for n in spec.split(",") if n.strip()))
+    unknown = [n for n in names if n not in all_columns]
+    if unknown or not names:
+        what = f"unknown column(s) {', '.join(unknown)}" if unknown else "no column named in --columns"
+        raise ValueError(f"{what}; choose from: {', '.join(all_columns)} (or --columns all)")
+    return names
+
+
 def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.6g}"
@@ -85,28 +127,67 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_metric(rows: list[dict], metric: str, by: str, path: Path) -> Path:
-    """Every run's ``metric`` against its value of override ``by``, with the mean per value."""
+def _points(rows: list[dict], metric: str, by: str) -> list[tuple[str, float]]:
+    """``(value of override by, metric)`` of every run that has both; ValueError when none does."""
+    points = [(str(r[by]), float(r[metric])) for r in rows if by in r and isinstance(r.get(metric), (int, float))]
+    if not points:
+        raise ValueError(f"no run has both the override '{by}' and the metric '{metric}'")
+    return points
+
+
+def metric_figure(rows: list[dict], metric: str, by: str) -> tuple[Figure, Axes]:
+    """A matplotlib figure of every run's ``metric`` against its value of override ``by``.
+
+    Numeric values (all parse as floats) are sorted and their means joined by a line; categorical
+    values keep their order of first appearance, and each category's mean is a point with an error bar
+    of one standard error (none for a single run), unconnected. Returns ``(figure, axes)``.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = [(str(r[by]), float(r[metric])) for r in rows if by in r and isinstance(r.get(metric), (int, float))]
-    if not points:
-        raise ValueError(f"no run has both the override '{by}' and the metric '{metric}'")
-    values = sorted({v for v, _ in points}, key=lambda v: (_as_number(v), v))
+    points = _points(rows, metric, by)
+    numeric = all(math.isfinite(_as_number(v)) for v, _ in points)
+    values = list(dict.fromkeys(v for v, _ in points))
+    if numeric:
+        values.sort(key=_as_number)
     pos = {v: i for i, v in enumerate(values)}
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(values)), 3.5))
-    ax.scatter([pos[v] for v, _ in points], [y for _, y in points], alpha=0.7, label="runs")
-    means = [sum(y for v2, y in points if v2 == v) / sum(1 for v2, _ in points if v2 == v) for v in values]
-    ax.plot(range(len(values)), means, color="tab:red", marker="_", markersize=20, label="mean")
+    groups = [[y for v2, y in points if v2 == v] for v in values]
+    means = [sum(g) / len(g) for g in groups]
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.2 * len(values)), 3.8), layout="constrained")
+    shift = 0.0 if numeric else 0.12  # categorical: runs left of each tick, the mean right of it
+    ax.scatter([pos[v] - shift for v, _ in points], [y for _, y in points], alpha=0.6, color="tab:blue", label="runs")
+    if numeric:
+        ax.plot(range(len(values)), means, color="tab:red", marker="_", markersize=20, label="mean")
+    else:
+        ax.errorbar(
+            [i + shift for i in range(len(values))], means, yerr=[_stderr(g) for g in groups], fmt="D", linestyle="none",
+            color="tab:red", capsize=6, markersize=7, label="mean ± s.e.",
+        )
+        ax.set_xlim(-0.6, len(values) - 0.4)
     ax.set_xticks(range(len(values)), values)
     ax.set_xlabel(by)
     ax.set_ylabel(metric)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(loc="best", fontsize="small")
+    return fig, ax
+
+
+def _stderr(ys: list[float]) -> float:
+    """Standard error of the mean of ``ys`` (sample std / sqrt(n)); 0 for fewer than two values."""
+    n = len(ys)
+    if n < 2:
+        return 0.0
+    mean = sum(ys) / n
+    return math.sqrt(sum((y - mean) ** 2 for y in ys) / (n - 1) / n)
+
+
+def plot_metric(rows: list[dict], metric: str, by: str, path: Path) -> Path:
+    """Save :func:`metric_figure` as a PNG at ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig, _ = metric_figure(rows, metric, by)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
@@ -119,24 +200,29 @@ def _as_number(v: str) -> float:
         return math.inf
 
 
-def summarize(root: str | Path, metric: str | None = None, by: str | None = None) -> tuple[list[dict], list[str]]:
-    """Collect, print and save the sweep's table (and the plot when ``metric`` and ``by`` are given)."""
+def summarize(
+    root: str | Path, metric: str | None = None, by: str | None = None, columns: str | None = None
+) -> tuple[list[dict], list[str]]:
+    """Collect the sweep's runs, save every column to ``summary.csv``, print and save (``summary.md``)
+    the columns chosen by ``columns`` (see :func:`select_columns`), and plot ``metric`` by ``by`` when
+    both are given. Returns the rows and the shown columns."""
     root = Path(root)
     rows = collect_runs(root)
     if not rows:
         raise FileNotFoundError(f"no runs below {root}: expected run directories holding .hydra/overrides.yaml")
     override_keys = set().union(*(r.pop("_overrides") for r in rows))
-    columns = _columns(rows, override_keys)
+    all_columns = _columns(rows, override_keys)
+    shown = select_columns(all_columns, override_keys, columns)
     with (root / "summary.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=all_columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    table = markdown_table(rows, columns)
+    table = markdown_table(rows, shown)
     (root / "summary.md").write_text(f"# Sweep {root}\n\n{len(rows)} runs\n\n{table}")
     print(table, end="")
     if metric and by:
         plot_metric(rows, metric, by, root / f"summary_{metric}_by_{by}.png")
-    return rows, columns
+    return rows, shown
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -144,11 +230,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("sweep_dir", help="the multirun directory (e.g. multirun/<date>/<time>)")
     parser.add_argument("--metric", help="metric to plot, e.g. held_out_loss_ema or eval.nll_nats_per_dim")
     parser.add_argument("--by", help="override to plot the metric across, e.g. sde")
+    parser.add_argument(
+        "--columns",
+        help="comma-separated columns to print and put in summary.md (summary.csv keeps all), or 'all'; "
+        "default: run, the varying overrides and the main metrics",
+    )
     args = parser.parse_args(argv)
     if (args.metric is None) != (args.by is None):
         fail(PROG, "give --metric and --by together (e.g. --metric held_out_loss_ema --by sde)")
     try:
-        summarize(args.sweep_dir, args.metric, args.by)
+        summarize(args.sweep_dir, args.metric, args.by, args.columns)
     except (FileNotFoundError, ValueError) as err:
         fail(PROG, str(err))
 
