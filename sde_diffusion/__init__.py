@@ -75,7 +75,7 @@ from .samplers import (
 )
 from .sdes.simulate import sample_marginal, simulate_forward
 from .timesteps import edm_time_grid, log_snr_time_grid, uniform_time_grid
-from .training import Trainer, TrainOptions, load_checkpoint, save_checkpoint
+from .training import Trainer, TrainingInterrupted, TrainOptions, load_checkpoint, save_checkpoint
 
 __version__ = "0.1.0"
 
@@ -145,6 +145,7 @@ __all__ = [
     "distributed",
     "Trainer",
     "TrainOptions",
+    "TrainingInterrupted",
     "save_checkpoint",
     "load_checkpoint",
 ]

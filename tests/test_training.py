@@ -176,19 +176,45 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
     assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
 
 
-def test_ema_is_the_exponential_average_of_the_weight_history(tmp_path):
+@pytest.mark.parametrize("warmup", [True, False])
+def test_ema_is_the_exponential_average_of_the_weight_history(tmp_path, warmup):
     decay = 0.9
-    t = _trainer(tmp_path, steps=12, ema_decay=decay)
+    t = _trainer(tmp_path, steps=12, ema_decay=decay, ema_warmup=warmup)
     history = []
     t.on_step.append(lambda tr: history.append(tr.model.net.out.bias.detach().clone()))
     first = t.model.net.out.bias.detach().clone()
-    # the EMA copies the weights at the first update; then ema <- decay ema + (1 - decay) w
+    # the EMA copies the weights at the first update; then ema <- d_n ema + (1 - d_n) w with
+    # d_n = min(decay, (1 + n) / (10 + n)) after n updates (warm-up), or d_n = decay
     t.fit()
     expected = history[0]
-    for w in history[1:]:
-        expected = decay * expected + (1 - decay) * w
+    for n, w in enumerate(history[1:], start=1):
+        d = min(decay, (1 + n) / (10 + n)) if warmup else decay
+        expected = d * expected + (1 - d) * w
     torch.testing.assert_close(t.ema_model.net.out.bias, expected)
     assert not torch.equal(first, history[-1])
+    assert t.ema.last_decay == pytest.approx(min(decay, 12 / 21) if warmup else decay)
+
+
+def test_ema_warmup_forgets_the_initial_weights_and_reaches_the_set_decay():
+    """The weight the average gives the initial (untrained) network after n updates: with warm-up
+    it is prod_k d_k, tiny after a few hundred steps; without it decay^(n-1) (37 % after 1,000
+    steps at 0.999). The warm-up ends where (1 + n) / (10 + n) reaches the decay: n = 8,990 for 0.999."""
+    from sde_diffusion.training.ema import EMA
+
+    net = torch.nn.Linear(1, 1, bias=False)
+    ema = EMA(net, 0.999)
+    with torch.no_grad():
+        net.weight.fill_(1.0)  # the "initial" network
+        ema.update()
+        net.weight.zero_()  # every later step: the trained network
+        for _ in range(999):
+            ema.update()
+    share_of_init = float(ema.module.weight)
+    assert share_of_init == pytest.approx(float(torch.tensor([(1 + n) / (10 + n) for n in range(1, 1000)], dtype=torch.float64).prod()), rel=1e-4)
+    assert share_of_init < 1e-20
+    no_warmup = EMA(net, 0.999, warmup=False)
+    assert no_warmup.decay_at(1) == 0.999 and 0.999**999 > 0.36
+    assert ema.decay_at(8989) < 0.999 and ema.decay_at(8990) == pytest.approx(0.999) and ema.decay_at(50_000) == 0.999
 
 
 def test_warmup_and_clipping(tmp_path):
@@ -212,6 +238,7 @@ def test_warmup_and_clipping(tmp_path):
         ({"grad_clip": -1.0}, "train.grad_clip"),
         ({"warmup_steps": -5}, "train.warmup_steps"),
         ({"resume": "yes"}, "train.resume"),
+        ({"ema_warmup": 1}, "train.ema_warmup"),
     ],
 )
 def test_bad_options_are_rejected(kwargs, message):
@@ -261,7 +288,7 @@ def test_ema_follows_its_recursion_and_matches_averaged_model():
     torch.manual_seed(0)
     net = sd.TimeMLP((2,), hidden_dim=8, n_layers=1)
     decay = 0.9
-    ema, reference = EMA(net, decay), AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    ema, reference = EMA(net, decay, warmup=False), AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
     expected = None
     for k in range(4):
         with torch.no_grad():

@@ -1,6 +1,7 @@
 """Training: the optimisation loop, its options, EMA, metrics and atomic, verified checkpoints."""
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, UnreadableCheckpointError, load_checkpoint, save_checkpoint
+from .interrupt import TrainingInterrupted
 from .metrics import MetricsLog
 from .options import TrainOptions
 from .trainer import NonFiniteLossError, Trainer, TrainResult, evaluate_loss
@@ -13,6 +14,8 @@ __all__ = [
     "evaluate_loss",
     "MetricsLog",
     "CheckpointError",
+    "UnreadableCheckpointError",
+    "TrainingInterrupted",
 
     "save_checkpoint",
     "load_checkpoint",

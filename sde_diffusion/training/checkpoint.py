@@ -24,6 +24,13 @@ class CheckpointError(RuntimeError):
     """A checkpoint cannot be used: missing, truncated, altered or from another program."""
 
 
+class UnreadableCheckpointError(CheckpointError):
+    """The checkpoint file exists but cannot be used: truncated, corrupted, altered, or not ours.
+
+    The message is short and names the file; what to do depends on who asks (resume or sample),
+    so the apps append their own advice."""
+
+
 def _feed(h: "hashlib._Hash", obj: Any) -> None:
     """Hash a nested structure deterministically (dict keys sorted by their repr)."""
     if isinstance(obj, torch.Tensor):
@@ -73,19 +80,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | 
         raise CheckpointError(f"no checkpoint at {path}")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises several types for broken zip archives and pickles
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(
-            f"checkpoint {path} cannot be read ({reason}): it is truncated, corrupted or not a "
-            f"sde-diffusion checkpoint; delete it or resume from another run"
-        ) from None
+    except Exception:  # torch raises several types, with long internal messages, for broken zip archives and pickles
+        raise UnreadableCheckpointError(f"checkpoint {path} cannot be read: it is truncated or corrupted") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a sde-diffusion checkpoint (expected format {FORMAT!r})")
+        raise UnreadableCheckpointError(f"{path} is not a sde-diffusion checkpoint (expected format {FORMAT!r})")
     recorded, actual = payload.get("sha256"), content_digest(payload)
     if recorded != actual:
-        raise CheckpointError(
-            f"checkpoint {path} fails its integrity check (content sha256 {actual[:12]}... differs "
-            f"from the recorded {str(recorded)[:12]}...): it was altered after it was written; "
-            f"delete it or resume from another run"
+        raise UnreadableCheckpointError(
+            f"checkpoint {path} fails its integrity check (sha256 {actual[:12]}..., recorded {str(recorded)[:12]}...): it was altered after it was written"
         )
     return payload

@@ -22,7 +22,11 @@ class TrainOptions:
         lr: Adam learning rate after warm-up (> 0).
         warmup_steps: the learning rate rises linearly from lr/warmup_steps to lr over these steps.
         grad_clip: clip the global gradient norm to this value; None or 0 disables clipping.
-        ema_decay: decay of the exponential moving average of the weights, in [0, 1).
+        ema_decay: decay of the exponential moving average of the weights, in [0, 1): the
+            largest decay, reached after the warm-up.
+        ema_warmup: warm the decay up as ``min(ema_decay, (1 + n) / (10 + n))`` after ``n``
+            updates (:class:`~sde_diffusion.training.ema.EMA`), so that short runs are not
+            evaluated with an average of mostly untrained weights; false gives the fixed decay.
         checkpoint_every: write ``checkpoints/last.pt`` every this many steps (and at the end).
         log_every: append a line to ``metrics.jsonl`` every this many steps.
         resume: continue from the run directory's ``checkpoints/last.pt``.
@@ -41,6 +45,7 @@ class TrainOptions:
     warmup_steps: int = 500
     grad_clip: float | None = 1.0
     ema_decay: float = 0.999
+    ema_warmup: bool = True
     checkpoint_every: int = 5_000
     log_every: int = 100
     resume: bool = False
@@ -70,7 +75,7 @@ class TrainOptions:
                 f"label on a tenth of the samples, for classifier-free guidance; 0 disables guidance)"
             )
         self.label_dropout = float(self.label_dropout)
-        for name in ("resume", "progress"):
+        for name in ("resume", "progress", "ema_warmup"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"train.{name} must be true or false, got {getattr(self, name)!r}")
 

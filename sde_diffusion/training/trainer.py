@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -20,8 +21,11 @@ from ..sdes.base import SDE
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .ema import EMA
 from ..distributed import SINGLE, DistributedContext, all_reduce_mean
+from .interrupt import StopRequest, TrainingInterrupted
 from .metrics import MetricsLog
 from .options import TrainOptions
+
+log = logging.getLogger(__name__)
 
 LossFn = Callable[..., Tensor]
 """``loss_fn(score_model, sde, x0, generator=...) -> (B,)`` per-sample losses."""
@@ -33,10 +37,18 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class TrainResult:
+    """What :meth:`Trainer.fit` did: it ran ``steps - resumed_from`` steps, in ``seconds``, up to
+    step ``steps``; ``steps_per_sec`` counts those steps alone."""
+
     steps: int
     seconds: float
     steps_per_sec: float
     last_loss: float
+    resumed_from: int = 0
+
+    @property
+    def steps_run(self) -> int:
+        return self.steps - self.resumed_from
 
 
 class Trainer:
@@ -100,7 +112,7 @@ class Trainer:
                 f"train.batch_size ({options.batch_size}) must be divisible by the number of micro-batches, "
                 f"{dist.world_size} processes x train.grad_accumulation {options.grad_accumulation} = {self.micro_batches}"
             )
-        self.ema = EMA(self.model, options.ema_decay)
+        self.ema = EMA(self.model, options.ema_decay, warmup=options.ema_warmup)
         self._params = list(self.model.parameters())
         # foreach: one fused update over all tensors (measured 10 % faster per step on the CPU too)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=options.lr_at(0), foreach=True)
@@ -222,8 +234,21 @@ class Trainer:
             y = torch.where(drop, self.model.n_classes, y)
         return lambda x, t: self.net(x, t, y)
 
+    def _stop_requested(self, stop: StopRequest) -> int | None:
+        """The signal that asks training to stop, agreed by every process (each may have received
+        it at another step, or not at all: the largest signal number seen anywhere wins)."""
+        if not self.dist.active:
+            return stop.signum
+        flag = torch.tensor(float(stop.signum or 0), device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return int(flag.item()) or None
+
     def fit(self) -> TrainResult:
-        """Train until ``options.steps``; checkpoint every ``checkpoint_every`` steps and at the end."""
+        """Train until ``options.steps``; checkpoint every ``checkpoint_every`` steps and at the end.
+
+        With a ``run_dir``, SIGINT (Ctrl-C) and SIGTERM stop training after the step under way: the
+        checkpoint of that step is written and :class:`TrainingInterrupted` is raised, so a resumed
+        run continues exactly as if it had not been stopped. A second signal stops at once."""
         opts = self.options
         start_step, start = self.step, time.perf_counter()
         window_loss = torch.zeros((), device=self.device)
@@ -231,7 +256,8 @@ class Trainer:
         last_loss = math.nan
         self.model.train()
         show = opts.progress and self.dist.is_main
-        with tqdm(total=opts.steps, initial=self.step, disable=not show, desc="train", mininterval=0.5) as bar:
+        with tqdm(total=opts.steps, initial=self.step, disable=not show, desc="train", mininterval=0.5) as bar, \
+                StopRequest(enabled=self.run_dir is not None) as stop:
             while self.step < opts.steps:
                 loss, grad_norm = self.train_step()
                 window_loss += loss
@@ -250,6 +276,10 @@ class Trainer:
                     }
                     if self.metrics:
                         self.metrics.write(record)
+                        log.info(
+                            "step %d/%d: loss %.4f, grad norm %.3g, lr %.3g, %.1f steps/s",
+                            self.step, opts.steps, last_loss, record["grad_norm"], record["lr"], record["steps_per_sec"],
+                        )
                     bar.set_postfix(loss=f"{last_loss:.4f}")
                     window_loss.zero_()
                     window_start, window_time = self.step, now
@@ -257,11 +287,15 @@ class Trainer:
                     self.save()
                 for callback in self.on_step:
                     callback(self)
+                signum = self._stop_requested(stop)
+                if signum is not None:
+                    self.save()
+                    raise TrainingInterrupted(signum, self.step, self.checkpoint_path if self.dist.is_main else None)
         seconds = time.perf_counter() - start
         done = self.step - start_step
         if self.run_dir and done == 0:
             self.save()
-        return TrainResult(self.step, seconds, done / seconds if seconds > 0 else math.nan, last_loss)
+        return TrainResult(self.step, seconds, done / seconds if seconds > 0 else math.nan, last_loss, start_step)
 
 
 def _check_labels(labels: Tensor, data: Tensor, model: nn.Module) -> Tensor:
