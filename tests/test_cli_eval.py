@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.resources
 import json
+import re
 import math
 import multiprocessing
 import os
@@ -224,7 +225,8 @@ def test_sde_eval_writes_records_equal_to_log_likelihood(run_dir, tmp_path):
         f"hydra.run.dir={out_dir}", cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("sde-eval: NLL ") and proc.stdout.count("\n") == 1
+    first, result = proc.stdout.splitlines()  # the start line (device, threads), then the result
+    assert re.fullmatch(r"sde-eval: test split of step 30 of .* on cpu, \d+ threads?", first) and result.startswith("sde-eval: NLL ")
     records = json.loads((run_dir / "eval.json").read_text())
     assert records[: len(before)] == before and len(records) == len(before) + 1
     record = records[-1]

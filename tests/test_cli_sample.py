@@ -96,9 +96,10 @@ def test_samples_equal_a_direct_sampler_call_on_the_ema_model(run_dir, tmp_path,
     assert json.loads((tmp_path / "sample_summary.json").read_text()) == summary
     assert summary["nfe_per_batch"] == [8, 8] and summary["checkpoint_step"] == 30
     assert (tmp_path / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    line = capsys.readouterr().out.strip()
-    assert "\n" not in line
+    first, line = capsys.readouterr().out.strip().splitlines()  # the start line (threads), then the result
+    assert re.fullmatch(rf"sde-sample: sample with {sampler} from step 30 of .* on cpu, \d+ threads?", first)
     assert re.search(rf"40 samples by {sampler} .*: 8 NFE per sample \(16 batched evaluations\), \d+\.\d\d s", line)
+    assert f"sliced W2 to held-out data {summary['sliced_w2_vs_held_out']:.4f}" in line
 
 
 def test_other_seeds_give_other_samples_the_same_seed_the_same(run_dir, tmp_path):
@@ -277,7 +278,7 @@ def test_a_sweep_over_two_samplers_from_another_directory(run_dir, tmp_path):
             "batch_size=32", "sampler.grid.n_steps=4", "progress=false"]  # fmt: skip
     proc = subprocess.run([*SAMPLE, *args], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("sde-sample:")]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("sde-sample:") and " samples by " in line]
     assert len(lines) == 2
     for line, name, nfe in zip(lines, ["dpm_solver", "heun"], [4, 7]):  # Heun: 2 N - 1
         pattern = rf"64 samples by {name} .*: {nfe} NFE per sample \({2 * nfe} batched evaluations\), \d+\.\d\d s"

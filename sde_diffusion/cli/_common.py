@@ -1,17 +1,28 @@
-"""What the entry points share: one-line errors, and checking group choices before Hydra starts."""
+"""What the entry points share: one-line errors that leave no run directory behind, checking group
+choices before Hydra starts, threads, progress bars, and the run's log lines."""
 
 from __future__ import annotations
 
 import contextlib
 import importlib.resources
+import logging
 import re
+import shutil
 import sys
 import time
+from pathlib import Path
 from typing import Iterator, NoReturn
 
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 
 from .. import distributed
+from ..config import ConfigError
+from ..distances import sliced_wasserstein
+from ..training import CheckpointError, UnreadableCheckpointError
+
+log = logging.getLogger("sde_diffusion")
 
 _GROUP_CHOICE = re.compile(r"^(?P<group>[a-z_]+)=(?P<value>[A-Za-z0-9_.,\-]+)$")
 
@@ -83,3 +94,83 @@ def _join_torchrun(prog: str, argv: list[str], run_dir_pattern: str) -> distribu
     if not ctx.is_main:
         argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
     return ctx
+
+
+def say(text: str) -> None:
+    """Print one of the run's lines to stdout and append it to the run's log file (``<app>.log`` in
+    the run directory, through Hydra's job logging: see ``conf/hydra/job_logging/run_log.yaml``)."""
+    print(text, flush=True)
+    log.info(text)
+
+
+def unused(run_dir: Path) -> bool:
+    """True when ``run_dir`` holds nothing a run wrote: only Hydra's ``.hydra/`` and log files."""
+    return run_dir.is_dir() and all(p.name == ".hydra" or (p.is_file() and p.suffix == ".log") for p in run_dir.iterdir())
+
+
+def discard_unused_run_dir(run_dir: Path) -> None:
+    """Delete a run directory that a refused command created (it holds only Hydra's files), and the
+    parents Hydra made for it (``outputs/<date>``) that are left empty, up to the working directory.
+    A directory that holds anything a run wrote (a checkpoint, samples, results) is never touched."""
+    run_dir = run_dir.resolve()
+    cwd = Path.cwd().resolve()
+    if run_dir == cwd or run_dir in cwd.parents or not unused(run_dir):
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    for parent in run_dir.parents:
+        if parent == cwd or cwd not in parent.parents:
+            break
+        try:
+            parent.rmdir()  # only when empty
+        except OSError:
+            break
+
+
+@contextlib.contextmanager
+def refusals(prog: str, run_dir: Path, *, unreadable_checkpoint: str) -> Iterator[None]:
+    """Turn a refused command (bad config, unusable checkpoint) into one line and exit code 2,
+    removing the run directory it created. ``unreadable_checkpoint`` is this app's advice for a
+    truncated or altered checkpoint."""
+    try:
+        yield
+    except UnreadableCheckpointError as err:
+        discard_unused_run_dir(run_dir)
+        fail(prog, f"{err}; {unreadable_checkpoint}")
+    except (ConfigError, CheckpointError) as err:
+        discard_unused_run_dir(run_dir)
+        fail(prog, str(err))
+
+
+def set_threads(value) -> int:
+    """Apply the ``threads`` key: a positive number of CPU threads for torch's intra-op work, or
+    ``auto`` for torch's own choice (one per core). Returns the number torch now uses."""
+    if value != "auto":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"threads must be a positive integer or auto, got {value!r} (1 when other jobs share the machine)")
+        torch.set_num_threads(value)
+    return torch.get_num_threads()
+
+
+def thread_text(n: int) -> str:
+    return f"{n} thread" + ("" if n == 1 else "s")
+
+
+def show_progress(requested: bool) -> bool:
+    """Whether to draw progress bars: when asked for, on a terminal (bars written to a log file
+    leave their escape codes in it) and not in a job that a parallel launcher runs beside
+    others (their bars would interleave)."""
+    if not requested or not sys.stderr.isatty():
+        return False
+    if HydraConfig.initialized():
+        hc = HydraConfig.get()
+        if hc.mode == RunMode.MULTIRUN and "BasicLauncher" not in str(hc.launcher.get("_target_", "")):
+            return False
+    return True
+
+
+def sliced_w2_to_held_out(samples: torch.Tensor, held_out: torch.Tensor) -> float:
+    """The sample-quality number of ``sde-train``'s and ``sde-sample``'s summaries: sliced
+    2-Wasserstein distance between the first ``n = min(N_samples, N_held_out)`` samples and held-out
+    points (in the data's training units), with fixed projections, so the two apps agree."""
+    n = min(samples.shape[0], held_out.shape[0])
+    return sliced_wasserstein(samples[:n].float().cpu(), held_out[:n].float().cpu(), generator=torch.Generator().manual_seed(0))

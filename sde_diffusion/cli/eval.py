@@ -33,8 +33,7 @@ from .. import distributed
 from .._atomic import write_atomically
 from ..config import ConfigError
 from ..likelihood.evaluate import evaluate_nll
-from ..training import CheckpointError
-from ._common import fail, torchrun_session
+from ._common import fail, refusals, say, set_threads, show_progress, thread_text, torchrun_session
 from ._run import load_trained_run
 
 PROG = "sde-eval"
@@ -92,6 +91,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     """Evaluate ``cfg.run_dir`` as configured, write the record to both ``eval.json`` files and print
     one line; returns the record."""
     _check_options(cfg)
+    threads = set_threads(cfg.get("threads", "auto"))
     run_dir = Path(str(cfg.run_dir)).expanduser()
     if not run_dir.is_dir():
         raise ConfigError(f"run_dir={run_dir} is not a directory; pass the directory sde-train wrote")
@@ -99,6 +99,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     device = f"cuda:{ctx.local_rank}" if ctx.active and str(cfg.device) in ("auto", "cuda") and torch.cuda.is_available() else cfg.device
     trained = load_trained_run(run_dir, device)
     data = trained.data
+    if ctx.is_main:
+        procs = f" x {ctx.world_size} processes" if ctx.active else ""
+        say(f"{PROG}: {cfg.split} split of step {trained.step} of {trained.run_dir} on {trained.device}, {thread_text(threads)}{procs}")
     settings = {key: cfg[key] for key in SETTINGS}
     try:
         result = evaluate_nll(
@@ -109,7 +112,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             interval_width=data.interval_width,
             n_points=cfg.n_points,
             density=data.distribution,
-            progress=cfg.progress,
+            progress=show_progress(cfg.progress),
             shard=ctx,
             **settings,
         )
@@ -129,11 +132,11 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     }
     if not ctx.is_main:  # every process holds the gathered result; the main one writes it
         return record
-    record["processes"] = ctx.world_size
+    record["processes"], record["threads"] = ctx.world_size, threads
     n_records = append_record(trained.run_dir / RESULTS, record)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_records(out_dir / RESULTS, [record])
-    print(f"{PROG}: {_summary_line(record)}; appended record {n_records} to {trained.run_dir / RESULTS}, wrote {out_dir}", flush=True)
+    say(f"{PROG}: {_summary_line(record)}; appended record {n_records} to {trained.run_dir / RESULTS}, wrote {out_dir}")
     return record
 
 
@@ -156,16 +159,15 @@ def _summary_line(r: dict) -> str:
 
 @hydra.main(version_base=None, config_path="pkg://sde_diffusion.conf", config_name="eval")
 def _main(cfg: DictConfig) -> None:
-    try:
-        run(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except (ConfigError, CheckpointError) as err:
-        fail(PROG, str(err))
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    with refusals(PROG, out_dir, unreadable_checkpoint="evaluate another run, or train this one again"):
+        run(cfg, out_dir)
 
 
 def _check_keys(argv: list[str]) -> None:
     """Refuse overrides of keys ``eval.yaml`` does not have (``sde=ve``, ``model.net.hidden_dim=64``)
     in one line: the run's saved config fixes everything but the evaluation settings."""
-    known = list(OmegaConf.create((importlib.resources.files("sde_diffusion.conf") / "eval.yaml").read_text()).keys())
+    known = [k for k in OmegaConf.create((importlib.resources.files("sde_diffusion.conf") / "eval.yaml").read_text()) if k != "defaults"]
     for arg in argv:
         key = arg.lstrip("+~").split("=", 1)[0]
         if "=" in arg and not arg.startswith(("-", "hydra")) and key.split(".", 1)[0] not in known:

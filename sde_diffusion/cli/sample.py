@@ -37,8 +37,9 @@ from ..samplers.draw import DrawnSamples, draw_samples, sample_in_batches, strea
 from ..samplers.guidance import GuidedScore, check_guidance
 from ..samplers.predictor_corrector import predictor_corrector
 from ..sdes.base import ScoreFn
-from ..training import CheckpointError
-from ._common import check_group_choices, fail, group_options
+from ._common import (
+    check_group_choices, fail, group_options, refusals, say, set_threads, show_progress, sliced_w2_to_held_out, thread_text,
+)
 from ._run import load_trained_run
 
 PROG = "sde-sample"
@@ -152,11 +153,14 @@ def run(cfg: DictConfig, out_dir: Path, *, sampler_name: str = "sampler") -> dic
     """Load ``cfg.run_dir``, run ``cfg.task`` for ``cfg.n_samples`` samples, write the files into
     ``out_dir`` and print one line; returns the summary (also written to ``sample_summary.json``)."""
     n, batch_size, seed, progress = _check_options(cfg)
+    threads = set_threads(cfg.get("threads", "auto"))
+    progress = show_progress(progress)
     run_dir = Path(str(cfg.run_dir)).expanduser()
     if not run_dir.is_dir():
         raise ConfigError(f"run_dir={run_dir} is not a directory; pass the directory sde-train wrote")
     trained = load_trained_run(run_dir, cfg.device)
     score = _score(cfg, trained.score_model)
+    say(f"{PROG}: {cfg.task} with {sampler_name} from step {trained.step} of {trained.run_dir} on {trained.device}, {thread_text(threads)}")
     try:
         drawn, inputs, mask, extra = _draw(cfg, trained, score, sampler_name, n, batch_size, seed, progress)
     except ValueError as err:
@@ -190,6 +194,8 @@ def run(cfg: DictConfig, out_dir: Path, *, sampler_name: str = "sampler") -> dic
         shown = inputs if mask is None else torch.where(mask, inputs, blank)
         plot_samples(shown, test, out_dir / "inputs.png", title=f"{trained.data.name}: inputs{words}")
     n_bad = int((~torch.isfinite(samples.reshape(n, -1))).any(dim=1).sum())
+    # sde-train's quality number: equal to its summary's for the same sampler, seed and n_samples
+    sw2 = sliced_w2_to_held_out(samples, trained.data.test) if task == "sample" else None
 
     summary = {
         "run_dir": str(trained.run_dir),
@@ -207,23 +213,26 @@ def run(cfg: DictConfig, out_dir: Path, *, sampler_name: str = "sampler") -> dic
         "nfe_total": int(arrays["nfe"]),
         "seconds": round(drawn.seconds, 3),
         "nonfinite_samples": n_bad,
+        "sliced_w2_vs_held_out": sw2,
+        "threads": threads,
         "plot": plot.name if plot else None,
         "out_dir": str(out_dir),
     }
     (out_dir / "sample_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     warning = f"; WARNING: {n_bad} samples are not finite" if n_bad else ""
-    print(
+    quality = "" if sw2 is None else f", sliced W2 to held-out data {sw2:.4f}"
+    say(
         f"{PROG}: {n} samples by {sampler_name}{words} from step {trained.step} of {trained.run_dir}: {nfe} per "
-        f"sample ({summary['nfe_total']} batched evaluations), {drawn.seconds:.2f} s{warning}; wrote {out_dir}",
-        flush=True,
+        f"sample ({summary['nfe_total']} batched evaluations), {drawn.seconds:.2f} s{quality}{warning}; wrote {out_dir}"
     )
     return summary
 
 
 def _check_only_sampler_group(argv: list[str]) -> None:
     """The run fixes sde, model, data, loss and train; refuse ``sde=ve``, ``data.path=...`` and the
-    like in one line (Hydra's own message for them spans several)."""
-    fixed = set(group_options()) - {"sampler"}
+    like in one line (Hydra's own message for them spans several). Hydra's own keys (``hydra.run.dir``,
+    ``hydra.launcher.n_jobs``) are this app's as much as any other's."""
+    fixed = set(group_options()) - {"sampler", "hydra"}
     for arg in argv:
         key = arg.lstrip("+~").split("=", 1)[0]
         if "=" in arg and key.split(".", 1)[0] in fixed:
@@ -237,13 +246,14 @@ def _check_only_sampler_group(argv: list[str]) -> None:
 @hydra.main(version_base=None, config_path="pkg://sde_diffusion.conf", config_name="sample")
 def _main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
-    try:
-        run(cfg, Path(hydra_cfg.runtime.output_dir), sampler_name=hydra_cfg.runtime.choices.get("sampler", "sampler"))
-    except (ConfigError, CheckpointError) as err:
-        fail(PROG, str(err))
+    out_dir = Path(hydra_cfg.runtime.output_dir)
+    with refusals(PROG, out_dir, unreadable_checkpoint="sample another run, or train this one again"):
+        run(cfg, out_dir, sampler_name=hydra_cfg.runtime.choices.get("sampler", "sampler"))
 
 
 def main() -> None:
+    # the help lists the one group sde-sample chooses (conf/sample.yaml's hydra.help.template)
+    OmegaConf.register_new_resolver("sde_diffusion_group_options", lambda group: ", ".join(group_options()[group]), replace=True)
     check_group_choices(PROG, sys.argv[1:])
     _check_only_sampler_group(sys.argv[1:])
     _main()

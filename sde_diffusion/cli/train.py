@@ -18,33 +18,30 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import ConfigError, build_experiment
-from ..distances import sliced_wasserstein
 from ..likelihood.evaluate import evaluate_nll
 from ..plotting import image_grid, loss_curve, plot_samples
 from ..samplers.draw import DrawnSamples, draw_samples
 from ..samplers.guidance import GuidedScore, check_guidance
 from .. import distributed
-from ..training import CheckpointError, NonFiniteLossError, Trainer, evaluate_loss
-from ._common import check_group_choices, fail, torchrun_session
+from ..training import NonFiniteLossError, Trainer, TrainingInterrupted, evaluate_loss, load_checkpoint
+from . import _resume
+from ._common import (
+    check_group_choices, fail, refusals, say, set_threads, show_progress, sliced_w2_to_held_out, thread_text, torchrun_session,
+)
 
 PROG = "sde-train"
 
 
 def _check_resume_matches(cfg: DictConfig, run_dir: Path) -> None:
-    """On resume, the model, SDE and data must be those the checkpoint was trained with."""
-    saved = run_dir / ".hydra" / "config.yaml"
-    ckpt = run_dir / "checkpoints" / "last.pt"
-    if not cfg.train.resume or not ckpt.exists():
+    """On resume, the sections the weights depend on must be those the checkpoint was trained with."""
+    checkpoint = run_dir / "checkpoints" / "last.pt"
+    if not cfg.train.resume or not checkpoint.exists():
         return
-    from ..training import load_checkpoint
-
-    old = load_checkpoint(ckpt).get("config") or {}
-    new = OmegaConf.to_container(cfg, resolve=True)
-    changed = [k for k in ("sde", "model", "data", "loss") if k in old and old[k] != new.get(k)]
+    changed = _resume.contradictions(load_checkpoint(checkpoint).get("config") or {}, cfg)
     if changed:
         raise ConfigError(
-            f"train.resume=true but {', '.join(changed)} differ from the checkpoint's config in "
-            f"{saved.parent}; resume with the same settings or start a new run"
+            f"train.resume=true continues {run_dir} with its saved config, but the overrides change {'; '.join(changed)}: "
+            f"drop them (a resume needs no overrides repeated), or start a new run in a new hydra.run.dir"
         )
 
 
@@ -148,9 +145,17 @@ def _nll_text(s: dict) -> str:
     return text + f" on {s['held_out_nll_points']} points"
 
 
+def _ema_text(trainer: Trainer) -> str:
+    ema = trainer.ema
+    warm = ", warmed up" if ema.warmup else ""
+    return f"EMA weights (decay {ema.last_decay:.4g} at the last step, at most {ema.decay:g}{warm})"
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Train, sample, plot and summarise; returns the summary (also written to ``summary.json``)."""
+    threads = set_threads(cfg.get("threads", "auto"))
     exp = build_experiment(cfg)
+    exp.options.progress = show_progress(exp.options.progress)
     ctx = distributed.current()
     if ctx.active and exp.device.type == "cuda":
         exp.device = torch.device("cuda", ctx.local_rank)  # one GPU per process under torchrun
@@ -170,29 +175,52 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         labels=_train_labels(exp),
         dist=ctx,
     )
+    if ctx.is_main:
+        if exp.options.resume:  # accepted: record the config it continues with (Hydra was told not to)
+            _resume.save_run_config(run_dir, cfg, list(HydraConfig.get().overrides.task))
+        procs = f" x {ctx.world_size} processes" if ctx.active else ""
+        say(
+            f"{PROG}: {exp.data.name} with {type(exp.sde).__name__} to step {exp.options.steps} on {exp.device}, "
+            f"{thread_text(threads)}{procs}; run directory {run_dir}"
+        )
+        if trainer.step:
+            say(f"{PROG}: resumed from step {trainer.step}")
     result = trainer.fit()
     if not ctx.is_main:  # evaluation, samples and plots are the main process's
         return {}
 
-    ema = trainer.ema_model.eval()
+    ema, raw = trainer.ema_model.eval(), trainer.model.eval()
     test = exp.data.test
     held_out_loss = evaluate_loss(ema, exp.sde, test, loss_fn=exp.loss_fn, seed=int(cfg.seed))
+    held_out_loss_raw = evaluate_loss(raw, exp.sde, test, loss_fn=exp.loss_fn, seed=int(cfg.seed))
     held_out_nll = _held_out_nll(exp, ema, eval_points, int(cfg.seed))
     drawn = _sample(exp, ema, int(cfg.n_samples), int(cfg.seed), exp.options.progress, guidance)
     samples, nfe, sample_sec = drawn.samples.float(), drawn.batch_nfe[0], drawn.seconds
-    np.savez(run_dir / "samples.npz", samples=samples.numpy())
-    n_cmp = min(samples.shape[0], test.shape[0])
-    sw2 = sliced_wasserstein(samples[:n_cmp], test[:n_cmp], generator=torch.Generator().manual_seed(0))
+    arrays = {"samples": samples.numpy()}
+    if exp.data.scale is not None:
+        arrays["samples_raw"] = exp.data.unstandardize(samples).numpy()
+    np.savez(run_dir / "samples.npz", **arrays)
+    sw2 = sliced_w2_to_held_out(samples, test)
     sampler_name = HydraConfig.get().runtime.choices.get("sampler", "sampler")
     _plot(samples, exp, ema, run_dir / "samples.png", title=f"{exp.data.name}: {type(exp.sde).__name__}, {sampler_name} ({nfe} NFE)")
-    loss_curve(run_dir / "metrics.jsonl", run_dir / "loss.png")
+    loss_curve(
+        run_dir / "metrics.jsonl", run_dir / "loss.png",
+        held_out={"held-out loss, EMA weights": held_out_loss, "held-out loss, raw weights": held_out_loss_raw},
+        title=f"{exp.data.name}: {type(exp.sde).__name__}, {HydraConfig.get().runtime.choices.get('loss', 'loss')} loss",
+    )
 
     summary = {
         "steps": result.steps,
+        "steps_run": result.steps_run,
+        "resumed_from_step": result.resumed_from,
         "train_seconds": round(result.seconds, 3),
         "steps_per_sec": round(result.steps_per_sec, 2),
+        "threads": threads,
         "final_train_loss": result.last_loss,
+        "evaluated_weights": "ema",
+        "ema_decay_last_step": trainer.ema.last_decay,
         "held_out_loss_ema": held_out_loss,
+        "held_out_loss_raw": held_out_loss_raw,
         **held_out_nll,
         "sampler": sampler_name,
         "nfe": nfe,
@@ -203,11 +231,16 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         "run_dir": str(run_dir),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(
-        f"{PROG}: {result.steps} steps in {result.seconds:.1f} s ({result.steps_per_sec:.0f} steps/s); "
-        f"held-out loss (EMA) {held_out_loss:.4f}{_nll_text(held_out_nll)}; {samples.shape[0]} samples by {sampler_name} "
-        f"({nfe} NFE, {sample_sec:.1f} s), sliced W2 to held-out data {sw2:.4f}; wrote {run_dir}",
-        flush=True,
+    if held_out_loss - held_out_loss_raw > 0.2 * abs(held_out_loss_raw):
+        say(
+            f"{PROG}: WARNING: the EMA weights' held-out loss {held_out_loss:.4f} is far above the raw weights' "
+            f"{held_out_loss_raw:.4f}: the average still remembers early weights; train longer or lower train.ema_decay"
+        )
+    ran = f"{result.steps} steps" if not result.resumed_from else f"steps {result.resumed_from}-{result.steps} ({result.steps_run} run here)"
+    say(
+        f"{PROG}: {ran} in {result.seconds:.1f} s ({result.steps_per_sec:.0f} steps/s); held-out loss {held_out_loss:.4f} "
+        f"(raw weights {held_out_loss_raw:.4f}){_nll_text(held_out_nll)} and samples with the {_ema_text(trainer)}; "
+        f"{samples.shape[0]} samples by {sampler_name} ({nfe} NFE, {sample_sec:.1f} s), sliced W2 to held-out data {sw2:.4f}; wrote {run_dir}"
     )
     return summary
 
@@ -215,16 +248,23 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 @hydra.main(version_base=None, config_path="pkg://sde_diffusion.conf", config_name="config")
 def _main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    try:
-        run(cfg, run_dir)
-    except (ConfigError, CheckpointError) as err:
-        fail(PROG, str(err))
-    except NonFiniteLossError as err:
-        fail(PROG, str(err), code=3)
+    with refusals(PROG, run_dir, unreadable_checkpoint="this run cannot be resumed: start a new run in a new hydra.run.dir"):
+        try:
+            run(cfg, run_dir)
+        except NonFiniteLossError as err:
+            fail(PROG, str(err), code=3)
+        except TrainingInterrupted as err:
+            where = f"; checkpoint at step {err.step} in {err.checkpoint}" if err.checkpoint else ""
+            say(f"{PROG}: stopped by {err.signal_name}{where}; continue with: sde-train hydra.run.dir={run_dir} train.resume=true")
+            sys.exit(err.exit_code)
+        except KeyboardInterrupt:  # after training (evaluation, sampling): the last checkpoint is complete
+            say(f"{PROG}: interrupted after training; the checkpoint in {run_dir / 'checkpoints'} is complete, summary.json was not written")
+            sys.exit(130)
 
 
 def main() -> None:
     check_group_choices(PROG, sys.argv[1:])
+    sys.argv[1:] = _resume.prepare(PROG, sys.argv[1:])
     with torchrun_session(PROG, sys.argv, "outputs/%Y-%m-%d/%H-%M-%S"):
         _main()
 

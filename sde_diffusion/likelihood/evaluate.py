@@ -137,10 +137,13 @@ def evaluate_nll(
     dim = flat_dim(x_all)
     divergence = resolve_divergence(divergence, dim)
     interval = None if levels is None else (x_all.min().item(), x_all.min().item() + interval_width)
+    sizes = [len(x) for x in x_all.split(batch_size)]
     batches = list(enumerate(x_all.split(batch_size)))[shard.rank :: shard.world_size]
     mine: dict[int, tuple] = {}
     start = time.perf_counter()
-    with tqdm(total=sum(len(x) for _, x in batches), disable=not (progress and shard.is_main), desc="NLL", unit="pt", leave=False) as bar:
+    # the main process's bar counts the whole job's points: when it finishes its batch b, the
+    # other processes finish batches b + 1 .. b + world_size - 1 (equal shares, run in lockstep)
+    with tqdm(total=len(x_all), disable=not (progress and shard.is_main), desc="NLL", unit="pt", leave=False) as bar:
         for b, x in batches:
             generator = torch.Generator(device=x.device).manual_seed(derive_seed(seed, b))
             y = x if levels is None else dequantize(x, levels, interval, n_dequant=n_dequant, generator=generator)
@@ -151,7 +154,7 @@ def evaluate_nll(
             nll_b = nats_per_dim(out.logp, dim).reshape(n_dequant, -1).mean(0)  # draw-major rows
             bpd_b = None if levels is None else bits_per_dim(out.logp, dim, levels, interval, n_dequant=n_dequant)
             mine[b] = (nll_b.cpu(), None if bpd_b is None else bpd_b.cpu(), out.nfe)
-            bar.update(x.shape[0])
+            bar.update(sum(sizes[b : b + shard.world_size]))
             bar.set_postfix(nll=f"{torch.cat([v[0] for v in mine.values()]).mean().item():.4f}", nfe=out.nfe)
     merged = {b: v for part in all_gather_objects(mine, shard) for b, v in part.items()}
     seconds = time.perf_counter() - start

@@ -1,0 +1,98 @@
+"""Resuming an ``sde-train`` run from its own saved config, without touching it when refused.
+
+``sde-train hydra.run.dir=R train.resume=true [train.steps=N ...]`` continues the run in ``R``. The
+checks that decide whether a command may use ``R`` at all run before Hydra starts, because Hydra
+rewrites ``R/.hydra/`` as soon as it does:
+
+- the run's own command-line overrides (``R/.hydra/overrides.yaml``) are replayed, so a resume
+  needs none of them repeated; those the user gives win;
+- Hydra is told not to write ``R/.hydra/`` (``hydra.output_subdir=null``): the app writes the
+  merged config there itself once the resume has been accepted (:func:`save_run_config`), so a
+  refused resume leaves the directory byte for byte as it was;
+- a directory that already holds a checkpoint is refused without ``train.resume=true`` (training
+  afresh would overwrite it), and ``train.resume=true`` is refused where there is nothing to resume.
+
+Inside the app, :func:`contradictions` compares the composed config with the one stored in the
+checkpoint: the sections the weights depend on (``FIXED``) may not change.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from .._atomic import write_atomically
+from ._common import fail
+
+FIXED = ("sde", "model", "data", "loss", "seed")
+"""Config sections a resumed run may not change: the checkpoint's weights, optimizer state and
+random streams were made with them."""
+
+
+def override_key(arg: str) -> str:
+    """``sde`` for ``sde=ve``, ``train.steps`` for ``++train.steps=10``."""
+    return arg.split("=", 1)[0].lstrip("+~")
+
+
+def _value_of(argv: list[str], key: str) -> str | None:
+    values = [a.split("=", 1)[1] for a in argv if "=" in a and not a.startswith("-") and override_key(a) == key]
+    return values[-1] if values else None
+
+
+def prepare(prog: str, argv: list[str]) -> list[str]:
+    """Check a command against the run directory it names, before Hydra touches it; returns the
+    overrides to run with (the saved ones replayed in front of the given ones when resuming)."""
+    resume = (_value_of(argv, "train.resume") or "").lower() == "true"
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    if multirun:
+        if resume:
+            fail(prog, "train.resume=true continues one run: drop -m and name the run with hydra.run.dir=<its directory>")
+        return argv
+    run_dir = _value_of(argv, "hydra.run.dir")
+    if run_dir is None:
+        if resume:
+            fail(prog, "train.resume=true needs the run to continue: add hydra.run.dir=<the directory sde-train wrote>")
+        return argv
+    run_dir_path = Path(run_dir).expanduser()
+    checkpoint = run_dir_path / "checkpoints" / "last.pt"
+    if not resume:
+        if checkpoint.exists():
+            fail(prog, f"{run_dir} already holds a training run (checkpoints/{checkpoint.name}); continue it with train.resume=true, or choose a new hydra.run.dir")
+        return argv
+    if not checkpoint.is_file():
+        fail(prog, f"train.resume=true but {run_dir} holds no checkpoints/last.pt to continue; check hydra.run.dir, or start afresh without train.resume")
+    saved = run_dir_path / ".hydra" / "overrides.yaml"
+    if not saved.is_file():
+        fail(prog, f"train.resume=true but {run_dir} has no .hydra/overrides.yaml (was it written by sde-train?)")
+    given = {override_key(a) for a in argv if "=" in a and not a.startswith("-")}
+    replayed = [str(a) for a in OmegaConf.to_container(OmegaConf.load(saved)) or [] if override_key(str(a)) not in given | {"train.resume"}]
+    return [*replayed, *argv, "hydra.output_subdir=null"]
+
+
+def _differences(old, new, prefix: str) -> list[str]:
+    """Dotted keys whose value in ``old`` differs in ``new``; keys that only ``new`` has are not
+    differences (a later version may add options with defaults)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        if "_target_" in old and old["_target_"] != new.get("_target_"):  # another class: its options differ too
+            return [f"{prefix} (saved {old['_target_']}, given {new.get('_target_')})"]
+        return [d for k in old for d in _differences(old[k], new.get(k, _MISSING), f"{prefix}.{k}")]
+    return [] if old == new else [f"{prefix} (saved {old!r}, given {'no value' if new is _MISSING else repr(new)})"]
+
+
+_MISSING = object()
+
+
+def contradictions(saved: dict, cfg: DictConfig) -> list[str]:
+    """What the composed ``cfg`` changes in the checkpoint's ``saved`` config among :data:`FIXED`."""
+    new = OmegaConf.to_container(cfg, resolve=True)
+    return [d for key in FIXED if key in saved for d in _differences(saved[key], new.get(key, _MISSING), key)]
+
+
+def save_run_config(run_dir: Path, cfg: DictConfig, overrides: list[str]) -> None:
+    """Write the accepted resume's config and overrides into ``run_dir/.hydra`` as Hydra would
+    (atomically: a crash leaves the old files or the new ones)."""
+    hydra_dir = run_dir / ".hydra"
+    hydra_dir.mkdir(exist_ok=True)
+    write_atomically(hydra_dir / "config.yaml", lambda f: f.write(OmegaConf.to_yaml(cfg)), binary=False, mode=0o644)
+    write_atomically(hydra_dir / "overrides.yaml", lambda f: f.write(OmegaConf.to_yaml(OmegaConf.create(list(overrides)))), binary=False, mode=0o644)
