@@ -187,12 +187,13 @@ def run(cfg: DictConfig, out_dir: Path, *, sampler_name: str = "sampler") -> dic
     nfe = _nfe_text(drawn.nfe)
     words = _task_text(task, extra, score)
     title = f"{trained.data.name}: {type(trained.sde).__name__}, {sampler_name} ({nfe}){words}"
-    plot = plot_samples(samples, trained.data.test, out_dir / "samples.png", title=title)
+    units = "standardized units" if trained.data.scale is not None else None
+    plot = plot_samples(samples, trained.data.test, out_dir / "samples.png", title=title, units=units)
     if inputs is not None:
         test = trained.data.test
         blank = 0.5 * (float(test.min()) + float(test.max()))  # regions to inpaint show as mid-grey
         shown = inputs if mask is None else torch.where(mask, inputs, blank)
-        plot_samples(shown, test, out_dir / "inputs.png", title=f"{trained.data.name}: inputs{words}")
+        plot_samples(shown, test, out_dir / "inputs.png", title=f"{trained.data.name}: inputs{words}", units=units)
     n_bad = int((~torch.isfinite(samples.reshape(n, -1))).any(dim=1).sum())
     # sde-train's quality number: equal to its summary's for the same sampler, seed and n_samples
     sw2 = sliced_w2_to_held_out(samples, trained.data.test) if task == "sample" else None

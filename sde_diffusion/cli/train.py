@@ -102,7 +102,8 @@ def _plot(samples: torch.Tensor, exp, score_model, path: Path, title: str) -> Pa
     (rows are classes, :func:`_grid_labels`) over the held-out data's value range."""
     n_classes = getattr(score_model, "n_classes", None)
     if n_classes is None or samples.dim() != 4:
-        return plot_samples(samples, exp.data.test, path, title=title)
+        units = "standardized units" if exp.data.scale is not None else None
+        return plot_samples(samples, exp.data.test, path, title=title, units=units)
     shown = min(samples.shape[0], n_classes**2)
     value_range = (float(exp.data.test.min()), float(exp.data.test.max()))
     return image_grid(samples, path, value_range=value_range, max_images=shown, title=f"{title}\nrow r: class r mod {n_classes}")
