@@ -43,6 +43,8 @@ from .models import (
 )
 from .sdes import (
     SDE,
+    EDMSDE,
+    GaussianPathSDE,
     VESDE,
     VPSDE,
     CosineBeta,
@@ -81,6 +83,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SDE",
+    "GaussianPathSDE",
+    "EDMSDE",
     "VPSDE",
     "SubVPSDE",
     "VESDE",

@@ -1,6 +1,8 @@
 """Forward SDEs, their schedules, and the processes derived from them."""
 
 from .base import SDE, ScoreFn
+from .edm import EDMSDE
+from .gaussian_path import GaussianPathSDE
 from .reverse import ProbabilityFlowODE, ReverseSDE
 from .schedules import CosineBeta, LinearBeta
 from .ve import VESDE
@@ -8,6 +10,8 @@ from .vp import CosineVPSDE, SubVPSDE, VariancePreservingSDE, VPSDE
 
 __all__ = [
     "SDE",
+    "GaussianPathSDE",
+    "EDMSDE",
     "ScoreFn",
     "VPSDE",
     "SubVPSDE",

@@ -8,15 +8,16 @@ import torch
 from torch import Tensor
 
 from .._shapes import batch_time
-from .base import SDE
+from .gaussian_path import GaussianPathSDE
 
 
-class VESDE(SDE):
+class VESDE(GaussianPathSDE):
     """``dx = sigma(t) sqrt(2 log(sigma_max / sigma_min)) dw`` with ``sigma(t) = sigma_min (sigma_max/sigma_min)^t``.
 
     Exact kernel (Song et al. 2021, Eq. 31): ``m(t) = 1``, ``s(t)^2 = sigma(t)^2 - sigma_min^2``, so
     ``p_0`` is the data distribution itself (the reference code's ``s = sigma(t)`` models data
-    blurred by ``N(0, sigma_min^2)``). Prior ``N(0, sigma_max^2 I)``.
+    blurred by ``N(0, sigma_min^2)``); ``d s^2/dt = 2 log(sigma_max/sigma_min) sigma(t)^2`` gives the
+    diffusion above (:class:`~sde_diffusion.sdes.gaussian_path.GaussianPathSDE`). Prior ``N(0, sigma_max^2 I)``.
     Defaults sigma_min = 0.01, sigma_max = 50 (use 348, 378 or 1348 for larger images).
     """
 
@@ -43,16 +44,20 @@ class VESDE(SDE):
         """``sigma(t) = sigma_min (sigma_max / sigma_min)^t``, elementwise."""
         return self.sigma_min * torch.exp(torch.as_tensor(t) * self._log_ratio)
 
-    def drift(self, x: Tensor, t: Tensor) -> Tensor:
+    def mean_coeff(self, t: Tensor) -> Tensor:
+        return torch.ones_like(torch.as_tensor(t))
+
+    def std(self, t: Tensor) -> Tensor:
+        return self.sigma_min * torch.sqrt(torch.expm1(2.0 * torch.as_tensor(t) * self._log_ratio))
+
+    def log_mean_coeff_rate(self, t: Tensor) -> Tensor:
+        return torch.zeros_like(torch.as_tensor(t))
+
+    def variance_rate(self, t: Tensor) -> Tensor:
+        return 2.0 * self._log_ratio * self.sigma(t) ** 2
+
+    def drift(self, x: Tensor, t: Tensor) -> Tensor:  # zero: skip the product with the zero rate
         return torch.zeros_like(x)
-
-    def diffusion(self, t: Tensor) -> Tensor:
-        return self.sigma(t) * math.sqrt(2.0 * self._log_ratio)
-
-    def kernel(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        t = torch.as_tensor(t)
-        std = self.sigma_min * torch.sqrt(torch.expm1(2.0 * t * self._log_ratio))
-        return torch.ones_like(t), std
 
     def discretize(self, x: Tensor, t: float | Tensor, dt: float | Tensor) -> tuple[Tensor, Tensor]:
         """NCSN chain ``x_{i+1} = x_i + sqrt(sigma_{i+1}^2 - sigma_i^2) z`` (Song et al. 2021, Eq. 47),

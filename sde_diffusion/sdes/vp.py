@@ -9,14 +9,17 @@ import torch
 from torch import Tensor
 
 from .._shapes import batch_time, expand_like
-from .base import SDE
+from .gaussian_path import GaussianPathSDE
 from .schedules import CosineBeta, LinearBeta
 
 
-class VariancePreservingSDE(SDE):
+class VariancePreservingSDE(GaussianPathSDE):
     """``dx = -1/2 beta(t) x dt + sqrt(beta(t)) dw`` for any schedule with ``beta`` and ``integral``.
 
-    Kernel: ``m(t) = exp(-B(t)/2)``, ``s(t) = sqrt(1 - exp(-B(t)))`` with ``B(t) = int_0^t beta``.
+    The path: ``m(t) = exp(-B(t)/2)``, ``s(t) = sqrt(1 - exp(-B(t)))`` with ``B(t) = int_0^t beta``
+    (Song et al. 2021, Eq. 29), with the rates ``d log m/dt = -beta/2`` and
+    ``d s^2/dt = beta exp(-B)`` in closed form; drift and diffusion follow from them
+    (:class:`~sde_diffusion.sdes.gaussian_path.GaussianPathSDE`). Prior ``N(0, I)``.
     Discretization: the DDPM chain ``x_{i+1} = sqrt(1 - beta_i) x_i + sqrt(beta_i) z`` with
     ``beta_i = beta(t_i) dt`` (Song et al. 2021, Eq. 45; Ho et al. 2020), clipped at
     ``max_step_beta = 0.999`` as DDPM clips its betas: coarse grids (beta(t) dt > 1 with fewer
@@ -24,24 +27,23 @@ class VariancePreservingSDE(SDE):
     """
 
     max_step_beta = 0.999
+    prior_std = 1.0
 
     def __init__(self, schedule):
         self.schedule = schedule
 
-    @property
-    def prior_std(self) -> float:
-        return 1.0
+    def mean_coeff(self, t: Tensor) -> Tensor:
+        return torch.exp(-0.5 * self.schedule.integral(torch.as_tensor(t)))
 
-    def drift(self, x: Tensor, t: Tensor) -> Tensor:
-        beta = self.schedule.beta(batch_time(t, x))
-        return -0.5 * expand_like(beta, x) * x
+    def std(self, t: Tensor) -> Tensor:
+        return torch.sqrt(-torch.expm1(-self.schedule.integral(torch.as_tensor(t))))
 
-    def diffusion(self, t: Tensor) -> Tensor:
-        return self.schedule.beta(torch.as_tensor(t)).sqrt()
+    def log_mean_coeff_rate(self, t: Tensor) -> Tensor:
+        return -0.5 * self.schedule.beta(torch.as_tensor(t))
 
-    def kernel(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        big_b = self.schedule.integral(torch.as_tensor(t))
-        return torch.exp(-0.5 * big_b), torch.sqrt(-torch.expm1(-big_b))
+    def variance_rate(self, t: Tensor) -> Tensor:
+        t = torch.as_tensor(t)
+        return self.schedule.beta(t) * torch.exp(-self.schedule.integral(t))
 
     def discretize(self, x: Tensor, t: float | Tensor, dt: float | Tensor) -> tuple[Tensor, Tensor]:
         t, dt = batch_time(t, x), batch_time(dt, x)
@@ -72,31 +74,32 @@ class CosineVPSDE(VariancePreservingSDE):
         return f"CosineVPSDE(s={self.schedule.s}, max_beta={self.schedule.max_beta})"
 
 
-class SubVPSDE(SDE):
+class SubVPSDE(GaussianPathSDE):
     """sub-VP SDE ``dx = -1/2 beta(t) x dt + sqrt(beta(t) (1 - exp(-2 B(t)))) dw`` (Song et al. 2021, Eq. 12).
 
-    Kernel: ``m(t) = exp(-B(t)/2)``, ``s(t) = 1 - exp(-B(t))``; linear ``beta`` with the VP defaults.
-    Its variance is bounded by the VP SDE's at every time. Discretized by Euler-Maruyama.
+    The path: ``m(t) = exp(-B(t)/2)``, ``s(t) = 1 - exp(-B(t))`` (Eq. 30), with ``d log m/dt = -beta/2``
+    and ``d s^2/dt = 2 beta exp(-B) (1 - exp(-B))``; linear ``beta`` with the VP defaults. Its variance
+    is bounded by the VP SDE's at every time. Prior ``N(0, I)``. Discretized by Euler-Maruyama.
     """
+
+    prior_std = 1.0
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0):
         self.schedule = LinearBeta(beta_min, beta_max)
 
-    @property
-    def prior_std(self) -> float:
-        return 1.0
+    def mean_coeff(self, t: Tensor) -> Tensor:
+        return torch.exp(-0.5 * self.schedule.integral(torch.as_tensor(t)))
 
-    def drift(self, x: Tensor, t: Tensor) -> Tensor:
-        beta = self.schedule.beta(batch_time(t, x))
-        return -0.5 * expand_like(beta, x) * x
+    def std(self, t: Tensor) -> Tensor:
+        return -torch.expm1(-self.schedule.integral(torch.as_tensor(t)))
 
-    def diffusion(self, t: Tensor) -> Tensor:
+    def log_mean_coeff_rate(self, t: Tensor) -> Tensor:
+        return -0.5 * self.schedule.beta(torch.as_tensor(t))
+
+    def variance_rate(self, t: Tensor) -> Tensor:
         t = torch.as_tensor(t)
-        return torch.sqrt(self.schedule.beta(t) * -torch.expm1(-2.0 * self.schedule.integral(t)))
-
-    def kernel(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        big_b = self.schedule.integral(torch.as_tensor(t))
-        return torch.exp(-0.5 * big_b), -torch.expm1(-big_b)
+        big_b = self.schedule.integral(t)
+        return 2.0 * self.schedule.beta(t) * torch.exp(-big_b) * -torch.expm1(-big_b)
 
     def __repr__(self) -> str:
         return f"SubVPSDE(beta_min={self.schedule.beta_min}, beta_max={self.schedule.beta_max})"

@@ -1,0 +1,180 @@
+"""Kernel-first SDEs (issue 16, items 1-2): a path ``x_t = m(t) x_0 + s(t) z`` is all a subclass
+states; drift, diffusion, prior and log-SNR are derived, and match the closed forms the classes
+wrote by hand before; a user's path of a few lines trains, samples and gives exact likelihoods."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import sde_diffusion as sd
+from analytic import gaussian, mixture
+from sde_diffusion.examples.quadratic_vp import QuadraticVPSDE
+from sde_diffusion.likelihood import log_likelihood
+
+F64 = torch.float64
+
+
+def _closed_form_g(name: str, t: torch.Tensor) -> torch.Tensor:
+    """The diffusion coefficients as the previous classes wrote them (Song et al. 2021, Eq. 9, 11, 12)."""
+    if name in ("vp", "vp_cosine", "custom"):
+        beta = {"vp": sd.LinearBeta().beta, "vp_cosine": sd.CosineBeta().beta, "custom": lambda u: 0.1 + 29.9 * u**2}[name](t)
+        return beta.sqrt()
+    if name == "subvp":
+        schedule = sd.LinearBeta()
+        return torch.sqrt(schedule.beta(t) * -torch.expm1(-2.0 * schedule.integral(t)))
+    if name == "ve":
+        return 0.01 * (5000.0**t) * math.sqrt(2.0 * math.log(5000.0))
+    raise KeyError(name)
+
+
+def _closed_form_drift_rate(name: str, t: torch.Tensor) -> torch.Tensor:
+    """``a(t)`` of the drift ``a(t) x``: ``-beta(t)/2`` for the VP family, 0 for VE."""
+    if name == "ve":
+        return torch.zeros_like(t)
+    return -0.5 * _closed_form_g({"subvp": "vp"}.get(name, name), t) ** 2
+
+
+SHIPPED = {"vp": sd.VPSDE(), "subvp": sd.SubVPSDE(), "ve": sd.VESDE(), "vp_cosine": sd.CosineVPSDE(), "custom": QuadraticVPSDE()}
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_derived_drift_and_diffusion_equal_the_closed_forms(name):
+    sde = SHIPPED[name]
+    assert isinstance(sde, sd.GaussianPathSDE)
+    t = torch.linspace(0.0, 1.0, 201, dtype=F64)
+    if name == "vp_cosine":
+        t = t[t < 0.99]  # beta reaches its clip of 999 at t = 0.9999; values there are ~1e3
+    x = torch.randn(t.shape[0], 3, dtype=F64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(sde.diffusion(t), _closed_form_g(name, t), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(sde.drift(x, t), _closed_form_drift_rate(name, t)[:, None] * x, rtol=1e-6, atol=1e-6)
+
+
+def test_the_quadratic_example_gives_only_m_and_s():
+    """The documented user SDE states the path alone: its rates come from autograd and equal the
+    closed forms d log m/dt = -beta/2 and d s^2/dt = beta exp(-B)."""
+    sde = QuadraticVPSDE()
+    assert {"drift", "diffusion", "kernel", "log_mean_coeff_rate", "variance_rate"}.isdisjoint(vars(QuadraticVPSDE))
+    t = torch.linspace(0.0, 1.0, 11, dtype=F64)
+    beta = 0.1 + 29.9 * t**2
+    torch.testing.assert_close(sde.log_mean_coeff_rate(t), -0.5 * beta)
+    torch.testing.assert_close(sde.variance_rate(t), beta * torch.exp(-sde.beta_integral(t)))
+    assert sde.log_mean_coeff_rate(torch.tensor(0.5)).dtype == torch.float32  # in the caller's dtype
+
+
+class ScaledPath(sd.GaussianPathSDE):
+    """A user's path in a few lines, neither VP nor VE: ``m = exp(-6 t^2)``, ``s = 1.5 sqrt(1 - exp(-12 t^2))``;
+    the derived SDE is ``dx = -12 t x dt + sqrt(54 t) dw`` and the prior N(0, 1.5^2 I) (s(1))."""
+
+    def mean_coeff(self, t):
+        return torch.exp(-6.0 * t**2)
+
+    def std(self, t):
+        return 1.5 * torch.sqrt(-torch.expm1(-12.0 * t**2))
+
+
+def test_a_users_path_derives_its_sde_prior_and_log_snr():
+    sde = ScaledPath()
+    t = torch.linspace(0.0, 1.0, 21, dtype=F64)
+    x = torch.ones(21, 2, dtype=F64)
+    torch.testing.assert_close(sde.diffusion(t), torch.sqrt(54.0 * t))
+    torch.testing.assert_close(sde.drift(x, t), -12.0 * t[:, None] * x)
+    assert sde.prior_std == pytest.approx(1.5 * math.sqrt(-math.expm1(-12.0)))
+    lam = sde.log_snr(t[1:])
+    torch.testing.assert_close(sde.time_from_log_snr(lam), t[1:])
+    n = 20_000  # the kernel is what the derived SDE produces (5 standard errors of a sample variance)
+    x0 = torch.full((n, 2), 1.2, dtype=F64)
+    xt = sd.simulate_forward(sde, x0, 0.6, 600, generator=torch.Generator().manual_seed(3))
+    m, s = sde.kernel(torch.tensor(0.6, dtype=F64))
+    assert (xt.mean(0) - m * 1.2).abs().max() < 5 * s / math.sqrt(n) + 0.01 * s
+    assert ((xt.var(0) / s**2 - 1).abs() < 5 * math.sqrt(2 / n) + 0.01).all()
+
+
+@pytest.mark.parametrize(
+    "sampler, options, grid, n_steps",
+    [
+        (sd.ddim, {}, sd.log_snr_time_grid, 100),
+        (sd.dpm_solver_pp, {"order": 2}, sd.log_snr_time_grid, 30),
+        (sd.heun, {}, sd.edm_time_grid, 30),
+        (sd.probability_flow_sampler, {"method": "rk4"}, sd.uniform_time_grid, 100),
+        (sd.euler_maruyama, {}, sd.uniform_time_grid, 1000),
+    ],
+)
+def test_a_users_path_samples_its_gaussian_data_with_every_kernel_sampler(sampler, options, grid, n_steps):
+    """Exact score of Gaussian data: samples have the mean and covariance of p_eps within 5
+    standard errors (covariance entries: se = sqrt((S_ij^2 + S_ii S_jj) / n))."""
+    sde, dist, eps, n = ScaledPath(), gaussian(dim=2, seed=4), 1e-3, 8000
+    g = torch.Generator().manual_seed(5)
+    x_T = sde.prior_sample((n, 2), generator=g, dtype=F64)
+    with torch.no_grad():
+        out = sampler(sde, dist.score_fn(sde), x_T, grid(sde, n_steps, eps, dtype=F64), generator=g, **options).samples
+    m, s = sde.kernel(torch.tensor(eps, dtype=F64))
+    mean, cov = m * dist.means[0], m**2 * dist.covs[0] + s**2 * torch.eye(2, dtype=F64)
+    se_mean = (cov.diagonal() / n).sqrt()
+    assert ((out.mean(0) - mean).abs() < 5 * se_mean).all(), (out.mean(0), mean)
+    se_cov = ((cov**2 + cov.diagonal()[:, None] * cov.diagonal()[None, :]) / n).sqrt()
+    assert ((torch.cov(out.T) - cov).abs() < 5 * se_cov + 0.01 * cov.abs().max()).all(), (torch.cov(out.T), cov)
+
+
+def test_a_users_path_gives_the_closed_form_likelihood():
+    sde, dist, eps = ScaledPath(), gaussian(dim=2, seed=1), 1e-3
+    x = dist.sample(16, generator=torch.Generator().manual_seed(0), dtype=F64)
+    out = log_likelihood(sde, dist.score_fn(sde), x, eps=eps, rtol=1e-8, atol=1e-8)
+    exact_terminal = out.logp - sde.prior_logp(out.latent) + dist.log_prob(out.latent, sde.T, sde)
+    assert (exact_terminal - dist.log_prob(x, eps, sde)).abs().max() / 2 < 1e-4
+
+
+def test_a_users_path_trains():
+    """Denoising score matching through the Trainer: a small network learns the score of Gaussian
+    data well enough that its ODE samples recover the data mean and spread."""
+    torch.manual_seed(0)
+    sde, dist = ScaledPath(), gaussian(dim=2, seed=2)
+    data = dist.sample(4000, generator=torch.Generator().manual_seed(1)).float()
+    model = sd.EpsilonParameterization(sd.TimeMLP((2,), hidden_dim=64, n_layers=2), sde)
+    options = sd.TrainOptions(steps=1500, batch_size=256, lr=3e-3, warmup_steps=50, progress=False)
+    trainer = sd.Trainer(model, sde, data, options, seed=0)
+    trainer.fit()
+    x_T = sde.prior_sample((4000, 2), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        out = sd.dpm_solver_pp(sde, trainer.ema_model.eval(), x_T, sd.log_snr_time_grid(sde, 30, 1e-3)).samples
+    torch.testing.assert_close(out.mean(0).double(), dist.means[0], atol=0.1, rtol=0)
+    torch.testing.assert_close(out.std(0).double(), dist.covs[0].diagonal().sqrt(), atol=0.1, rtol=0.15)
+
+
+# ------------------------------------------------------------------------------------------ EDM
+def test_edm_is_sigma_time_with_the_probability_flow_of_edm_eq_1():
+    sde = sd.EDMSDE()
+    assert (sde.T, sde.prior_std, sde.sigma_min) == (80.0, 80.0, 0.002)
+    t = torch.tensor([0.002, 0.5, 3.0, 80.0], dtype=F64)
+    x = torch.randn(4, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
+    m, s = sde.kernel(t)
+    torch.testing.assert_close(m, torch.ones_like(t))
+    torch.testing.assert_close(s, t)
+    torch.testing.assert_close(sde.diffusion(t), torch.sqrt(2.0 * t))
+    score = lambda x, t: -x / (1.0 + t[:, None] ** 2)  # noqa: E731 (the exact score of N(0, I) data)
+    torch.testing.assert_close(sde.probability_flow(score)(t, x), -t[:, None] * score(x, t))  # dx/dt = -t score
+    lam = sde.log_snr(t)
+    torch.testing.assert_close(sde.time_from_log_snr(lam), t)
+    torch.testing.assert_close(sd.GaussianPathSDE.time_from_log_snr(sde, lam[1:3], 1e-4), t[1:3])  # = bisection
+    with pytest.raises(ValueError, match="sigma_min < sigma_max"):
+        sd.EDMSDE(sigma_min=1.0, sigma_max=0.5)
+
+
+def test_edm_heun_on_its_grid_samples_a_mixture_and_the_likelihood_is_exact():
+    sde, dist, n = sd.EDMSDE(), mixture(2, seed=3), 6000
+    g = torch.Generator().manual_seed(9)
+    x_T = sde.prior_sample((n, 2), generator=g, dtype=F64)
+    ts = sd.edm_time_grid(sde, 40, sde.sigma_min, dtype=F64)
+    assert ts[0] == 80.0 and ts[-1] == pytest.approx(0.002)
+    samples = sd.heun(sde, dist.score_fn(sde), x_T, ts).samples
+    exact = sde.perturb(dist.sample(n, generator=g, dtype=F64), sde.sigma_min, generator=g)[0]
+    for stat in (lambda z: z, lambda z: z**2):
+        a, b = stat(samples), stat(exact)
+        se = ((a.var(0) + b.var(0)) / n).sqrt()
+        assert ((a.mean(0) - b.mean(0)).abs() < 5 * se).all()
+    x = dist.sample(8, generator=g, dtype=F64)
+    out = log_likelihood(sde, dist.score_fn(sde), x, eps=sde.sigma_min, rtol=1e-8, atol=1e-8)
+    exact_terminal = out.logp - sde.prior_logp(out.latent) + dist.log_prob(out.latent, sde.T, sde)
+    assert (exact_terminal - dist.log_prob(x, sde.sigma_min, sde)).abs().max() / 2 < 1e-4
