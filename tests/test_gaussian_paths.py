@@ -102,10 +102,12 @@ def test_a_users_path_derives_its_sde_prior_and_log_snr():
         (sd.euler_maruyama, {}, sd.uniform_time_grid, 1000),
     ],
 )
-def test_a_users_path_samples_its_gaussian_data_with_every_kernel_sampler(sampler, options, grid, n_steps):
+@pytest.mark.parametrize("path", [ScaledPath, sd.RectifiedFlow])
+def test_a_users_path_samples_its_gaussian_data_with_every_kernel_sampler(sampler, options, grid, n_steps, path):
     """Exact score of Gaussian data: samples have the mean and covariance of p_eps within 5
-    standard errors (covariance entries: se = sqrt((S_ij^2 + S_ii S_jj) / n))."""
-    sde, dist, eps, n = ScaledPath(), gaussian(dim=2, seed=4), 1e-3, 8000
+    standard errors (covariance entries: se = sqrt((S_ij^2 + S_ii S_jj) / n)); for the user's path
+    and for rectified flow, with no special case in any sampler."""
+    sde, dist, eps, n = path(), gaussian(dim=2, seed=4), 1e-3, 8000
     g = torch.Generator().manual_seed(5)
     x_T = sde.prior_sample((n, 2), generator=g, dtype=F64)
     with torch.no_grad():
@@ -178,3 +180,103 @@ def test_edm_heun_on_its_grid_samples_a_mixture_and_the_likelihood_is_exact():
     out = log_likelihood(sde, dist.score_fn(sde), x, eps=sde.sigma_min, rtol=1e-8, atol=1e-8)
     exact_terminal = out.logp - sde.prior_logp(out.latent) + dist.log_prob(out.latent, sde.T, sde)
     assert (exact_terminal - dist.log_prob(x, sde.sigma_min, sde)).abs().max() / 2 < 1e-4
+
+
+# ------------------------------------------------------------------------- flow matching (item 3)
+def test_rectified_flow_is_the_linear_path_with_its_singularity_kept_out():
+    sde = sd.RectifiedFlow()
+    assert sde.T == 0.999 and sde.prior_std == pytest.approx(0.999)
+    t = torch.tensor([1e-3, 0.3, 0.7, 0.999], dtype=F64)
+    m, s = sde.kernel(t)
+    torch.testing.assert_close((m, s), (1 - t, t))
+    torch.testing.assert_close(sde.diffusion(t), torch.sqrt(2 * t / (1 - t)))
+    x = torch.randn(4, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(sde.drift(x, t), -x / (1 - t[:, None]))
+    torch.testing.assert_close(sde.time_from_log_snr(sde.log_snr(t)), t)
+    g_T = sde.diffusion(torch.tensor(sde.T, dtype=F64))
+    assert torch.isfinite(g_T) and g_T**2 == pytest.approx(2 * 0.999 / 0.001)
+    with pytest.raises(ValueError, match="singular at t = 1"):
+        sd.RectifiedFlow(t_max=1.0)
+
+
+@pytest.mark.parametrize("sde", [sd.RectifiedFlow(), sd.VPSDE(), sd.EDMSDE()], ids=["rf", "vp", "edm"])
+def test_v_prediction_and_velocity_wrappers_round_trip_to_the_score(sde):
+    """A network that outputs the exact v (Salimans & Ho) or the exact probability-flow velocity of
+    Gaussian data gives back the exact score through the wrappers."""
+    dist = gaussian(dim=3, seed=5)
+    score = dist.score_fn(sde)
+    g = torch.Generator().manual_seed(1)
+    t = sde.T * (0.02 + 0.96 * torch.rand(64, generator=g, dtype=F64))
+    x = dist.sample(64, generator=g, dtype=F64) + torch.randn(64, 3, generator=g, dtype=F64)
+    m, s = (c[:, None] for c in sde.kernel(t))
+    eps = -s * score(x, t)
+    x0 = (x - s * eps) / m
+    v_salimans = m * eps - s * x0
+    velocity = sde.drift(x, t) - 0.5 * sde.diffusion(t)[:, None] ** 2 * score(x, t)
+    for wrapper, target in ((sd.VPredictionParameterization, v_salimans), (sd.VelocityParameterization, velocity)):
+        model = wrapper(lambda x_, t_, target=target: target, sde)
+        torch.testing.assert_close(model(x, t), score(x, t), rtol=1e-9, atol=1e-9)
+    # the velocity is the flow-matching field: m' x0 + s' eps with m' = a m, s' = (d s^2/dt) / (2 s)
+    a, vr = sde.log_mean_coeff_rate(t)[:, None], sde.variance_rate(t)[:, None]
+    torch.testing.assert_close(velocity, a * m * x0 + vr / (2 * s) * eps, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("sde", [sd.RectifiedFlow(), sd.VPSDE(), sd.SubVPSDE()], ids=["rf", "vp", "subvp"])
+def test_the_flow_matching_loss_equals_dsm_with_its_weighting(sde):
+    """|| v_theta(x_t, t) - (m' x0 + s' z) ||^2 computed directly equals denoising_score_matching
+    with FlowMatchingWeighting (lambda = g^4 / 4) on the same draws, for a network that is no score."""
+    torch.manual_seed(0)
+    net = sd.TimeMLP((2,), hidden_dim=16, n_layers=2).double()
+    model = sd.VelocityParameterization(net, sde)
+    x0 = torch.randn(256, 2, dtype=F64, generator=torch.Generator().manual_seed(2))
+    eps = 1e-3
+    dsm = sd.denoising_score_matching(model, sde, x0, weighting=sd.FlowMatchingWeighting(), eps=eps, generator=torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)  # the same draws, in the loss's order: t, then z
+    t = eps + (sde.T - eps) * torch.rand(256, generator=g, dtype=F64)
+    z = torch.randn(x0.shape, generator=g, dtype=F64)
+    m, s = (c[:, None] for c in sde.kernel(t))
+    u = sde.log_mean_coeff_rate(t)[:, None] * m * x0 + sde.variance_rate(t)[:, None] / (2 * s) * z
+    cfm = (net(m * x0 + s * z, t) - u).pow(2).sum(1)
+    torch.testing.assert_close(dsm, cfm, rtol=1e-8, atol=1e-10)
+    weighting = sd.FlowMatchingWeighting()
+    torch.testing.assert_close(weighting.weight(sde, t, eps), sde.diffusion(t) ** 4 / 4)
+
+
+def test_rectified_flow_samples_a_mixture_and_its_likelihood_matches_vps():
+    """With the exact mixture score (the oracle works for any kernel): DPM-Solver++ and reverse-SDE
+    samples match exact samples of p_eps, and the ODE log-likelihood equals the closed form as VP's does."""
+    sde, dist, eps, n = sd.RectifiedFlow(), mixture(2, seed=5), 1e-3, 6000
+    g = torch.Generator().manual_seed(11)
+    exact = sde.perturb(dist.sample(n, generator=g, dtype=F64), eps, generator=g)[0]
+    ode = sd.dpm_solver_pp(sde, dist.score_fn(sde), sde.prior_sample((n, 2), generator=g, dtype=F64), sd.log_snr_time_grid(sde, 40, eps, dtype=F64))
+    # the reverse SDE from T = 0.999, where g^2 = 1998 is large but finite
+    em = sd.euler_maruyama(sde, dist.score_fn(sde), sde.prior_sample((n, 2), generator=g, dtype=F64), sd.uniform_time_grid(sde, 1000, eps, dtype=F64), generator=g)
+    for samples in (ode.samples, em.samples):
+        for stat in (lambda z: z, lambda z: z**2):
+            a, b = stat(samples), stat(exact)
+            assert ((a.mean(0) - b.mean(0)).abs() < 5 * ((a.var(0) + b.var(0)) / n).sqrt()).all()
+    x = dist.sample(8, generator=g, dtype=F64)
+    for path in (sde, sd.VPSDE()):
+        out = log_likelihood(path, dist.score_fn(path), x, eps=eps, rtol=1e-8, atol=1e-8)
+        exact_terminal = out.logp - path.prior_logp(out.latent) + dist.log_prob(out.latent, path.T, path)
+        assert (exact_terminal - dist.log_prob(x, eps, path)).abs().max() / 2 < 1e-4
+
+
+def test_flow_matching_trains_samples_and_evaluates_in_the_apps(tmp_path):
+    import json
+    import shutil
+    import subprocess
+
+    run = tmp_path / "run"
+    args = ["sde=rectified_flow", "loss=flow_matching", "model=mlp_velocity", "sampler=dpm_solver", "sampler.grid.n_steps=10",
+            "train.steps=60", "train.warmup_steps=5", "model.net.hidden_dim=32", "model.net.n_layers=2", "data.n_train=2000",
+            "data.n_test=200", "n_samples=200", "eval_points=50", "progress=false", f"hydra.run.dir={run}"]  # fmt: skip
+    proc = subprocess.run([shutil.which("sde-train"), *args], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["nfe"] == 10 and math.isfinite(summary["held_out_nll_nats_per_dim"]) and math.isfinite(summary["sliced_w2_vs_held_out"])
+    proc = subprocess.run([shutil.which("sde-eval"), f"run_dir={run}", "n_points=50", "progress=false", f"hydra.run.dir={tmp_path / 'eval'}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads((run / "eval.json").read_text())[-1]
+    assert record["nll_nats_per_dim"] == pytest.approx(summary["held_out_nll_nats_per_dim"], rel=1e-4)

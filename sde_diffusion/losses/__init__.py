@@ -1,7 +1,7 @@
 """Score-matching losses (per-sample values) and time weightings."""
 
 from .score_matching import denoising_score_matching, sliced_score_matching
-from .weighting import ImportanceLikelihoodWeighting, LikelihoodWeighting, NoiseWeighting
+from .weighting import FlowMatchingWeighting, ImportanceLikelihoodWeighting, LikelihoodWeighting, NoiseWeighting
 
 __all__ = [
     "denoising_score_matching",
@@ -9,4 +9,5 @@ __all__ = [
     "NoiseWeighting",
     "LikelihoodWeighting",
     "ImportanceLikelihoodWeighting",
+    "FlowMatchingWeighting",
 ]

@@ -88,3 +88,32 @@ class ImportanceLikelihoodWeighting:
 
     def __repr__(self) -> str:
         return "ImportanceLikelihoodWeighting()"
+
+
+class FlowMatchingWeighting:
+    """``lambda(t) = g(t)^4 / 4`` with ``t ~ U(eps, T)``: denoising score matching that equals the
+    conditional flow-matching loss ``|| v_theta(x_t, t) - (m'(t) x0 + s'(t) z) ||^2`` (Lipman et al.
+    2023, Eq. 9) of the probability-flow velocity ``v_theta = f - g^2 s_theta / 2``.
+
+    Why: at fixed ``x_t = m x0 + s z`` the velocity error is ``v_theta - u = (s' - a s)(eps_theta - z)``
+    with ``a = d log m/dt``, ``eps_theta = -s s_theta``, and ``s' - a s = g^2 / (2s)`` (from
+    ``g^2 = d s^2/dt - 2 a s^2``), so ``|| v_theta - u ||^2 = (g^2 / (2s))^2 || s s_theta + z ||^2 =
+    (g^4 / 4) || s_theta + z / s ||^2``. For rectified flow ``g^2 = 2t / (1 - t)`` and the ratio to
+    the eps loss is ``1 / (1 - t)^2``. The loss is per sample, exactly the flow-matching value (up to
+    round-off) whichever parameterization computes ``s_theta``; :class:`VelocityParameterization`
+    makes the network the flow-matching field.
+    """
+
+    needs_kernel = True
+
+    def sample_time(self, sde: SDE, batch: int, eps: float, *, generator=None, device=None, dtype=None) -> Tensor:
+        return _uniform_time(batch, eps, sde.T, generator, device, dtype)
+
+    def weight(self, sde: SDE, t: Tensor, eps: float) -> Tensor:
+        return sde.diffusion(t) ** 4 / 4.0
+
+    def weight_over_variance(self, sde: SDE, t: Tensor, eps: float) -> Tensor:
+        return (sde.diffusion(t) ** 2 / (2.0 * sde.kernel(t)[1])) ** 2
+
+    def __repr__(self) -> str:
+        return "FlowMatchingWeighting()"

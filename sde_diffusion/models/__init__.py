@@ -2,7 +2,13 @@
 
 from .embeddings import GaussianFourierEmbedding, SinusoidalEmbedding
 from .mlp import TimeMLP
-from .parameterization import DataParameterization, EpsilonParameterization, ScoreParameterization
+from .parameterization import (
+    DataParameterization,
+    EpsilonParameterization,
+    ScoreParameterization,
+    VelocityParameterization,
+    VPredictionParameterization,
+)
 
 __all__ = [
     "TimeMLP",
@@ -11,6 +17,8 @@ __all__ = [
     "ScoreParameterization",
     "EpsilonParameterization",
     "DataParameterization",
+    "VPredictionParameterization",
+    "VelocityParameterization",
 ]
 
 from .unet import UNet  # noqa: E402

@@ -2,6 +2,7 @@
 
 from .base import SDE, ScoreFn
 from .edm import EDMSDE
+from .flow import RectifiedFlow
 from .gaussian_path import GaussianPathSDE
 from .reverse import ProbabilityFlowODE, ReverseSDE
 from .schedules import CosineBeta, LinearBeta
@@ -12,6 +13,7 @@ __all__ = [
     "SDE",
     "GaussianPathSDE",
     "EDMSDE",
+    "RectifiedFlow",
     "ScoreFn",
     "VPSDE",
     "SubVPSDE",
