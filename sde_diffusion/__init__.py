@@ -81,6 +81,7 @@ from .samplers import (
 )
 from .sdes.simulate import sample_marginal, simulate_forward
 from .timesteps import edm_time_grid, log_snr_time_grid, uniform_time_grid
+from .runs import TrainedRun, load_run
 from .training import Trainer, TrainingInterrupted, TrainOptions, load_checkpoint, save_checkpoint
 
 __version__ = "0.1.0"
@@ -157,6 +158,8 @@ __all__ = [
     "distributed",
     "Trainer",
     "TrainOptions",
+    "load_run",
+    "TrainedRun",
     "TrainingInterrupted",
     "save_checkpoint",
     "load_checkpoint",

@@ -25,7 +25,6 @@ from omegaconf import OmegaConf
 import sde_diffusion as sd
 from sde_diffusion._seeding import derive_seed
 from analytic import gaussian, mixture
-from sde_diffusion.cli._run import load_trained_run
 from sde_diffusion.cli.eval import append_record
 from sde_diffusion.cli.eval import run as eval_run
 from sde_diffusion.config import ConfigError
@@ -199,7 +198,7 @@ def run_dir(tmp_path_factory):
 def _reference(run_dir, n, batch_size):
     """NLL per point of the first ``n`` held-out points, straight from ``log_likelihood`` with the
     loaded EMA model (the defaults of sde-eval: exact divergence at D = 2, dopri5, 1e-5)."""
-    trained = load_trained_run(run_dir, "cpu")
+    trained = sd.load_run(run_dir, "cpu")
     outs = [log_likelihood(trained.sde, trained.score_model, xb) for xb in trained.data.test[:n].split(batch_size)]
     return torch.cat([-o.logp / 2 for o in outs]).double(), [o.nfe for o in outs], trained
 

@@ -30,7 +30,6 @@ from sde_diffusion.cli import sample as app
 from sde_diffusion.cli.train import _grid_labels
 from sde_diffusion.samplers import draw
 from sde_diffusion.cli._common import group_options
-from sde_diffusion.cli._run import load_trained_run
 from sde_diffusion.config import ConfigError, build_experiment, build_sampler
 from sde_diffusion.plotting import _tile_images, image_grid
 from sde_diffusion.training import CheckpointError, Trainer
@@ -78,7 +77,7 @@ def test_samples_equal_a_direct_sampler_call_on_the_ema_model(run_dir, tmp_path,
     saved = np.load(tmp_path / "samples.npz")
 
     # the documented recipe written out by hand: one prior block, one noise generator per batch
-    trained = load_trained_run(run_dir, "cpu")
+    trained = sd.load_run(run_dir, "cpu")
     fn, grid = build_sampler(_sample_config(run_dir, f"sampler={sampler}", "sampler.grid.n_steps=8"))
     ts = grid(trained.sde, dtype=torch.float32)
     prior = torch.Generator().manual_seed(draw.stream_seed(7, draw.PRIOR, 0))
@@ -317,14 +316,14 @@ def digits_run(tmp_path_factory):
 def _by_hand(run, fn, n, batch_size, seed=0):
     """The edit tasks' recipe written out: held-out point ``i mod N_test`` for sample ``i``, and batch
     ``b`` gets the step-noise generator of draw_samples' batch ``b``."""
-    trained = load_trained_run(run, "cpu")
+    trained = sd.load_run(run, "cpu")
     inputs = trained.data.test[torch.arange(n) % trained.data.test.shape[0]]
     out = [fn(trained, x, torch.Generator().manual_seed(draw.stream_seed(seed, draw.NOISE, b))) for b, x in enumerate(inputs.split(batch_size))]
     return inputs, torch.cat([o.samples for o in out])
 
 
 def test_sde_train_draws_a_guided_grid_of_classes(digits_run):
-    trained = load_trained_run(digits_run, "cpu")
+    trained = sd.load_run(digits_run, "cpu")
     assert trained.score_model.n_classes == 10
     fn, grid = build_sampler(_sample_config(digits_run, "sampler=euler_maruyama", "sampler.grid.n_steps=3"))  # the experiment's
     labels = _grid_labels(20, 10)  # 4 rows of 5 columns: classes 0, 1, 2, 3
@@ -341,7 +340,7 @@ def test_sde_train_draws_a_guided_grid_of_classes(digits_run):
 
 def test_class_label_and_guidance_give_the_guided_samples(digits_run, tmp_path):
     summary = _sample(digits_run, tmp_path, "dpm_solver", "class_label=7", "guidance=2", "n_samples=8", "sampler.grid.n_steps=4")
-    trained = load_trained_run(digits_run, "cpu")
+    trained = sd.load_run(digits_run, "cpu")
     fn, grid = build_sampler(_sample_config(digits_run, "sampler=dpm_solver", "sampler.grid.n_steps=4"))
     expected = draw.draw_samples(trained.sde, S.GuidedScore(trained.score_model, 7, 2.0), fn, grid, (1, 8, 8), 8, batch_size=1000, seed=0)
     torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "samples.npz")["samples"]), expected.samples, rtol=0, atol=0)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,8 +33,16 @@ def test_library_example_runs(capsys):
     assert capsys.readouterr().out.strip() == "torch.Size([1000, 2]) 500"
 
 
-def test_every_python_block_in_the_readme_runs():
+def test_every_python_block_in_the_readme_runs(tmp_path, monkeypatch):
+    """Blocks that load a trained run (``sd.load_run("outputs/...")``) get one: a tiny ``sde-train``
+    run written at that path under a temporary working directory."""
     blocks = re.findall(r"```python\n(.*?)```", README, flags=re.S)
     assert len(blocks) >= 2
+    monkeypatch.chdir(tmp_path)
     for i, code in enumerate(blocks):
+        for run_dir in re.findall(r'sd\.load_run\("([^"]+)"\)', code):
+            args = ["train.steps=20", "train.warmup_steps=2", "model.net.hidden_dim=16", "model.net.n_layers=1", "n_samples=10",
+                    "sampler.grid.n_steps=2", "eval_points=0", "progress=false", f"hydra.run.dir={run_dir}"]  # fmt: skip
+            proc = subprocess.run([sys.executable, "-m", "sde_diffusion.cli.train", *args], capture_output=True, text=True, timeout=300)
+            assert proc.returncode == 0, proc.stderr
         exec(compile(code, f"README.md block {i}", "exec"), {})

@@ -31,10 +31,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from .. import distributed
 from .._atomic import write_atomically
+from ..runs import load_run
 from ..config import ConfigError
 from ..likelihood.evaluate import evaluate_nll
 from ._common import fail, refusals, say, set_threads, show_progress, thread_text, torchrun_session
-from ._run import load_trained_run
 
 PROG = "sde-eval"
 RESULTS = "eval.json"
@@ -97,7 +97,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         raise ConfigError(f"run_dir={run_dir} is not a directory; pass the directory sde-train wrote")
     ctx = distributed.current()
     device = f"cuda:{ctx.local_rank}" if ctx.active and str(cfg.device) in ("auto", "cuda") and torch.cuda.is_available() else cfg.device
-    trained = load_trained_run(run_dir, device)
+    trained = load_run(run_dir, device)
     data = trained.data
     if ctx.is_main:
         procs = f" x {ctx.world_size} processes" if ctx.active else ""

@@ -30,6 +30,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
+from ..runs import load_run
 from ..config import ConfigError, build_sampler
 from ..plotting import plot_samples
 from ..samplers.controllable import MASK_REGIONS, inpaint, inpainting_mask, sdedit
@@ -40,7 +41,6 @@ from ..sdes.base import ScoreFn
 from ._common import (
     check_group_choices, fail, group_options, refusals, say, set_threads, show_progress, sliced_w2_to_held_out, thread_text,
 )
-from ._run import load_trained_run
 
 PROG = "sde-sample"
 TASKS = ("sample", "inpaint", "sdedit")
@@ -158,7 +158,7 @@ def run(cfg: DictConfig, out_dir: Path, *, sampler_name: str = "sampler") -> dic
     run_dir = Path(str(cfg.run_dir)).expanduser()
     if not run_dir.is_dir():
         raise ConfigError(f"run_dir={run_dir} is not a directory; pass the directory sde-train wrote")
-    trained = load_trained_run(run_dir, cfg.device)
+    trained = load_run(run_dir, cfg.device)
     score = _score(cfg, trained.score_model)
     say(f"{PROG}: {cfg.task} with {sampler_name} from step {trained.step} of {trained.run_dir} on {trained.device}, {thread_text(threads)}")
     try:

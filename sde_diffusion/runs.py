@@ -1,4 +1,9 @@
-"""Reload a finished training run from its directory alone: config, SDE, data and EMA score model."""
+"""Reload a finished training run from its directory alone: config, SDE, data and EMA score model.
+
+:func:`load_run` is what ``sde-sample`` and ``sde-eval`` load a run with, and the way to write
+one's own sampling or likelihood script against a run of ``sde-train``. It belongs to the config
+layer: it reads the run's saved config and builds the objects with :mod:`sde_diffusion.config`.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +14,20 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from ..config import ConfigError, build_dataset, build_score_model, build_sde, resolve_device
-from ..data.dataset import Dataset
-from ..sdes.base import SDE
-from ..training import load_checkpoint
+from .config import ConfigError, build_dataset, build_score_model, build_sde, resolve_device
+from .data.dataset import Dataset
+from .sdes.base import SDE
+from .training import load_checkpoint
 
 
 @dataclass
 class TrainedRun:
-    """A training run as the evaluation apps need it; ``score_model`` holds the EMA weights, in eval mode."""
+    """A finished training run: its directory, its composed ``config``, the ``sde``, the ``data``
+    (train and held-out splits), the ``score_model`` ``score(x, t)`` with the EMA weights in eval mode
+    on ``device``, and the checkpoint's ``step``."""
 
     run_dir: Path
-    cfg: DictConfig
+    config: DictConfig
     sde: SDE
     data: Dataset
     score_model: nn.Module
@@ -38,15 +45,22 @@ def _anchor_relative_data_path(cfg: DictConfig, run_dir: Path) -> None:
             cfg.data.path = str(Path(launch_dir) / path)
 
 
-def load_trained_run(run_dir: str | Path, device: str = "auto") -> TrainedRun:
-    """Read ``run_dir/.hydra/config.yaml`` and ``run_dir/checkpoints/last.pt`` (verified, code-free)."""
+def load_run(run_dir: str | Path, device: str | torch.device = "auto") -> TrainedRun:
+    """Load the run ``sde-train`` wrote in ``run_dir``: ``.hydra/config.yaml`` (a relative
+    ``data.path`` is taken from where ``sde-train`` was launched) and ``checkpoints/last.pt``
+    (verified, loaded without running code). ``device``: ``auto`` (CUDA when present), ``cpu``,
+    ``cuda``, ``cuda:<index>`` or a ``torch.device``.
+
+    Raises :class:`~sde_diffusion.config.ConfigError` for a directory without a saved config and
+    :class:`~sde_diffusion.training.CheckpointError` for a missing or damaged checkpoint.
+    """
     run_dir = Path(run_dir).expanduser().resolve()
     cfg_path = run_dir / ".hydra" / "config.yaml"
     if not cfg_path.is_file():
         raise ConfigError(f"run_dir={run_dir} has no .hydra/config.yaml; pass the directory sde-train wrote")
     cfg = OmegaConf.load(cfg_path)
     _anchor_relative_data_path(cfg, run_dir)
-    dev = resolve_device(device)
+    dev = resolve_device(str(device))
     sde = build_sde(cfg)
     data = build_dataset(cfg)
     model = build_score_model(cfg, sde, data.data_shape)
