@@ -1,4 +1,4 @@
-"""Time grids for samplers, kept separate from the SDE (STYLE principle 3).
+"""Time grids for samplers, kept apart from the SDE: the SDE says what the process is, a grid how a sampler walks it.
 
 A grid is a 1-D tensor ``(N + 1,)`` of forward times running from ``sde.T`` down to ``eps``; a
 sampler with ``N`` steps moves from ``ts[i]`` to ``ts[i + 1]``. Every grid function has the

@@ -1,5 +1,5 @@
 """Analytic truth shared by every test: SDEs under test, Gaussian and Gaussian-mixture data with
-exact scores and log-densities (REFERENCES.md, "Exact test oracles")."""
+exact scores and log-densities (docs/references.md, "Exact test oracles")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Every config group option composes and builds the objects it names (STYLE principle 14)."""
+"""Every config group option composes and builds the objects it names (a config that cannot build fails here, not in a user's run)."""
 
 from __future__ import annotations
 

@@ -201,7 +201,7 @@ def test_weak_error_falls_at_the_declared_order(sde_name, predictor):
 # ------------------------------------------------------------------------- the paper's formulas
 def test_ancestral_on_ve_is_ncsns_ancestral_step():
     """VE, posterior variance: ``x + (s_i^2 - s_{i-1}^2) score`` and variance
-    ``s_{i-1}^2 (s_i^2 - s_{i-1}^2) / s_i^2`` (REFERENCES, with the exact kernel std ``s``), exactly."""
+    ``s_{i-1}^2 (s_i^2 - s_{i-1}^2) / s_i^2`` (docs/references.md, with the exact kernel std ``s``), exactly."""
     sde, dist = SDES["ve"], analytic.mixture()
     x = 3.0 * torch.randn(32, 2, generator=gen(6), dtype=F64)
     t, t_next = torch.tensor(0.6, dtype=F64), torch.tensor(0.55, dtype=F64)
@@ -215,7 +215,7 @@ def test_ancestral_on_ve_is_ncsns_ancestral_step():
 def test_ancestral_on_vp_is_ddpms_step(dt):
     """VP: with ``beta = 1 - abar_t / abar_{t-dt}`` the step is DDPM's ``(x + beta s) / sqrt(1 - beta)``
     with variance ``beta`` (variance="forward") or ``beta (1 - abar_{t-dt}) / (1 - abar_t)``
-    ("posterior"), to round-off. REFERENCES writes ``beta_i = beta(t) dt``: that differs by
+    ("posterior"), to round-off. Song et al. write ``beta_i = beta(t) dt``: that differs by
     ``(beta' + beta^2) dt^2 / 2``, checked against the bound ``beta_max^2 dt^2 = 400 dt^2``."""
     sde, dist = SDES["vp"], analytic.mixture()
     x = torch.randn(32, 2, generator=gen(7), dtype=F64)
@@ -230,7 +230,7 @@ def test_ancestral_on_vp_is_ddpms_step(dt):
     assert torch.allclose(post_mean, fwd_mean, rtol=1e-14, atol=1e-14)
     assert torch.allclose(fwd_std**2, beta.expand(32), rtol=1e-12)
     assert torch.allclose(post_std**2, beta * (1 - abar_next) / (1 - abar_t), rtol=1e-12)
-    beta_ref = sde.schedule.beta(t) * dt  # REFERENCES' beta_i
+    beta_ref = sde.schedule.beta(t) * dt  # Song et al.'s beta_i
     ddpm = (x + beta_ref * score) / (1 - beta_ref).sqrt()
     assert (fwd_mean - ddpm).abs().max() <= 400 * dt**2 * (x.abs() + score.abs()).max()
     assert (fwd_std**2 - beta_ref).abs().max() <= 400 * dt**2

@@ -35,9 +35,9 @@ from ..config import ConfigError, build_sampler
 from ..plotting import plot_samples
 from ..samplers.controllable import MASK_REGIONS, inpaint, inpainting_mask, sdedit
 from ..samplers.draw import DrawnSamples, draw_samples, sample_in_batches, stream_seed
-from ..samplers.guidance import GuidedScore, check_guidance
+from ..scores import GuidedScore, check_guidance
 from ..samplers.predictor_corrector import predictor_corrector
-from ..sdes.base import ScoreFn
+from ..scores import ScoreFn
 from ._common import (
     check_group_choices, fail, group_options, refusals, say, set_threads, show_progress, sliced_w2_to_held_out, thread_text,
 )

@@ -21,7 +21,7 @@ from ..config import ConfigError, build_experiment
 from ..likelihood.evaluate import evaluate_nll
 from ..plotting import image_grid, loss_curve, plot_samples
 from ..samplers.draw import DrawnSamples, draw_samples
-from ..samplers.guidance import GuidedScore, check_guidance
+from ..scores import GuidedScore, check_guidance
 from .. import distributed
 from ..training import NonFiniteLossError, Trainer, TrainingInterrupted, evaluate_loss, load_checkpoint
 from . import _resume

@@ -32,7 +32,7 @@ class Dataset:
             compared with the true ``-E log p``.
         levels, interval_width: for discrete data, the ``K`` levels per dimension spread over an
             interval of width ``w``, so bits/dim is ``(-log p / D + log(K / w)) / ln 2``
-            (REFERENCES, bits/dim). Both None for continuous data.
+            (docs/references.md, bits per dimension). Both None for continuous data.
         shift, scale: set when the data were standardized, shape ``data_shape``: stored data are
             ``(raw - shift) / scale``; :meth:`unstandardize` maps samples back.
         train_labels, test_labels, n_classes: for labelled data, int64 class labels ``(N_train,)``

@@ -1,7 +1,7 @@
 """Gaussian mixtures with exact scores and log-densities of every marginal: the analytic oracle.
 
 Under a Gaussian perturbation kernel ``N(m(t) x_0, s(t)^2 I)`` the marginal of the mixture
-``sum_k w_k N(mu_k, Sigma_k)`` is ``sum_k w_k N(m mu_k, m^2 Sigma_k + s^2 I)`` (REFERENCES, exact
+``sum_k w_k N(mu_k, Sigma_k)`` is ``sum_k w_k N(m mu_k, m^2 Sigma_k + s^2 I)`` (docs/references.md, exact
 test oracles). Each ``Sigma_k = U_k diag(lam_k) U_k^T`` is diagonalised once, so the marginal's
 covariances ``U_k diag(m^2 lam_k + s^2) U_k^T`` cost one projection per component at any ``t``.
 """

@@ -5,7 +5,7 @@ Every image set is stored as ``(N, C, H, W)`` float32 on ``[-1, 1)`` with the co
 LEFT EDGE of its bin, ``x = -1 + 2 k / K`` (so ``k = 0`` is ``-1`` and ``k = K - 1`` is ``1 - 2 / K``).
 The returned :class:`Dataset` records ``levels = K`` and ``interval_width = 2``: dequantize with
 ``dequantize(x, K)`` (its default interval ``(-1, 1)``), and bits/dim carry the offset
-``log2(K / 2)`` (REFERENCES, bits/dim).
+``log2(K / 2)`` (docs/references.md, bits per dimension).
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ class Checkerboard:
 
     Square ``(i, j)``, ``i, j in {0..3}``, covers ``[-4 + 2i, -2 + 2i) x [-4 + 2j, -2 + 2j)`` and is
     black when ``i + j`` is even (FFJORD's board). The black area is 32, so ``p = 1/32`` on black
-    squares and 0 elsewhere; the entropy is ``ln 32`` nats (REFERENCES, exact test oracles).
+    squares and 0 elsewhere; the entropy is ``ln 32`` nats (docs/references.md, exact test oracles).
     """
 
     low = -4.0

@@ -26,7 +26,8 @@ from .._seeding import derive_seed
 from .._shapes import check_data, flat_dim
 from ..distributed import SINGLE, DistributedContext, all_gather_objects
 from ..data.dataset import Density
-from ..sdes.base import SDE, ScoreFn
+from ..scores import ScoreFn
+from ..sdes.base import SDE
 from .bits import bits_per_dim, dequantize, nats_per_dim
 from .ode import DIVERGENCES, log_likelihood
 
@@ -101,7 +102,7 @@ def evaluate_nll(
         levels, interval_width: for discrete data, ``K`` levels per dimension spread over an
             interval of width ``w`` (as in :class:`~sde_diffusion.data.Dataset`). Each point is
             dequantized ``n_dequant`` times, ``y = x + u w / K`` with ``u ~ U[0, 1)^D``, and
-            ``bpd = (-log p(y) / D + log(K / w)) / ln 2`` (REFERENCES, bits/dim). The points must
+            ``bpd = (-log p(y) / D + log(K / w)) / ln 2`` (docs/references.md, bits per dimension). The points must
             lie on one grid of spacing ``w / K`` (checked); its origin is taken to be the smallest
             value evaluated, which is a level (dequantization does not depend on the origin).
         divergence: ``"exact"``, ``"hutchinson"`` or ``"auto"`` (exact for ``D <= 16``).

@@ -22,9 +22,9 @@ from torch import Tensor
 from torchdiffeq import odeint
 
 from .._shapes import check_data
-from ..samplers.base import CountingScore
-from ..samplers.ode import ADAPTIVE_ORDERS
-from ..sdes.base import SDE, ScoreFn
+from .._solvers import ODE_ADAPTIVE_ORDERS as ADAPTIVE_ORDERS
+from ..scores import CountingScore, ScoreFn
+from ..sdes.base import SDE
 from ..sdes.reverse import ProbabilityFlowODE
 from .divergence import PROBES, basis_probes, jacobian_quadratic_forms, random_probes
 from .scipy_backend import solve_ivp_reference

@@ -6,7 +6,8 @@ import torch
 from torch import Tensor
 
 from .._shapes import expand_like
-from ..sdes.base import SDE, ScoreFn
+from ..scores import ScoreFn
+from ..sdes.base import SDE
 from ..sdes.simulate import sample_marginal
 from .weighting import LikelihoodWeighting, NoiseWeighting
 

@@ -2,7 +2,7 @@
 
 from .embeddings import GaussianFourierEmbedding, SinusoidalEmbedding
 from .mlp import TimeMLP
-from .parameterization import (
+from ..scores import (
     DataParameterization,
     EpsilonParameterization,
     ScoreParameterization,

@@ -1,6 +1,7 @@
 """Samplers: plain functions ``sampler(sde, score_fn, x_T, ts, *, generator, progress, ...)``."""
 
-from .base import CountingScore, SamplerOutput
+from ..scores import CountingScore, GuidedScore, check_guidance
+from .base import SamplerOutput
 from .euler_maruyama import euler_maruyama
 
 __all__ = ["SamplerOutput", "CountingScore", "euler_maruyama"]
@@ -47,6 +48,5 @@ __all__ += ["draw_samples", "DrawnSamples", "sample_in_batches"]
 
 # conditional and controllable generation: classifier-free guidance, inpainting, SDEdit
 from .controllable import MASK_REGIONS, inpaint, inpainting_mask, sdedit
-from .guidance import GuidedScore, check_guidance
 
 __all__ += ["GuidedScore", "check_guidance", "inpaint", "inpainting_mask", "sdedit", "MASK_REGIONS"]

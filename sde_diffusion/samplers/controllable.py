@@ -13,10 +13,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..sdes.base import SDE, ScoreFn
+from ..scores import CountingScore, ScoreFn
+from ..sdes.base import SDE
 from ..sdes.simulate import sample_marginal
 from ..timesteps import check_grid
-from .base import CountingScore, SamplerOutput
+from .base import SamplerOutput
 from .correctors import Corrector, NoCorrector
 from .predictor_corrector import _check_policies, tweedie_denoise
 from .predictors import NoPredictor, Predictor

@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 
 from .._shapes import batch_time, expand_like
-from ..sdes.base import SDE, ScoreFn
+from ..scores import ScoreFn
+from ..sdes.base import SDE
 
 
 class Corrector(abc.ABC):

@@ -3,7 +3,7 @@ kernel-based fast samplers (DDIM, Heun, DPM-Solver++) share.
 
 These samplers see the SDE only through its perturbation kernel ``x_t = m(t) x_0 + s(t) eps`` and
 its log-SNR ``log(m^2 / s^2)``, so VP, sub-VP, VE and any user SDE with a ``kernel`` work alike.
-With the score ``S = score(x_t, t)`` the two predictions are (REFERENCES, parameterizations)
+With the score ``S = score(x_t, t)`` the two predictions are (docs/references.md, parameterizations)
 ``eps_hat = -s(t) S`` and ``x0_hat = (x_t + s(t)^2 S) / m(t)``.
 """
 
@@ -14,31 +14,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .._shapes import batch_time
-from ..sdes.base import SDE, ScoreFn
+from ..scores import CountingScore, ScoreFn
+from ..sdes.base import SDE
+from ..sdes.tables import kernel_table
 from ..timesteps import check_grid
-from .base import CountingScore, SamplerOutput
-
-
-def kernel_table(sde: SDE, ts: Tensor, x: Tensor, sampler: str) -> tuple[Tensor, Tensor, Tensor]:
-    """``(m, s, logSNR)`` at every time of the grid ``ts`` ``(N + 1,)``, each ``(N + 1,)``.
-
-    Evaluated in float64 and cast to ``x``'s dtype and device. Rejects SDEs without a kernel and
-    grids that reach ``t = 0``, where ``s = 0`` (``sampler`` names the caller in the errors).
-    """
-    check_grid(ts)
-    if not sde.has_kernel:
-        raise ValueError(
-            f"{sampler} needs the perturbation kernel m(t), s(t), which {type(sde).__name__} does not "
-            f"define; implement kernel(t) or use probability_flow_sampler or euler_maruyama"
-        )
-    if not ts[-1] > 0:
-        raise ValueError(
-            f"{sampler} needs a grid ending at eps > 0 (the kernel std s(0) = 0), got ts[-1] = "
-            f"{float(ts[-1])}; build the grid with eps=1e-3"
-        )
-    t64 = ts.to(torch.float64)
-    m, s = sde.kernel(t64)
-    return tuple(v.to(dtype=x.dtype, device=x.device) for v in (m, s, sde.log_snr(t64)))
+from .base import SamplerOutput
 
 
 @torch.no_grad()
@@ -71,7 +51,7 @@ def ddim(
     """
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must lie in [0, 1] (0: deterministic DDIM, 1: DDPM), got {eta}")
-    m, s, log_snr = kernel_table(sde, ts, x, "ddim")
+    m, s, log_snr = kernel_table(sde, check_grid(ts), x, "ddim")
     sigma2 = -(eta**2) * s[1:] ** 2 * torch.expm1(log_snr[:-1] - log_snr[1:])
     direction = (s[1:] ** 2 - sigma2).sqrt()
     score = CountingScore(score_fn)

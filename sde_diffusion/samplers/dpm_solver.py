@@ -8,9 +8,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .._shapes import batch_time
-from ..sdes.base import SDE, ScoreFn
-from .base import CountingScore, SamplerOutput
-from .ddim import kernel_table
+from ..scores import CountingScore, ScoreFn
+from ..sdes.base import SDE
+from ..sdes.tables import kernel_table
+from ..timesteps import check_grid
+from .base import SamplerOutput
 
 
 @torch.no_grad()
@@ -42,7 +44,7 @@ def dpm_solver_pp(
     """
     if order not in (1, 2):
         raise ValueError(f"order must be 1 (DPM-Solver++(1) = DDIM) or 2 (DPM-Solver++(2M)), got {order}")
-    m, s, log_snr = kernel_table(sde, ts, x, "dpm_solver_pp")
+    m, s, log_snr = kernel_table(sde, check_grid(ts), x, "dpm_solver_pp")
     h = 0.5 * (log_snr[1:] - log_snr[:-1])
     score = CountingScore(score_fn)
     x0_prev = None

@@ -20,7 +20,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .._seeding import derive_seed
-from ..sdes.base import SDE, ScoreFn
+from ..scores import ScoreFn
+from ..sdes.base import SDE
 from .base import SamplerOutput
 
 PRIOR_BLOCK = 256

@@ -6,9 +6,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..sdes.base import SDE, ScoreFn
+from ..scores import CountingScore, ScoreFn
+from ..sdes.base import SDE
 from ..timesteps import check_grid
-from .base import CountingScore, SamplerOutput
+from .base import SamplerOutput
 from .predictors import EulerMaruyamaPredictor
 
 

@@ -8,9 +8,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .._shapes import batch_time
-from ..sdes.base import SDE, ScoreFn
-from .base import CountingScore, SamplerOutput
-from .ddim import kernel_table
+from ..scores import CountingScore, ScoreFn
+from ..sdes.base import SDE
+from ..sdes.tables import kernel_table
+from ..timesteps import check_grid
+from .base import SamplerOutput
 
 
 @torch.no_grad()
@@ -38,7 +40,7 @@ def heun(
         ts: decreasing times ``(N + 1,)`` ending at ``eps > 0``.
     Returns: samples at ``ts[-1]``, NFE = 2N - 1.
     """
-    m, s, _ = kernel_table(sde, ts, x, "heun")
+    m, s, _ = kernel_table(sde, check_grid(ts), x, "heun")
     sigma = s / m
     score = CountingScore(score_fn)
     n = len(ts) - 1

@@ -13,15 +13,12 @@ from torch import Tensor
 from torchdiffeq import odeint
 from tqdm.auto import tqdm
 
-from ..sdes.base import SDE, ScoreFn
+from .._solvers import ODE_ADAPTIVE_ORDERS as ADAPTIVE_ORDERS
+from .._solvers import ODE_FIXED_GRID_ORDERS as FIXED_GRID_ORDERS
+from ..scores import CountingScore, ScoreFn
+from ..sdes.base import SDE
 from ..timesteps import check_grid
-from .base import CountingScore, SamplerOutput
-
-FIXED_GRID_ORDERS = {"euler": 1, "midpoint": 2, "heun2": 2, "heun3": 3, "rk4": 4}
-"""torchdiffeq's fixed-grid Runge-Kutta methods and their orders (the tests check these)."""
-
-ADAPTIVE_ORDERS = {"adaptive_heun": 2, "fehlberg2": 2, "bosh3": 3, "dopri5": 5, "dopri8": 8}
-"""torchdiffeq's embedded adaptive Runge-Kutta methods and their orders."""
+from .base import SamplerOutput
 
 
 def _check_method(method: str, step_size: float | None) -> None:

@@ -7,16 +7,17 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .._shapes import batch_time, expand_like
-from ..sdes.base import SDE, ScoreFn
+from ..scores import CountingScore, ScoreFn
+from ..sdes.base import SDE
 from ..timesteps import check_grid
-from .base import CountingScore, SamplerOutput
+from .base import SamplerOutput
 from .correctors import Corrector, NoCorrector
 from .predictors import NoPredictor, Predictor
 
 
 def tweedie_denoise(sde: SDE, score_fn: ScoreFn, x: Tensor, t: float | Tensor) -> Tensor:
     """Tweedie's posterior mean ``E[x_0 | x_t = x] = (x + s(t)^2 score(x, t)) / m(t)`` (Efron 2011;
-    REFERENCES, final denoising step). ``x``: ``(B, *dims)``; one score evaluation."""
+    docs/references.md, discretizations). ``x``: ``(B, *dims)``; one score evaluation."""
     t = batch_time(t, x)
     m, s = sde.kernel(t)
     return (x + expand_like(s**2, x) * score_fn(x, t)) / expand_like(m, x)

@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from .._shapes import batch_time, expand_like
-from ..sdes.base import SDE, ScoreFn
+from ..scores import ScoreFn
+from ..sdes.base import SDE
 
 
 class Predictor(abc.ABC):
@@ -95,11 +96,11 @@ class AncestralPredictor(Predictor):
         mu = (x + v score(x, t)) / a,      sigma^2 = v s(t_next)^2 / s(t)^2   (variance="posterior").
 
     VE (``a = 1``): exactly NCSN's ancestral step ``x + (s_i^2 - s_{i-1}^2) score`` with variance
-    ``s_{i-1}^2 (s_i^2 - s_{i-1}^2) / s_i^2`` (REFERENCES). VP: DDPM's step ``(x + beta score) /
-    sqrt(1 - beta)`` with ``beta = v = 1 - abar_t / abar_next``, which differs from REFERENCES'
+    ``s_{i-1}^2 (s_i^2 - s_{i-1}^2) / s_i^2`` (docs/references.md, discretizations). VP: DDPM's step ``(x + beta score) /
+    sqrt(1 - beta)`` with ``beta = v = 1 - abar_t / abar_next``, which differs from the SDE's
     ``beta(t) dt`` by ``O(dt^2)``, and DDPM's posterior variance ``beta_tilde``; ``variance="forward"``
     uses ``sigma^2 = v`` instead, DDPM's other choice ``sigma^2 = beta`` (Ho et al. 2020, Sec. 3.2),
-    which is what REFERENCES' VP formula (and the score_sde code) uses. Weak order 1.
+    which is what Song et al.'s VP ancestral formula (and the score_sde code) uses. Weak order 1.
     """
 
     requires_kernel = True

@@ -23,13 +23,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .._shapes import batch_time
-from ..sdes.base import SDE, ScoreFn
+from .._solvers import SDE_STRONG_ORDERS as METHOD_ORDERS  # the reverse SDE's noise g(t) is additive
+from ..scores import CountingScore, ScoreFn
+from ..sdes.base import SDE
 from ..timesteps import check_grid
-from .base import CountingScore, SamplerOutput
-
-METHOD_ORDERS = {"euler": 1.0, "milstein": 1.0, "srk": 1.5, "reversible_heun": 1.0}
-"""Strong orders of torchsde's methods for the reverse SDE, whose noise ``g(t)`` does not depend on
-the state (additive noise; torchsde's ``diagonal`` noise type is used so no ``D x D`` matrix is built)."""
+from .base import SamplerOutput
 
 _SDE_TYPES = {"euler": "ito", "milstein": "ito", "srk": "ito", "reversible_heun": "stratonovich"}
 """Itô and Stratonovich forms coincide for state-independent noise, so each method gets its own."""

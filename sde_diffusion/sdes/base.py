@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import abc
 import math
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from .._shapes import batch_time, expand_like, flat_dim
+from ..scores import ScoreFn
 
 if TYPE_CHECKING:
     from .reverse import ProbabilityFlowODE, ReverseSDE
-
-ScoreFn = Callable[[Tensor, Tensor], Tensor]
-"""A score function ``score(x, t) -> grad_x log p_t(x)``: ``x`` is ``(B, *dims)``, ``t`` is ``(B,)``."""
 
 
 class SDE(abc.ABC):

@@ -1,0 +1,203 @@
+"""Score functions and the wrappers that make one: the one contract ``score(x, t)`` of every sampler,
+loss and likelihood, what a network's output is turned into it by (parameterizations), counting
+evaluations, and classifier-free guidance.
+
+- :data:`ScoreFn`: ``score(x, t) -> grad_x log p_t(x)``; ``x`` is ``(B, *dims)``, ``t`` is ``(B,)``.
+- Parameterizations turn a raw network ``net(x, t)`` into a score through the SDE's perturbation
+  kernel ``x_t = m(t) x_0 + s(t) eps`` (``eps = -s score``, ``x0 = (x_t + s^2 score) / m``; see
+  docs/references.md): the network predicts the score, the noise eps, the clean data x0, Salimans &
+  Ho's ``v``, or the probability-flow velocity of flow matching. Class-conditional networks
+  ``net(x, t, y)`` (e.g. :class:`~sde_diffusion.models.UNet` with ``n_classes``) pass through:
+  ``forward(x, t, y)`` hands the ``(B,)`` int64 labels to the network, ``forward(x, t)`` calls
+  ``net(x, t)`` (the null label for a conditional network), so a wrapped model is still a plain
+  ``score(x, t)``.
+- :class:`CountingScore` counts evaluations (the samplers' NFE).
+- :class:`GuidedScore`: classifier-free guidance (Ho & Salimans 2022, "Classifier-Free Diffusion
+  Guidance", Eq. 6, written for scores: the map ``eps = -s(t) score`` is linear, so the eps and score
+  forms agree), ``score(x, t) = (1 + w) s(x, t, y) - w s(x, t, null)``. The conditional model is
+  anything called as ``model(x, t, y)`` with an integer ``n_classes = K``: labels ``0 .. K - 1`` are
+  classes and ``K`` is the null label the model was trained on under label dropout.
+
+This module depends on no SDE class: wrappers call the SDE's methods (``kernel``, ``drift``,
+``diffusion``, ``has_kernel``) and nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Callable
+
+import torch
+from torch import Tensor, nn
+
+from ._shapes import batch_time, expand_like
+
+if TYPE_CHECKING:
+    from .sdes.base import SDE
+
+ScoreFn = Callable[[Tensor, Tensor], Tensor]
+"""A score function ``score(x, t) -> grad_x log p_t(x)``: ``x`` is ``(B, *dims)``, ``t`` is ``(B,)``."""
+
+
+# ------------------------------------------------------------------------------- parameterizations
+class _Parameterization(nn.Module):
+    """Common part: holds the raw network and the SDE; ``forward(x, t, y=None)`` returns the score."""
+
+    needs_kernel = True
+
+    def __init__(self, net: nn.Module, sde: SDE):
+        super().__init__()
+        if self.needs_kernel and not sde.has_kernel:
+            raise ValueError(
+                f"{type(self).__name__} needs the SDE's perturbation kernel, which "
+                f"{type(sde).__name__} does not define; use ScoreParameterization instead"
+            )
+        self.net = net
+        self.sde = sde
+
+    @property
+    def n_classes(self) -> int | None:
+        """The network's number of classes ``K`` (labels ``0 .. K - 1``, null label ``K``), or None
+        for an unconditional network."""
+        return getattr(self.net, "n_classes", None)
+
+    def _net(self, x: Tensor, t: Tensor, y: Tensor | None) -> Tensor:
+        """``net(x, t)`` without labels (so networks without a ``y`` argument work), else ``net(x, t, y)``."""
+        return self.net(x, t) if y is None else self.net(x, t, y)
+
+    def _kernel(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        m, s = self.sde.kernel(t)
+        return expand_like(m, x), expand_like(s, x)
+
+
+class ScoreParameterization(_Parameterization):
+    """The network predicts the score directly: ``score = net(x, t)``."""
+
+    needs_kernel = False
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        return self._net(x, batch_time(t, x), y)
+
+
+class EpsilonParameterization(_Parameterization):
+    """The network predicts the noise: ``score = -net(x, t) / s(t)`` (Ho et al. 2020; Song et al. 2021)."""
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        t = batch_time(t, x)
+        _, s = self._kernel(x, t)
+        return self._net(x, t, y) / -s  # negate the (B, 1, ...) std, not the network's output
+
+
+class DataParameterization(_Parameterization):
+    """The network predicts the clean data: ``score = -(x - m(t) x0_hat) / s(t)^2`` (x0-prediction)."""
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        t = batch_time(t, x)
+        m, s = self._kernel(x, t)
+        return (m * self._net(x, t, y) - x) / s**2
+
+
+class VPredictionParameterization(_Parameterization):
+    """The network predicts ``v = m(t) eps - s(t) x0`` (Salimans & Ho 2022, Sec. 4, written for any
+    kernel; with ``m^2 + s^2 = 1`` it is their ``alpha eps - sigma x``). Inverting
+    ``[x_t; v] = [[m, s], [-s, m]] [x0; eps]``: ``eps = (s x_t + m v) / (m^2 + s^2)``, so
+    ``score = -eps / s = -(s x_t + m v) / (s (m^2 + s^2))``."""
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        t = batch_time(t, x)
+        m, s = self._kernel(x, t)
+        return -(s * x + m * self._net(x, t, y)) / (s * (m**2 + s**2))
+
+
+class VelocityParameterization(_Parameterization):
+    """The network predicts the probability-flow velocity ``v(x, t) = f(x, t) - g(t)^2 score / 2``
+    (Song et al. 2021, Eq. 13), which for a Gaussian path is the flow-matching vector field
+    ``E[m'(t) x0 + s'(t) eps | x_t]`` (Lipman et al. 2023, Eq. 8; for rectified flow ``E[eps - x0 | x_t]``).
+    Hence ``score = 2 (f(x, t) - v) / g(t)^2``, which needs only the SDE's drift and diffusion
+    (times with ``g(t) > 0``, i.e. ``t > 0``)."""
+
+    needs_kernel = False
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        t = batch_time(t, x)
+        g2 = expand_like(self.sde.diffusion(t) ** 2, x)
+        return 2.0 * (self.sde.drift(x, t) - self._net(x, t, y)) / g2
+
+
+# ---------------------------------------------------------------------------------- counting
+class CountingScore:
+    """Wraps ``score(x, t)`` and counts calls; one call on a batch counts as one evaluation."""
+
+    def __init__(self, score_fn: ScoreFn):
+        self.score_fn = score_fn
+        self.nfe = 0
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        self.nfe += 1
+        return self.score_fn(x, t)
+
+
+# ---------------------------------------------------------------------------------- guidance
+def check_guidance(w) -> float:
+    """Return the guidance weight ``w`` as a float if it is a finite number ``>= 0``, else raise."""
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+        raise ValueError(f"guidance weight w must be a finite number >= 0 (0: purely conditional; 1 to 4 is typical), got {w!r}")
+    return float(w)
+
+
+class GuidedScore:
+    """``score(x, t) = (1 + w) s(x, t, y) - w s(x, t, null)`` for fixed labels ``y``.
+
+    Args:
+        model: conditional score model ``model(x, t, y) -> (B, *dims)`` with ``model.n_classes = K``.
+        labels: one label for every sample (a Python int or 0-d tensor; any batch size), or an int64
+            tensor ``(B,)`` with one label per sample of a batch of exactly ``B``. Values in
+            ``0 .. K`` (``K``, the null label, gives the unconditional score).
+        guidance: ``w >= 0``. ``w = 0`` is the conditional score ``s(x, t, y)``, one network call;
+            ``w > 0`` evaluates the conditional and null-label scores in one call on a ``2B`` batch
+            (still one evaluation to the samplers' NFE counters, at twice the cost).
+    """
+
+    def __init__(self, model: Callable[..., Tensor], labels: int | Tensor, guidance: float = 0.0):
+        n_classes = getattr(model, "n_classes", None)
+        if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
+            raise ValueError(
+                f"guidance needs a class-conditional model with an integer n_classes (its null label), got "
+                f"{type(model).__name__} with n_classes={n_classes!r}; build the network with n_classes "
+                f"(e.g. model.net.n_classes=10) and train it on labelled data"
+            )
+        guidance = check_guidance(guidance)
+        labels = torch.as_tensor(labels)
+        if labels.dtype != torch.int64 or labels.dim() > 1:
+            raise ValueError(f"labels must be an int or an int64 tensor of shape (B,), got {labels.dtype} of shape {tuple(labels.shape)}")
+        if bool(((labels < 0) | (labels > n_classes)).any()):
+            raise ValueError(f"labels must lie in 0..{n_classes} ({n_classes} is the null label), got values from {int(labels.min())} to {int(labels.max())}")
+        self.model = model
+        self.labels = labels
+        self.guidance = guidance
+        self.null_label = n_classes
+
+    def _labels_for(self, x: Tensor) -> Tensor:
+        if self.labels.dim() == 0:
+            return self.labels.to(x.device).expand(x.shape[0])
+        if self.labels.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"GuidedScore holds {self.labels.shape[0]} labels but got a batch of {x.shape[0]} samples; "
+                f"draw all labelled samples in one batch, or give one int label for every sample"
+            )
+        return self.labels.to(x.device)
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        """``x``: ``(B, *dims)``; ``t``: scalar or ``(B,)``. Returns the guided score ``(B, *dims)``."""
+        t = batch_time(t, x)
+        y = self._labels_for(x)
+        if self.guidance == 0.0:
+            return self.model(x, t, y)
+        null = torch.full_like(y, self.null_label)
+        conditional, unconditional = self.model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null])).chunk(2)
+        w = self.guidance
+        return (1.0 + w) * conditional - w * unconditional
+
+    def __repr__(self) -> str:
+        labels = self.labels.item() if self.labels.dim() == 0 else f"<{self.labels.shape[0]} labels>"
+        return f"GuidedScore(labels={labels}, guidance={self.guidance})"
