@@ -7,6 +7,7 @@ line naming the config key and the fix. The entry points in :mod:`sde_diffusion.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Callable
@@ -100,6 +101,22 @@ def build_train_options(cfg: DictConfig) -> TrainOptions:
     return _build(cfg, "train")
 
 
+def build_optimizer(cfg: DictConfig) -> Callable:
+    """``optimizer(parameters)`` from the ``optim`` group (a partial ``torch.optim`` class); Adam at
+    ``train.lr`` for configs that have none (runs saved before the group existed)."""
+    if OmegaConf.select(cfg, "optim") is None:
+        return functools.partial(torch.optim.Adam, lr=float(cfg.train.lr), foreach=True)
+    return _build(cfg, "optim")
+
+
+def build_lr_schedule(cfg: DictConfig) -> Callable | None:
+    """``lr_schedule(optimizer)`` from the ``lr_schedule`` group; None (the Trainer's default warm-up)
+    for configs that have none."""
+    if OmegaConf.select(cfg, "lr_schedule") is None:
+        return None
+    return _build(cfg, "lr_schedule")
+
+
 def build_sampler(cfg: DictConfig) -> tuple[Callable, Callable]:
     """``(sampler_fn, grid_fn)``: call ``grid_fn(sde, dtype=..., device=...)`` for the time grid."""
     return _build(cfg, "sampler.fn"), _build(cfg, "sampler.grid")
@@ -115,6 +132,8 @@ class Experiment:
     score_model: nn.Module
     loss_fn: Callable
     options: TrainOptions
+    optimizer: Callable
+    lr_schedule: Callable | None
     sampler: Callable
     grid: Callable
 
@@ -127,9 +146,10 @@ def build_experiment(cfg: DictConfig) -> Experiment:
     device = resolve_device(cfg.get("device", "auto"))
     sde = build_sde(cfg)
     options = build_train_options(cfg)
+    optimizer, lr_schedule = build_optimizer(cfg), build_lr_schedule(cfg)
     loss_fn = build_loss(cfg)
     sampler, grid = build_sampler(cfg)
     data = build_dataset(cfg)
     torch.manual_seed(seed)  # the network's initial weights follow the run's seed
     score_model = build_score_model(cfg, sde, data.data_shape)
-    return Experiment(device, sde, data, score_model, loss_fn, options, sampler, grid)
+    return Experiment(device, sde, data, score_model, loss_fn, options, optimizer, lr_schedule, sampler, grid)

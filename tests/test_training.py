@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import hashlib
 
 import pytest
@@ -16,12 +17,12 @@ def _data(n=256, shape=(2,)):
     return torch.randn(n, *shape, generator=torch.Generator().manual_seed(0))
 
 
-def _trainer(tmp_path, *, steps=30, shape=(2,), seed=0, resume=False, loss_fn=sd.denoising_score_matching, **opts):
+def _trainer(tmp_path, *, steps=30, shape=(2,), seed=0, resume=False, loss_fn=sd.denoising_score_matching, warmup_steps=5, **opts):
     torch.manual_seed(123)  # network initialisation
     sde = sd.VPSDE()
     model = sd.EpsilonParameterization(sd.TimeMLP(shape, hidden_dim=16, n_layers=2), sde)
     options = sd.TrainOptions(
-        steps=steps, batch_size=32, lr=1e-2, warmup_steps=5, checkpoint_every=10, log_every=5, progress=False, resume=resume, **opts
+        steps=steps, batch_size=32, lr=1e-2, warmup_steps=warmup_steps, checkpoint_every=10, log_every=5, progress=False, resume=resume, **opts
     )
     return sd.Trainer(model, sde, _data(shape=shape), options, loss_fn=loss_fn, run_dir=tmp_path, seed=seed)
 
@@ -217,10 +218,68 @@ def test_ema_warmup_forgets_the_initial_weights_and_reaches_the_set_decay():
     assert ema.decay_at(8989) < 0.999 and ema.decay_at(8990) == pytest.approx(0.999) and ema.decay_at(50_000) == 0.999
 
 
-def test_warmup_and_clipping(tmp_path):
-    opts = sd.TrainOptions(lr=1e-3, warmup_steps=4)
-    assert [opts.lr_at(s) for s in range(6)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
-    assert sd.TrainOptions(lr=1e-3, warmup_steps=0).lr_at(0) == 1e-3
+def _lrs(trainer, steps):
+    seen = []
+    trainer.on_step.append(lambda tr: seen.append(tr.optimizer.param_groups[0]["lr"]))
+    first = trainer.optimizer.param_groups[0]["lr"]
+    trainer.fit()
+    return [first, *seen][:steps]
+
+
+def test_the_default_schedule_is_the_linear_warm_up_lr_min_1_k_plus_1_over_w(tmp_path):
+    t = _trainer(tmp_path, steps=8, warmup_steps=4)  # lr 1e-2
+    assert _lrs(t, 8) == [1e-2 * min(1.0, (k + 1) / 4) for k in range(8)]  # to the bit: the closed form
+    assert sd.Trainer(t.model, t.sde, _data(), sd.TrainOptions(lr=1e-3, warmup_steps=0, progress=False)).optimizer.param_groups[0]["lr"] == 1e-3
+
+
+@pytest.mark.parametrize("shape", ["linear", "cosine"])
+def test_decaying_schedules_warm_up_then_reach_their_final_ratio(tmp_path, shape):
+    from sde_diffusion.training import lr_schedule
+
+    schedule = functools.partial(lr_schedule, shape=shape, warmup_steps=4, total_steps=24, final_ratio=0.1)
+    t = sd.Trainer(_trainer(tmp_path, steps=24).model, sd.VPSDE(), _data(), sd.TrainOptions(steps=24, batch_size=32, lr=1e-2, progress=False), lr_schedule=schedule)
+    lrs = _lrs(t, 24)
+    assert lrs[:4] == pytest.approx([2.5e-3, 5e-3, 7.5e-3, 1e-2]) and lrs[4] == pytest.approx(1e-2)
+    p = [(k - 4) / 20 for k in range(4, 24)]
+    expected = [1e-2 * (1 - 0.9 * q) for q in p] if shape == "linear" else [1e-3 + 9e-3 * 0.5 * (1 + math.cos(math.pi * q)) for q in p]
+    assert lrs[4:] == pytest.approx(expected)
+    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:]))
+
+
+def test_adamw_from_a_factory_and_a_resume_continues_the_schedule(tmp_path):
+    from sde_diffusion.training import lr_schedule
+
+    make = dict(optimizer=functools.partial(torch.optim.AdamW, lr=1e-2, weight_decay=0.1),
+                lr_schedule=functools.partial(lr_schedule, shape="cosine", warmup_steps=5, total_steps=30))  # fmt: skip
+    def trainer(run, steps, resume=False):
+        torch.manual_seed(123)
+        sde = sd.VPSDE()
+        model = sd.EpsilonParameterization(sd.TimeMLP((2,), hidden_dim=16, n_layers=2), sde)
+        opts = sd.TrainOptions(steps=steps, batch_size=32, lr=1e-2, checkpoint_every=10, log_every=5, progress=False, resume=resume)
+        return sd.Trainer(model, sde, _data(), opts, run_dir=run, seed=0, **make)
+
+    whole = trainer(tmp_path / "a", 30)
+    assert isinstance(whole.optimizer, torch.optim.AdamW)
+    whole.fit()
+    trainer(tmp_path / "b", 17).fit()
+    resumed = trainer(tmp_path / "b", 30, resume=True)
+    resumed.fit()
+    _assert_same_state(load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt"), load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt"))
+
+
+def test_a_checkpoint_without_a_schedule_state_resumes_on_the_same_rates(tmp_path):
+    """Checkpoints written before schedules were saved hold no "scheduler": the rate is recomputed
+    from the step, and the resumed run equals the uninterrupted one."""
+    _trainer(tmp_path / "a", steps=12).fit()
+    _trainer(tmp_path / "b", steps=7).fit()
+    path = tmp_path / "b" / "checkpoints" / "last.pt"
+    old = {k: v for k, v in load_checkpoint(path).items() if k not in ("scheduler", "sha256", "format")}
+    save_checkpoint(path, old)
+    _trainer(tmp_path / "b", steps=12, resume=True).fit()
+    _assert_same_state(load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt"), load_checkpoint(path))
+
+
+def test_clipping(tmp_path):
     t = _trainer(tmp_path, steps=1, grad_clip=1e-3)
     _, raw_norm = t.train_step()
     clipped = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in t.model.parameters()]))

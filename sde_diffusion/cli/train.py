@@ -175,6 +175,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         config=OmegaConf.to_container(cfg, resolve=True),
         labels=_train_labels(exp),
         dist=ctx,
+        optimizer=exp.optimizer,
+        lr_schedule=exp.lr_schedule,
     )
     if ctx.is_main:
         if exp.options.resume:  # accepted: record the config it continues with (Hydra was told not to)

@@ -4,11 +4,13 @@ from .checkpoint import CheckpointError, UnreadableCheckpointError, load_checkpo
 from .interrupt import TrainingInterrupted
 from .metrics import MetricsLog
 from .options import TrainOptions
+from .schedules import lr_schedule
 from .trainer import NonFiniteLossError, Trainer, TrainResult, evaluate_loss
 
 __all__ = [
     "Trainer",
     "TrainOptions",
+    "lr_schedule",
     "TrainResult",
     "NonFiniteLossError",
     "evaluate_loss",

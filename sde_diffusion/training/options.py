@@ -14,12 +14,13 @@ def _positive_int(name: str, value) -> int:
 
 @dataclass
 class TrainOptions:
-    """How to optimise: Adam with linear warm-up, gradient clipping and an EMA of the weights.
+    """How to optimise: the learning rate and its warm-up, gradient clipping and an EMA of the weights
+    (the optimiser and the schedule's shape are the Trainer's ``optimizer`` and ``lr_schedule``).
 
     Args:
         steps: total optimiser steps (a resumed run continues up to this number).
         batch_size: samples per step, drawn with replacement from the training split.
-        lr: Adam learning rate after warm-up (> 0).
+        lr: peak learning rate, reached after the warm-up (> 0).
         warmup_steps: the learning rate rises linearly from lr/warmup_steps to lr over these steps.
         grad_clip: clip the global gradient norm to this value; None or 0 disables clipping.
         ema_decay: decay of the exponential moving average of the weights, in [0, 1): the
@@ -78,9 +79,3 @@ class TrainOptions:
         for name in ("resume", "progress", "ema_warmup"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"train.{name} must be true or false, got {getattr(self, name)!r}")
-
-    def lr_at(self, step: int) -> float:
-        """Learning rate for the update that follows ``step`` completed steps (linear warm-up)."""
-        if self.warmup_steps == 0:
-            return self.lr
-        return self.lr * min(1.0, (step + 1) / self.warmup_steps)

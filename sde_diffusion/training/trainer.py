@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -24,11 +26,18 @@ from ..distributed import SINGLE, DistributedContext, all_reduce_mean
 from .interrupt import StopRequest, TrainingInterrupted
 from .metrics import MetricsLog
 from .options import TrainOptions
+from .schedules import lr_schedule as warmup_lr_schedule
 
 log = logging.getLogger(__name__)
 
 LossFn = Callable[..., Tensor]
 """``loss_fn(score_model, sde, x0, generator=...) -> (B,)`` per-sample losses."""
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+"""``optimizer(parameters) -> torch.optim.Optimizer``, e.g. ``functools.partial(torch.optim.AdamW, lr=1e-3)``."""
+
+ScheduleFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
+"""``lr_schedule(optimizer) -> LRScheduler``, stepped after every optimiser step (see :mod:`.schedules`)."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -55,8 +64,11 @@ class Trainer:
     """Trains ``score_model`` (a module computing ``score(x, t)``) on ``data`` ``(N, *dims)``.
 
     Each step draws a batch with replacement, evaluates ``loss_fn`` (default: denoising score
-    matching with the eps weighting), takes an Adam step with linearly warmed-up learning rate and
-    clipped gradient norm, and updates the EMA of the weights. All randomness after construction
+    matching with the eps weighting), takes an optimiser step with clipped gradient norm, steps the
+    learning-rate schedule and updates the EMA of the weights. ``optimizer`` builds the optimiser
+    from the parameters (default: Adam with ``options.lr``, fused over tensors); ``lr_schedule``
+    builds the schedule on it (default: a linear warm-up over ``options.warmup_steps``, then
+    constant; :func:`~sde_diffusion.training.schedules.lr_schedule` gives cosine and linear decay). All randomness after construction
     comes from one seeded ``torch.Generator`` whose state is checkpointed, so a resumed run repeats
     the uninterrupted one exactly.
 
@@ -94,6 +106,8 @@ class Trainer:
         config: dict | None = None,
         labels: Tensor | None = None,
         dist: DistributedContext = SINGLE,
+        optimizer: OptimizerFactory | None = None,
+        lr_schedule: ScheduleFactory | None = None,
     ):
         self.device = torch.device(device)
         self.model = score_model.to(self.device)
@@ -115,7 +129,11 @@ class Trainer:
         self.ema = EMA(self.model, options.ema_decay, warmup=options.ema_warmup)
         self._params = list(self.model.parameters())
         # foreach: one fused update over all tensors (measured 10 % faster per step on the CPU too)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=options.lr_at(0), foreach=True)
+        optimizer = optimizer or functools.partial(torch.optim.Adam, lr=options.lr, foreach=True)
+        self.optimizer = optimizer(self.model.parameters())
+        lr_schedule = lr_schedule or functools.partial(warmup_lr_schedule, warmup_steps=options.warmup_steps, total_steps=options.steps)
+        self.scheduler = lr_schedule(self.optimizer)
+        self.last_lr = self.optimizer.param_groups[0]["lr"]
         self.generator = torch.Generator(device=self.device).manual_seed(int(seed))
         self._micro_generator = torch.Generator(device=self.device)  # re-seeded for every micro-batch
         self.step = 0
@@ -147,6 +165,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
             "rng": rng,
             "config": self.config,
         }
@@ -164,6 +183,8 @@ class Trainer:
             self.model.load_state_dict(state["model"])
             self.ema.load_state_dict(state["ema"])
             self.optimizer.load_state_dict(state["optimizer"])
+            if "scheduler" in state:
+                self.scheduler.load_state_dict(state["scheduler"])
         except (RuntimeError, KeyError, ValueError) as err:
             first = str(err).strip().splitlines()[0]
             raise CheckpointError(f"the checkpoint does not fit this model and optimizer ({first}); was it written with another config?") from None
@@ -172,6 +193,11 @@ class Trainer:
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.step = int(state["step"])
+        if "scheduler" not in state:  # written before schedules were checkpointed: replay it to the step
+            with warnings.catch_warnings():  # torch warns of a schedule stepped before its optimiser
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+                for _ in range(self.step):
+                    self.scheduler.step()
 
     def _resume(self) -> None:
         if self.checkpoint_path is None or not self.checkpoint_path.exists():
@@ -216,9 +242,9 @@ class Trainer:
                 f"{grad_norm.item()} (not finite). Lower train.lr, keep train.grad_clip on, or check "
                 f"the data for extreme values{where}"
             )
-        for group in self.optimizer.param_groups:
-            group["lr"] = opts.lr_at(self.step)
+        self.last_lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used (logged)
         self.optimizer.step()
+        self.scheduler.step()
         self.ema.update()
         self.step += 1
         return loss, grad_norm.detach()
@@ -270,7 +296,7 @@ class Trainer:
                         "step": self.step,
                         "loss": last_loss,
                         "grad_norm": grad_norm.item(),
-                        "lr": self.optimizer.param_groups[0]["lr"],
+                        "lr": self.last_lr,
                         "steps_per_sec": (self.step - window_start) / (now - window_time),
                         "elapsed_sec": now - start,
                     }
