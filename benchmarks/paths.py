@@ -225,8 +225,8 @@ def plot(results: dict, samples: dict, held_out: dict, path: Path) -> None:
     names = [p.name for p in PATHS]
     colors = dict(zip(names, plt.cm.tab10.colors))
     short = {"dpm_solver++ 2M": "dpm", "heun (edm grid)": "heun", "ddim eta=0": "ddim"}
-    fig = plt.figure(figsize=(15, 5 + 3 * len(datasets)))
-    top, *rows = fig.subfigures(1 + len(datasets), 1, height_ratios=[5] + [3] * len(datasets))
+    fig = plt.figure(figsize=(15, 5.5 + 3 * len(datasets)))
+    top, *rows = fig.subfigures(1 + len(datasets), 1, height_ratios=[5.5] + [3] * len(datasets))
     axes = top.subplots(1, len(datasets), squeeze=False)[0]
     for ax, name in zip(axes, datasets):
         for r in (r for r in results["runs"] if r["dataset"] == name):
@@ -237,14 +237,18 @@ def plot(results: dict, samples: dict, held_out: dict, path: Path) -> None:
                     ax.annotate(s, (b, y), textcoords="offset points", xytext=(5, 3), fontsize=7, color=colors[r["path"]])
             ax.axhline(r["em_1000"]["sw2"], color=colors[r["path"]], ls=":", lw=1)
         fl = results["floor"][name]
-        ax.axhline(fl["mean"], color="black", ls="--", lw=1.2, label=f"floor (exact vs held-out) {fl['mean']:.3f}")
-        ax.plot([], [], color="gray", ls=":", lw=1, label="Euler-Maruyama 1000 steps (path colour)")
-        ax.set(xscale="log", yscale="log", xticks=list(BUDGETS), xlabel="NFE budget (best sampler, named)",
-               ylabel="sliced W2 to held-out data", title=f"{name}: sliced W2 vs NFE")
+        ax.axhline(fl["mean"], color="black", ls="--", lw=1.2, label="statistical floor (exact samples vs held-out)")
+        ax.plot([], [], color="gray", ls=":", lw=1, label="Euler-Maruyama, 1000 steps (path colour)")
+        ax.set(xscale="log", yscale="log", xticks=list(BUDGETS), xlabel="NFE budget (best sampler named at each point)",
+               ylabel="sliced W2 to held-out data", title=f"{name}: sliced W2 vs NFE (floor {fl['mean']:.3f})")
         ax.set_xticklabels([str(b) for b in BUDGETS])
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+    top.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=6, fontsize=9, frameon=False)
+    top.subplots_adjust(bottom=0.22)
     for sub, name in zip(rows, datasets):
         panels = sub.subplots(1, len(names) + 1, squeeze=False)[0]
         sets = [("held-out data", held_out[name])] + [(p, samples[name][p]) for p in names]
@@ -254,6 +258,7 @@ def plot(results: dict, samples: dict, held_out: dict, path: Path) -> None:
             ax.set(xlim=(-4.5, 4.5), ylim=(-4.5, 4.5), aspect="equal", xticks=[], yticks=[])
             ax.set_title(label if label == "held-out data" else f"{label} @20 NFE", fontsize=9)
         sub.suptitle(f"{name}: samples (2000 shown)", fontsize=10)
+        sub.subplots_adjust(top=0.8)
     cfg = results["config"]
     top.suptitle(f"Paths at {cfg['steps']} training steps each; dashed: statistical floor")
     fig.savefig(path, dpi=100)

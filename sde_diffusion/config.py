@@ -28,7 +28,7 @@ class ConfigError(ValueError):
     """A config value is invalid; the message is one line naming the key and the fix."""
 
 
-def _one_line(err: BaseException) -> str:
+def one_line(err: BaseException) -> str:
     """The most specific message in an exception chain, on one line (with the target that could
     not be imported, when that is the problem)."""
     located = re.match(r"Error locating target '([^']+)'", str(err))
@@ -50,9 +50,9 @@ def _build(cfg: DictConfig, key: str, **kwargs):
     except ConfigError:
         raise
     except OmegaConfBaseException as err:
-        raise ConfigError(f"{key}: {_one_line(err)} (set it on the command line, e.g. {key}.<name>=<value>)") from None
+        raise ConfigError(f"{key}: {one_line(err)} (set it on the command line, e.g. {key}.<name>=<value>)") from None
     except (HydraException, ValueError, TypeError, ImportError, AttributeError) as err:
-        raise ConfigError(f"{key}: {_one_line(err)}") from None
+        raise ConfigError(f"{key}: {one_line(err)}") from None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -90,7 +90,7 @@ def build_score_model(cfg: DictConfig, sde: SDE, data_shape: tuple[int, ...]) ->
     try:
         return wrap(net=net, sde=sde)
     except (ValueError, TypeError) as err:
-        raise ConfigError(f"model.parameterization: {_one_line(err)}") from None
+        raise ConfigError(f"model.parameterization: {one_line(err)}") from None
 
 
 def build_loss(cfg: DictConfig) -> Callable:

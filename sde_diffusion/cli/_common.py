@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from .. import distributed
-from ..config import ConfigError
+from ..config import ConfigError, one_line
 from ..distances import sliced_wasserstein
 from ..training import CheckpointError, UnreadableCheckpointError
 
@@ -64,6 +64,36 @@ def check_group_choices(prog: str, argv: list[str]) -> None:
                     f"unknown {match['group']} '{value}'; choose one of: {', '.join(groups[match['group']])} "
                     f"(or set {match['group']}._target_ to your own class)",
                 )
+
+
+_NOT_COMPOSED = ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn", "hydra.searchpath", "--help", "-h",
+                 "--hydra-help", "--info", "-i", "--shell-completion", "-sc", "--run", "-r")  # fmt: skip
+
+
+def check_composes(prog: str, config_name: str, argv: list[str]) -> None:
+    """Compose the app's config with the command line's overrides before Hydra runs, so that a value
+    of the wrong type or a key the config does not have fails in one line (Hydra reports these on
+    several lines, with a stack-trace hint) and before any run directory is made. A sweep
+    (``-m``, ``sde=vp,ve``) is checked with the first value of each swept key; Hydra checks the rest
+    as it launches the jobs. Skipped with the user's own config directories, which only Hydra knows."""
+    if any(a.startswith(_NOT_COMPOSED) for a in argv):
+        return
+    overrides = [a for a in argv if not a.startswith("-") and ("=" in a or a.startswith("~")) and not a.lstrip("+~").startswith("hydra")]
+    from hydra import compose, initialize_config_module
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        first = [f"{o.get_key_element()}={next(o.sweep_string_iterator())}" if o.is_sweep_override() else o.input_line for o in parsed]
+        with initialize_config_module("sde_diffusion.conf", version_base=None):
+            OmegaConf.resolve(compose(config_name=config_name, overrides=first))
+    except Exception as err:  # Hydra and OmegaConf raise many types; each names the key and the value
+        inner = err
+        while inner.__cause__ is not None:
+            inner = inner.__cause__
+        key = re.search(r"full_key: (\S+)", str(inner))
+        fail(prog, f"{key[1]}: {one_line(err)}" if key and key[1] not in one_line(err) else one_line(err))
 
 
 @contextlib.contextmanager

@@ -34,7 +34,7 @@ from .._atomic import write_atomically
 from ..runs import load_run
 from ..config import ConfigError
 from ..likelihood.evaluate import evaluate_nll
-from ._common import fail, refusals, say, set_threads, show_progress, thread_text, torchrun_session
+from ._common import check_composes, fail, refusals, say, set_threads, show_progress, thread_text, torchrun_session
 
 PROG = "sde-eval"
 RESULTS = "eval.json"
@@ -180,6 +180,7 @@ def _check_keys(argv: list[str]) -> None:
 
 def main() -> None:
     _check_keys(sys.argv[1:])
+    check_composes(PROG, "eval", sys.argv[1:])
     with torchrun_session(PROG, sys.argv, "outputs/eval/%Y-%m-%d/%H-%M-%S"):
         _main()
 

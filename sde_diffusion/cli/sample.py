@@ -39,7 +39,7 @@ from ..scores import GuidedScore, check_guidance
 from ..samplers.predictor_corrector import predictor_corrector
 from ..scores import ScoreFn
 from ._common import (
-    check_group_choices, fail, group_options, refusals, say, set_threads, show_progress, sliced_w2_to_held_out, thread_text,
+    check_composes, check_group_choices, fail, group_options, refusals, say, set_threads, show_progress, sliced_w2_to_held_out, thread_text,
 )
 
 PROG = "sde-sample"
@@ -257,6 +257,7 @@ def main() -> None:
     OmegaConf.register_new_resolver("sde_diffusion_group_options", lambda group: ", ".join(group_options()[group]), replace=True)
     check_group_choices(PROG, sys.argv[1:])
     _check_only_sampler_group(sys.argv[1:])
+    check_composes(PROG, "sample", sys.argv[1:])
     _main()
 
 

@@ -26,7 +26,7 @@ from .. import distributed
 from ..training import NonFiniteLossError, Trainer, TrainingInterrupted, evaluate_loss, load_checkpoint
 from . import _resume
 from ._common import (
-    check_group_choices, fail, refusals, say, set_threads, show_progress, sliced_w2_to_held_out, thread_text, torchrun_session,
+    check_composes, check_group_choices, fail, refusals, say, set_threads, show_progress, sliced_w2_to_held_out, thread_text, torchrun_session,
 )
 
 PROG = "sde-train"
@@ -268,6 +268,7 @@ def _main(cfg: DictConfig) -> None:
 def main() -> None:
     check_group_choices(PROG, sys.argv[1:])
     sys.argv[1:] = _resume.prepare(PROG, sys.argv[1:])
+    check_composes(PROG, "config", sys.argv[1:])
     with torchrun_session(PROG, sys.argv, "outputs/%Y-%m-%d/%H-%M-%S"):
         _main()
 

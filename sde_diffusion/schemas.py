@@ -1,0 +1,99 @@
+"""Typed schemas of the apps' configs (Hydra structured configs), so that a value of the wrong type
+or a key that does not exist fails when the config is composed, before anything runs.
+
+Each primary config (``conf/config.yaml``, ``sample.yaml``, ``eval.yaml``) names its schema first in
+its defaults list; the YAML files give the values and their comments. The SDE, model, data, loss,
+sampler, optimizer and schedule groups stay free-form: they name any class by ``_target_``, whose
+own constructor checks its arguments (``sde._target_=my_module.MySDE`` with options of its own).
+Registered with Hydra's ``ConfigStore`` by :func:`register`, which ``sde_diffusion.conf`` calls
+when Hydra loads the configs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from .training.options import TrainOptions
+
+
+@dataclass
+class TrainConfig(TrainOptions):
+    """``train``: the fields, types and defaults of :class:`~sde_diffusion.training.TrainOptions`."""
+
+    _target_: str = "sde_diffusion.training.TrainOptions"
+
+
+@dataclass
+class TrainAppConfig:
+    """``sde-train``'s top level (``conf/config.yaml``)."""
+
+    sde: Any = MISSING
+    model: Any = MISSING
+    data: Any = MISSING
+    loss: Any = MISSING
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: Any = MISSING
+    lr_schedule: Any = MISSING
+    sampler: Any = MISSING
+    seed: int = MISSING
+    device: str = MISSING
+    n_samples: int = MISSING
+    guidance: float = MISSING
+    eval_points: int = MISSING
+    threads: Any = MISSING  # a positive integer or "auto"
+    progress: bool = MISSING
+
+
+@dataclass
+class SampleAppConfig:
+    """``sde-sample``'s top level (``conf/sample.yaml``)."""
+
+    sampler: Any = MISSING
+    run_dir: str = MISSING
+    n_samples: int = MISSING
+    batch_size: int = MISSING
+    seed: int = MISSING
+    device: str = MISSING
+    threads: Any = MISSING
+    progress: bool = MISSING
+    task: str = MISSING
+    mask: str = MISSING
+    t0: float = MISSING
+    class_label: Optional[int] = MISSING
+    guidance: float = MISSING
+
+
+@dataclass
+class EvalAppConfig:
+    """``sde-eval``'s top level (``conf/eval.yaml``)."""
+
+    run_dir: str = MISSING
+    split: str = MISSING
+    n_points: Optional[int] = MISSING
+    batch_size: int = MISSING
+    divergence: str = MISSING
+    n_probes: int = MISSING
+    n_dequant: int = MISSING
+    rtol: float = MISSING
+    atol: float = MISSING
+    method: str = MISSING
+    eps: float = MISSING
+    seed: int = MISSING
+    device: str = MISSING
+    threads: Any = MISSING
+    progress: bool = MISSING
+    backend: str = MISSING
+
+
+SCHEMAS = {"train_schema": TrainAppConfig, "sample_schema": SampleAppConfig, "eval_schema": EvalAppConfig}
+
+
+def register() -> None:
+    """Store the schemas under the names the primary configs' defaults lists use."""
+    store = ConfigStore.instance()
+    for name, node in SCHEMAS.items():
+        store.store(name=name, node=node)
