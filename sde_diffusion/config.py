@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
+from ._checks import check_range
 from .data.dataset import Dataset
 from .sdes.base import SDE
 from .training.options import TrainOptions
@@ -140,9 +141,10 @@ class Experiment:
 
 def build_experiment(cfg: DictConfig) -> Experiment:
     """Validate and build the whole run; fails fast with a :class:`ConfigError`, before any training."""
-    seed = cfg.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+    try:
+        seed = check_range("seed", cfg.get("seed", 0), low=0, integer=True)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     device = resolve_device(cfg.get("device", "auto"))
     sde = build_sde(cfg)
     options = build_train_options(cfg)

@@ -24,12 +24,12 @@ This module depends on no SDE class: wrappers call the SDE's methods (``kernel``
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import Tensor, nn
 
+from ._checks import check_range
 from ._shapes import batch_time, expand_like
 
 if TYPE_CHECKING:
@@ -140,9 +140,7 @@ class CountingScore:
 # ---------------------------------------------------------------------------------- guidance
 def check_guidance(w) -> float:
     """Return the guidance weight ``w`` as a float if it is a finite number ``>= 0``, else raise."""
-    if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
-        raise ValueError(f"guidance weight w must be a finite number >= 0 (0: purely conditional; 1 to 4 is typical), got {w!r}")
-    return float(w)
+    return check_range("guidance weight w", w, low=0, hint="0: purely conditional; 1 to 4 is typical")
 
 
 class GuidedScore:

@@ -93,10 +93,10 @@ def test_default_experiment_builds_on_the_cpu():
         (["sde.beta_min=30"], r"^sde: beta_min \(30.0\) must be smaller than beta_max \(20.0\)"),
         (["sde=ve", "sde.sigma_max=0.001"], r"^sde: sigma_min .* must be smaller"),
         (["train.lr=-0.1"], r"^train: train.lr must be a positive number"),
-        (["train.steps=0"], r"train.steps must be a positive integer"),
+        (["train.steps=0"], r"train.steps must be an integer >= 1"),
         (["sde._target_=nowhere.Nothing"], r"^sde: cannot import _target_ 'nowhere.Nothing' \(No module named 'nowhere'\)"),
         (["data=npz"], r"^data: Missing mandatory value: data.path"),
-        (["seed=-1"], r"seed must be a non-negative integer"),
+        (["seed=-1"], r"seed must be an integer >= 0"),
         (["device=tpu"], r"device: unknown device 'tpu'"),
     ],
 )

@@ -228,7 +228,7 @@ def test_threads_key_sets_torchs_threads_and_is_printed_first(ve_run, tmp_path):
     assert proc.stdout.splitlines()[0].endswith("on cpu, 2 threads")
     assert json.loads((tmp_path / "out" / "sample_summary.json").read_text())["threads"] == 2
     for bad in (0, "many", True):
-        with pytest.raises(ConfigError, match="threads must be a positive integer or auto"):
+        with pytest.raises(ConfigError, match=r"threads must be an integer >= 1, got .* \(or auto"):
             _common.set_threads(bad)
 
 

@@ -291,7 +291,7 @@ def test_clipping(tmp_path):
     [
         ({"lr": -1.0}, "train.lr must be a positive number"),
         ({"lr": float("nan")}, "train.lr"),
-        ({"steps": 0}, "train.steps must be a positive integer"),
+        ({"steps": 0}, "train.steps must be an integer >= 1"),
         ({"batch_size": 2.5}, "train.batch_size"),
         ({"ema_decay": 1.0}, "train.ema_decay"),
         ({"grad_clip": -1.0}, "train.grad_clip"),

@@ -18,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from .. import distributed
+from .._checks import check_range
 from ..config import ConfigError, one_line
 from ..distances import sliced_wasserstein
 from ..training import CheckpointError, UnreadableCheckpointError
@@ -175,9 +176,10 @@ def set_threads(value) -> int:
     """Apply the ``threads`` key: a positive number of CPU threads for torch's intra-op work, or
     ``auto`` for torch's own choice (one per core). Returns the number torch now uses."""
     if value != "auto":
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"threads must be a positive integer or auto, got {value!r} (1 when other jobs share the machine)")
-        torch.set_num_threads(value)
+        try:
+            torch.set_num_threads(check_range("threads", value, low=1, integer=True, hint="or auto; 1 when other jobs share the machine"))
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     return torch.get_num_threads()
 
 

@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from ..runs import load_run
+from .._checks import check_range
 from ..config import ConfigError, build_sampler
 from ..plotting import plot_samples
 from ..samplers.controllable import MASK_REGIONS, inpaint, inpainting_mask, sdedit
@@ -52,12 +53,10 @@ def _check_options(cfg: DictConfig) -> tuple[int, int, int, bool]:
     """``(n_samples, batch_size, seed, progress)`` from the config, each validated."""
     if OmegaConf.is_missing(cfg, "run_dir"):
         raise ConfigError("run_dir is required: sde-sample run_dir=<the directory sde-train wrote> sampler=<name>")
-    values = []
-    for key, low in (("n_samples", 1), ("batch_size", 1), ("seed", 0)):
-        v = cfg.get(key)
-        if isinstance(v, bool) or not isinstance(v, int) or v < low:
-            raise ConfigError(f"{key} must be an integer >= {low}, got {v!r}")
-        values.append(v)
+    try:
+        values = [check_range(key, cfg.get(key), low=low, integer=True) for key, low in (("n_samples", 1), ("batch_size", 1), ("seed", 0))]
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     if not isinstance(cfg.get("progress"), bool):
         raise ConfigError(f"progress must be true or false, got {cfg.get('progress')!r}")
     return (*values, cfg.progress)

@@ -17,6 +17,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from .._checks import check_range
 from ..config import ConfigError, build_experiment
 from ..likelihood.evaluate import evaluate_nll
 from ..plotting import image_grid, loss_curve, plot_samples
@@ -110,10 +111,10 @@ def _plot(samples: torch.Tensor, exp, score_model, path: Path, title: str) -> Pa
 
 
 def _eval_points(cfg: DictConfig) -> int:
-    n = cfg.get("eval_points", 0)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ConfigError(f"eval_points must be an integer >= 0 (0 skips the held-out NLL), got {n!r}")
-    return n
+    try:
+        return check_range("eval_points", cfg.get("eval_points", 0), low=0, integer=True, hint="0 skips the held-out NLL")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _held_out_nll(exp, score_model, n_points: int, seed: int) -> dict:

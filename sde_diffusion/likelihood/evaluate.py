@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .._checks import check_range
 from .._seeding import derive_seed
 from .._shapes import check_data, flat_dim
 from ..distributed import SINGLE, DistributedContext, all_gather_objects
@@ -53,12 +54,9 @@ def _mean_and_stderr(values: Tensor) -> tuple[float, float | None]:
 
 def _check_counts(n_points, batch_size, n_dequant, seed, levels) -> None:
     for name, value in (("batch_size", batch_size), ("n_dequant", n_dequant)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    if n_points is not None and (isinstance(n_points, bool) or not isinstance(n_points, int) or n_points < 1):
-        raise ValueError(f"n_points must be a positive integer or None (all points), got {n_points!r}")
+        check_range(name, value, low=1, integer=True)
+    check_range("seed", seed, low=0, integer=True)
+    check_range("n_points", n_points, low=1, integer=True, optional=True, hint="null evaluates all points")
     if levels is None and n_dequant != 1:
         raise ValueError(
             f"n_dequant={n_dequant} applies to discrete data only (levels and interval_width set); "

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < 1:
-        raise ValueError(f"train.{name} must be a positive integer, got {value!r}")
-    return int(value)
+from .._checks import check_range
 
 
 @dataclass
@@ -56,26 +51,15 @@ class TrainOptions:
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "checkpoint_every", "log_every", "grad_accumulation"):
-            setattr(self, name, _positive_int(name, getattr(self, name)))
-        if isinstance(self.warmup_steps, bool) or int(self.warmup_steps) != self.warmup_steps or self.warmup_steps < 0:
-            raise ValueError(f"train.warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
-        self.warmup_steps = int(self.warmup_steps)
-        if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool) or not math.isfinite(self.lr) or self.lr <= 0:
-            raise ValueError(f"train.lr must be a positive number, got {self.lr!r} (try 1e-3)")
-        self.lr = float(self.lr)
-        if self.grad_clip is not None:
-            if not isinstance(self.grad_clip, (int, float)) or not math.isfinite(self.grad_clip) or self.grad_clip < 0:
-                raise ValueError(f"train.grad_clip must be a positive number, or 0/null to disable, got {self.grad_clip!r}")
-            self.grad_clip = float(self.grad_clip) or None
-        if not isinstance(self.ema_decay, (int, float)) or not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"train.ema_decay must lie in [0, 1), got {self.ema_decay!r} (0.999 is typical)")
-        self.ema_decay = float(self.ema_decay)
-        if isinstance(self.label_dropout, bool) or not isinstance(self.label_dropout, (int, float)) or not 0.0 <= self.label_dropout < 1.0:
-            raise ValueError(
-                f"train.label_dropout must lie in [0, 1), got {self.label_dropout!r} (0.1 trains the null "
-                f"label on a tenth of the samples, for classifier-free guidance; 0 disables guidance)"
-            )
-        self.label_dropout = float(self.label_dropout)
+            setattr(self, name, check_range(f"train.{name}", getattr(self, name), low=1, integer=True))
+        self.warmup_steps = check_range("train.warmup_steps", self.warmup_steps, low=0, integer=True)
+        self.lr = check_range("train.lr", self.lr, low=0, low_open=True, hint="try 1e-3")
+        self.grad_clip = check_range("train.grad_clip", self.grad_clip, low=0, optional=True, hint="0 or null disables clipping") or None
+        self.ema_decay = check_range("train.ema_decay", self.ema_decay, low=0, high=1, high_open=True, hint="0.999 is typical")
+        self.label_dropout = check_range(
+            "train.label_dropout", self.label_dropout, low=0, high=1, high_open=True,
+            hint="0.1 trains the null label on a tenth of the samples, for classifier-free guidance; 0 disables guidance",
+        )
         for name in ("resume", "progress", "ema_warmup"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"train.{name} must be true or false, got {getattr(self, name)!r}")

@@ -21,6 +21,8 @@ import math
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from .._checks import check_range
+
 SHAPES = ("constant", "linear", "cosine")
 
 
@@ -47,11 +49,11 @@ def lr_schedule(
     ``step()`` after every optimiser step."""
     if shape not in SHAPES:
         raise ValueError(f"lr_schedule shape must be one of {', '.join(SHAPES)}, got {shape!r}")
-    if isinstance(warmup_steps, bool) or int(warmup_steps) != warmup_steps or warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
-    if isinstance(total_steps, bool) or int(total_steps) != total_steps or total_steps < 1:
-        raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}")
-    if not 0.0 <= final_ratio <= 1.0:
-        raise ValueError(f"final_ratio must lie in [0, 1] (the last learning rate over the peak), got {final_ratio!r}")
-    factor = functools.partial(lr_factor, shape=shape, warmup_steps=int(warmup_steps), total_steps=int(total_steps), final_ratio=float(final_ratio))
+    factor = functools.partial(
+        lr_factor,
+        shape=shape,
+        warmup_steps=check_range("lr_schedule.warmup_steps", warmup_steps, low=0, integer=True),
+        total_steps=check_range("lr_schedule.total_steps", total_steps, low=1, integer=True),
+        final_ratio=check_range("lr_schedule.final_ratio", final_ratio, low=0, high=1, hint="the last learning rate over the peak"),
+    )
     return LambdaLR(optimizer, factor)
