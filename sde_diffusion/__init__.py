@@ -3,6 +3,7 @@
 ``import sde_diffusion as sd`` gives the public API below; everything else is private.
 """
 
+from . import distributed
 from .data import (
     TOY_NAMES,
     Checkerboard,
@@ -10,18 +11,17 @@ from .data import (
     GaussianMixture,
     digits_dataset,
     eight_gaussians_mixture,
-    npz_image_dataset,
     npz_dataset,
+    npz_image_dataset,
     toy_dataset,
 )
-from . import distributed
 from .distances import sliced_wasserstein
 from .likelihood import (
     LikelihoodOutput,
-    evaluate_nll,
     bits_per_dim,
     dequantization_offset,
     dequantize,
+    evaluate_nll,
     log_likelihood,
     nats_per_dim,
 )
@@ -44,21 +44,7 @@ from .models import (
     VelocityParameterization,
     VPredictionParameterization,
 )
-from .sdes import (
-    SDE,
-    EDMSDE,
-    GaussianPathSDE,
-    RectifiedFlow,
-    VESDE,
-    VPSDE,
-    CosineBeta,
-    CosineVPSDE,
-    LinearBeta,
-    ProbabilityFlowODE,
-    ReverseSDE,
-    SubVPSDE,
-    VariancePreservingSDE,
-)
+from .runs import TrainedRun, load_run
 from .samplers import (
     AncestralPredictor,
     AnnealedLangevinCorrector,
@@ -79,9 +65,23 @@ from .samplers import (
     torchsde_sampler,
     tweedie_denoise,
 )
+from .sdes import (
+    EDMSDE,
+    SDE,
+    VESDE,
+    VPSDE,
+    CosineBeta,
+    CosineVPSDE,
+    GaussianPathSDE,
+    LinearBeta,
+    ProbabilityFlowODE,
+    RectifiedFlow,
+    ReverseSDE,
+    SubVPSDE,
+    VariancePreservingSDE,
+)
 from .sdes.simulate import sample_marginal, simulate_forward
 from .timesteps import edm_time_grid, log_snr_time_grid, uniform_time_grid
-from .runs import TrainedRun, load_run
 from .training import Trainer, TrainingInterrupted, TrainOptions, load_checkpoint, save_checkpoint
 
 __version__ = "0.1.0"

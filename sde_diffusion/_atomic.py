@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO
 
 
 def write_atomically(path: Path, write: Callable[[IO], None], *, binary: bool, mode: int | None = None) -> Path:

@@ -25,8 +25,7 @@ def batch_time(t: float | Tensor, x: Tensor) -> Tensor:
         return t.reshape(()).expand(batch)
     if t.shape != (batch,):
         raise ValueError(
-            f"time must be a scalar or have shape (B,) = ({batch},) to match data of shape "
-            f"{tuple(x.shape)}; got shape {tuple(t.shape)}"
+            f"time must be a scalar or have shape (B,) = ({batch},) to match data of shape {tuple(x.shape)}; got shape {tuple(t.shape)}"
         )
     return t
 
@@ -50,8 +49,7 @@ def check_data(x: Tensor, name: str = "data") -> Tensor:
         raise TypeError(f"{name} must be floating point, got dtype {x.dtype}; convert with .float()")
     if x.dim() < 2:
         raise ValueError(
-            f"{name} must have shape (N, *dims) with at least one data axis; got shape "
-            f"{tuple(x.shape)} (for scalar data use x[:, None])"
+            f"{name} must have shape (N, *dims) with at least one data axis; got shape {tuple(x.shape)} (for scalar data use x[:, None])"
         )
     if x.shape[0] == 0 or x[0].numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")

@@ -6,9 +6,7 @@ import torch
 from torch import Tensor
 
 
-def sliced_wasserstein(
-    a: Tensor, b: Tensor, *, n_projections: int = 256, generator: torch.Generator | None = None
-) -> float:
+def sliced_wasserstein(a: Tensor, b: Tensor, *, n_projections: int = 256, generator: torch.Generator | None = None) -> float:
     """Sliced 2-Wasserstein distance between two equal-size sample sets ``(N, *dims)``.
 
     ``SW2(a, b)^2 = E_u W2^2(u^T a, u^T b)`` over directions ``u`` uniform on the sphere; each 1-D

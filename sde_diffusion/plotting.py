@@ -19,9 +19,7 @@ import matplotlib.ticker as ticker  # noqa: E402
 import torch  # noqa: E402
 
 
-def scatter_samples(
-    samples: torch.Tensor, data: torch.Tensor, path: str | Path, *, title: str = "", units: str | None = None
-) -> Path:
+def scatter_samples(samples: torch.Tensor, data: torch.Tensor, path: str | Path, *, title: str = "", units: str | None = None) -> Path:
     """Save :func:`scatter_figure` as a PNG at ``path`` (cropped to its contents, nothing cut off)."""
     return _save_tight(scatter_figure(samples, data, title=title, units=units), Path(path))
 
@@ -45,10 +43,14 @@ def scatter_figure(samples: torch.Tensor, data: torch.Tensor, *, title: str = ""
     aspect = min(max((ylim[1] - ylim[0]) / max(xlim[1] - xlim[0], 1e-12), 0.4), 2.0)
     panel = 4.2  # inches
     fig, axes = plt.subplots(
-        1, 2, figsize=(2 * panel + 0.8, panel * aspect + (1.2 if title else 0.9)), sharex=True, sharey=True,
+        1,
+        2,
+        figsize=(2 * panel + 0.8, panel * aspect + (1.2 if title else 0.9)),
+        sharex=True,
+        sharey=True,
         layout="constrained",
     )
-    for ax, pts, name, color in zip(axes, (d, s), ("held-out data", "samples"), ("tab:blue", "tab:orange")):
+    for ax, pts, name, color in zip(axes, (d, s), ("held-out data", "samples"), ("tab:blue", "tab:orange"), strict=True):
         ax.scatter(pts[:, 0].numpy(), pts[:, 1].numpy(), s=1.5, alpha=0.5, color=color)
         ax.set_title(f"{name} ({pts.shape[0]})")
         ax.set_xlim(*xlim)
@@ -75,9 +77,7 @@ def _save_tight(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
-def loss_curve(
-    metrics_path: str | Path, path: str | Path, *, held_out: dict[str, float] | None = None, title: str = ""
-) -> Path | None:
+def loss_curve(metrics_path: str | Path, path: str | Path, *, held_out: dict[str, float] | None = None, title: str = "") -> Path | None:
     """Save :func:`loss_figure` of a ``metrics.jsonl`` file's records as a PNG at ``path``; None (and
     no file) when it holds no records."""
     lines = Path(metrics_path).read_text().splitlines()
@@ -100,7 +100,12 @@ def loss_figure(records: list[dict], *, held_out: dict[str, float] | None = None
     steps = [r["step"] for r in records]
     has_lr = all(r.get("lr") is not None for r in records)
     fig, axes = plt.subplots(
-        2 if has_lr else 1, 1, figsize=(7, 5.5 if has_lr else 4), sharex=True, squeeze=False, layout="constrained",
+        2 if has_lr else 1,
+        1,
+        figsize=(7, 5.5 if has_lr else 4),
+        sharex=True,
+        squeeze=False,
+        layout="constrained",
         gridspec_kw={"height_ratios": [3, 1]} if has_lr else None,
     )
     _draw_loss(axes[0, 0], steps, [r["loss"] for r in records], held_out)

@@ -12,7 +12,7 @@ when Hydra loads the configs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -63,7 +63,7 @@ class SampleAppConfig:
     task: str = MISSING
     mask: str = MISSING
     t0: float = MISSING
-    class_label: Optional[int] = MISSING
+    class_label: int | None = MISSING
     guidance: float = MISSING
 
 
@@ -73,7 +73,7 @@ class EvalAppConfig:
 
     run_dir: str = MISSING
     split: str = MISSING
-    n_points: Optional[int] = MISSING
+    n_points: int | None = MISSING
     batch_size: int = MISSING
     divergence: str = MISSING
     n_probes: int = MISSING

@@ -24,7 +24,8 @@ This module depends on no SDE class: wrappers call the SDE's methods (``kernel``
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -169,7 +170,9 @@ class GuidedScore:
         if labels.dtype != torch.int64 or labels.dim() > 1:
             raise ValueError(f"labels must be an int or an int64 tensor of shape (B,), got {labels.dtype} of shape {tuple(labels.shape)}")
         if bool(((labels < 0) | (labels > n_classes)).any()):
-            raise ValueError(f"labels must lie in 0..{n_classes} ({n_classes} is the null label), got values from {int(labels.min())} to {int(labels.max())}")
+            raise ValueError(
+                f"labels must lie in 0..{n_classes} ({n_classes} is the null label), got values from {int(labels.min())} to {int(labels.max())}"
+            )
         self.model = model
         self.labels = labels
         self.guidance = guidance

@@ -20,9 +20,7 @@ def _check(n_steps: int, eps: float, T: float) -> None:
         raise ValueError(f"need 0 <= eps < T, got eps={eps}, T={T}")
 
 
-def uniform_time_grid(
-    sde: SDE, n_steps: int, eps: float = 1e-3, *, dtype=torch.float32, device=None
-) -> Tensor:
+def uniform_time_grid(sde: SDE, n_steps: int, eps: float = 1e-3, *, dtype=torch.float32, device=None) -> Tensor:
     """``N + 1`` times uniformly spaced from ``sde.T`` to ``eps`` (Song et al. 2021's sampling grid)."""
     _check(n_steps, eps, sde.T)
     return torch.linspace(sde.T, eps, int(n_steps) + 1, dtype=dtype, device=device)
@@ -32,13 +30,11 @@ def _check_positive_eps(sde: SDE, n_steps: int, eps: float) -> None:
     _check(n_steps, eps, sde.T)
     if eps <= 0.0:
         raise ValueError(
-            f"log-SNR and sigma grids need eps > 0 (the log-SNR is +inf at t = 0), got eps={eps}; "
-            f"use eps=1e-3 (VP, sub-VP) or eps=1e-5"
+            f"log-SNR and sigma grids need eps > 0 (the log-SNR is +inf at t = 0), got eps={eps}; use eps=1e-3 (VP, sub-VP) or eps=1e-5"
         )
     if not sde.has_kernel:
         raise ValueError(
-            f"{type(sde).__name__} has no perturbation kernel, so its log-SNR is unknown; implement "
-            f"kernel(t) or use uniform_time_grid"
+            f"{type(sde).__name__} has no perturbation kernel, so its log-SNR is unknown; implement kernel(t) or use uniform_time_grid"
         )
 
 
@@ -49,9 +45,7 @@ def _times_at_log_snr(sde: SDE, log_snr: Tensor, eps: float, dtype, device) -> T
     return t.to(dtype=dtype, device=device)
 
 
-def log_snr_time_grid(
-    sde: SDE, n_steps: int, eps: float = 1e-3, *, dtype=torch.float32, device=None
-) -> Tensor:
+def log_snr_time_grid(sde: SDE, n_steps: int, eps: float = 1e-3, *, dtype=torch.float32, device=None) -> Tensor:
     """``N + 1`` times from ``sde.T`` to ``eps`` whose log-SNRs ``lambda(t)`` are uniformly spaced.
 
     The natural grid of exponential integrators (DPM-Solver, Lu et al. 2022, Sec. 3.4: uniform in
@@ -63,9 +57,7 @@ def log_snr_time_grid(
     return _times_at_log_snr(sde, log_snr, eps, dtype, device)
 
 
-def edm_time_grid(
-    sde: SDE, n_steps: int, eps: float = 1e-3, rho: float = 7.0, *, dtype=torch.float32, device=None
-) -> Tensor:
+def edm_time_grid(sde: SDE, n_steps: int, eps: float = 1e-3, rho: float = 7.0, *, dtype=torch.float32, device=None) -> Tensor:
     """``N + 1`` times from ``sde.T`` to ``eps`` at EDM's rho-spaced noise levels (Karras et al. 2022, Eq. 5).
 
     With ``sigma(t) = s(t) / m(t) = exp(-logSNR(t) / 2)``, ``sigma_max = sigma(T)`` and

@@ -10,8 +10,9 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, NoReturn
+from typing import NoReturn
 
 import torch
 from hydra.core.hydra_config import HydraConfig

@@ -58,10 +58,16 @@ def prepare(prog: str, argv: list[str]) -> list[str]:
     checkpoint = run_dir_path / "checkpoints" / "last.pt"
     if not resume:
         if checkpoint.exists():
-            fail(prog, f"{run_dir} already holds a training run (checkpoints/{checkpoint.name}); continue it with train.resume=true, or choose a new hydra.run.dir")
+            fail(
+                prog,
+                f"{run_dir} already holds a training run (checkpoints/{checkpoint.name}); continue it with train.resume=true, or choose a new hydra.run.dir",
+            )
         return argv
     if not checkpoint.is_file():
-        fail(prog, f"train.resume=true but {run_dir} holds no checkpoints/last.pt to continue; check hydra.run.dir, or start afresh without train.resume")
+        fail(
+            prog,
+            f"train.resume=true but {run_dir} holds no checkpoints/last.pt to continue; check hydra.run.dir, or start afresh without train.resume",
+        )
     saved = run_dir_path / ".hydra" / "overrides.yaml"
     if not saved.is_file():
         fail(prog, f"train.resume=true but {run_dir} has no .hydra/overrides.yaml (was it written by sde-train?)")
@@ -95,4 +101,6 @@ def save_run_config(run_dir: Path, cfg: DictConfig, overrides: list[str]) -> Non
     hydra_dir = run_dir / ".hydra"
     hydra_dir.mkdir(exist_ok=True)
     write_atomically(hydra_dir / "config.yaml", lambda f: f.write(OmegaConf.to_yaml(cfg)), binary=False, mode=0o644)
-    write_atomically(hydra_dir / "overrides.yaml", lambda f: f.write(OmegaConf.to_yaml(OmegaConf.create(list(overrides)))), binary=False, mode=0o644)
+    write_atomically(
+        hydra_dir / "overrides.yaml", lambda f: f.write(OmegaConf.to_yaml(OmegaConf.create(list(overrides)))), binary=False, mode=0o644
+    )

@@ -31,9 +31,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from .. import distributed
 from .._atomic import write_atomically
-from ..runs import load_run
 from ..config import ConfigError
 from ..likelihood.evaluate import evaluate_nll
+from ..runs import load_run
 from ._common import check_composes, fail, refusals, say, set_threads, show_progress, thread_text, torchrun_session
 
 PROG = "sde-eval"

@@ -30,17 +30,25 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from ..runs import load_run
 from .._checks import check_range
 from ..config import ConfigError, build_sampler
 from ..plotting import plot_samples
+from ..runs import load_run
 from ..samplers.controllable import MASK_REGIONS, inpaint, inpainting_mask, sdedit
 from ..samplers.draw import DrawnSamples, draw_samples, sample_in_batches, stream_seed
-from ..scores import GuidedScore, check_guidance
 from ..samplers.predictor_corrector import predictor_corrector
-from ..scores import ScoreFn
+from ..scores import GuidedScore, ScoreFn, check_guidance
 from ._common import (
-    check_composes, check_group_choices, fail, group_options, refusals, say, set_threads, show_progress, sliced_w2_to_held_out, thread_text,
+    check_composes,
+    check_group_choices,
+    fail,
+    group_options,
+    refusals,
+    say,
+    set_threads,
+    show_progress,
+    sliced_w2_to_held_out,
+    thread_text,
 )
 
 PROG = "sde-sample"
@@ -76,7 +84,9 @@ def _score(cfg: DictConfig, model) -> ScoreFn:
         raise ConfigError(f"guidance: {err}") from None
     if label is None:
         if w:
-            raise ConfigError(f"guidance={w} steers the samples towards a class: set class_label=<class> too (class_label=null samples the unconditional model)")
+            raise ConfigError(
+                f"guidance={w} steers the samples towards a class: set class_label=<class> too (class_label=null samples the unconditional model)"
+            )
         return model
     n_classes = getattr(model, "n_classes", None)
     if n_classes is None:
@@ -110,6 +120,7 @@ def _inpainting(cfg: DictConfig, sampler, sampler_name: str, data_shape: tuple[i
 def _edit(fn, inputs: Tensor, batch_size: int, seed: int, device: torch.device, progress: bool) -> DrawnSamples:
     """``fn(x, generator=...)`` on ``inputs`` in batches, each batch with the step-noise generator
     :func:`draw_samples` gives its batch."""
+
     def batch(lo: int, hi: int, generator: torch.Generator):
         return fn(inputs[lo:hi].to(device), generator=generator)
 

@@ -102,9 +102,7 @@ def select_columns(all_columns: list[str], override_columns: set[str], spec: str
     ``spec`` is comma-separated names, kept in that order. Unknown names raise ValueError listing the
     available ones."""
     if spec is None:
-        return [c for c in all_columns if c == "run" or c in override_columns] + [
-            m for m in DEFAULT_METRICS if m in all_columns
-        ]
+        return [c for c in all_columns if c == "run" or c in override_columns] + [m for m in DEFAULT_METRICS if m in all_columns]
     if spec.strip() == "all":
         return list(all_columns)
     names = list(dict.fromkeys(n.strip() for n in spec.split(",") if n.strip()))
@@ -162,8 +160,15 @@ def metric_figure(rows: list[dict], metric: str, by: str) -> tuple[Figure, Axes]
         ax.plot(range(len(values)), means, color="tab:red", marker="_", markersize=20, label="mean")
     else:
         ax.errorbar(
-            [i + shift for i in range(len(values))], means, yerr=[_stderr(g) for g in groups], fmt="D", linestyle="none",
-            color="tab:red", capsize=6, markersize=7, label="mean ± s.e.",
+            [i + shift for i in range(len(values))],
+            means,
+            yerr=[_stderr(g) for g in groups],
+            fmt="D",
+            linestyle="none",
+            color="tab:red",
+            capsize=6,
+            markersize=7,
+            label="mean ± s.e.",
         )
         ax.set_xlim(-0.6, len(values) - 0.4)
     ax.set_xticks(range(len(values)), values)

@@ -17,17 +17,26 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from .. import distributed
 from .._checks import check_range
 from ..config import ConfigError, build_experiment
 from ..likelihood.evaluate import evaluate_nll
 from ..plotting import image_grid, loss_curve, plot_samples
 from ..samplers.draw import DrawnSamples, draw_samples
 from ..scores import GuidedScore, check_guidance
-from .. import distributed
 from ..training import NonFiniteLossError, Trainer, TrainingInterrupted, evaluate_loss, load_checkpoint
 from . import _resume
 from ._common import (
-    check_composes, check_group_choices, fail, refusals, say, set_threads, show_progress, sliced_w2_to_held_out, thread_text, torchrun_session,
+    check_composes,
+    check_group_choices,
+    fail,
+    refusals,
+    say,
+    set_threads,
+    show_progress,
+    sliced_w2_to_held_out,
+    thread_text,
+    torchrun_session,
 )
 
 PROG = "sde-train"
@@ -55,8 +64,16 @@ def _sample(exp, score_model, n: int, seed: int, progress: bool, guidance: float
     if n_classes is not None:
         score_model = GuidedScore(score_model, _grid_labels(n, n_classes), guidance)
     return draw_samples(
-        exp.sde, score_model, exp.sampler, exp.grid, exp.data.data_shape, n,
-        batch_size=n, seed=seed, device=exp.device, progress=progress,
+        exp.sde,
+        score_model,
+        exp.sampler,
+        exp.grid,
+        exp.data.data_shape,
+        n,
+        batch_size=n,
+        seed=seed,
+        device=exp.device,
+        progress=progress,
     )
 
 
@@ -71,7 +88,9 @@ def _train_labels(exp) -> torch.Tensor | None:
             f"labels; use labelled data (data=digits, or data.labels_key=<key> with data=npz_images) or set model.net.n_classes=null"
         )
     if exp.data.n_classes > n_classes:
-        raise ConfigError(f"data {exp.data.name!r} has {exp.data.n_classes} classes but model.net.n_classes={n_classes}; set model.net.n_classes={exp.data.n_classes}")
+        raise ConfigError(
+            f"data {exp.data.name!r} has {exp.data.n_classes} classes but model.net.n_classes={n_classes}; set model.net.n_classes={exp.data.n_classes}"
+        )
     return exp.data.train_labels
 
 
@@ -124,8 +143,15 @@ def _held_out_nll(exp, score_model, n_points: int, seed: int) -> dict:
         return {}
     data = exp.data
     r = evaluate_nll(
-        exp.sde, score_model, data.test.to(exp.device), levels=data.levels, interval_width=data.interval_width,
-        n_points=min(n_points, data.test.shape[0]), seed=seed, density=data.distribution, progress=exp.options.progress,
+        exp.sde,
+        score_model,
+        data.test.to(exp.device),
+        levels=data.levels,
+        interval_width=data.interval_width,
+        n_points=min(n_points, data.test.shape[0]),
+        seed=seed,
+        density=data.distribution,
+        progress=exp.options.progress,
     )
     summary = {"held_out_nll_nats_per_dim": r["nll_nats_per_dim"], "held_out_nll_stderr": r["nll_stderr"]}
     if r["bpd"] is not None:
@@ -208,7 +234,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     sampler_name = HydraConfig.get().runtime.choices.get("sampler", "sampler")
     _plot(samples, exp, ema, run_dir / "samples.png", title=f"{exp.data.name}: {type(exp.sde).__name__}, {sampler_name} ({nfe} NFE)")
     loss_curve(
-        run_dir / "metrics.jsonl", run_dir / "loss.png",
+        run_dir / "metrics.jsonl",
+        run_dir / "loss.png",
         held_out={"held-out loss, EMA weights": held_out_loss, "held-out loss, raw weights": held_out_loss_raw},
         title=f"{exp.data.name}: {type(exp.sde).__name__}, {HydraConfig.get().runtime.choices.get('loss', 'loss')} loss",
     )
@@ -240,7 +267,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             f"{PROG}: WARNING: the EMA weights' held-out loss {held_out_loss:.4f} is far above the raw weights' "
             f"{held_out_loss_raw:.4f}: the average still remembers early weights; train longer or lower train.ema_decay"
         )
-    ran = f"{result.steps} steps" if not result.resumed_from else f"steps {result.resumed_from}-{result.steps} ({result.steps_run} run here)"
+    ran = (
+        f"{result.steps} steps" if not result.resumed_from else f"steps {result.resumed_from}-{result.steps} ({result.steps_run} run here)"
+    )
     say(
         f"{PROG}: {ran} in {result.seconds:.1f} s ({result.steps_per_sec:.0f} steps/s); held-out loss {held_out_loss:.4f} "
         f"(raw weights {held_out_loss_raw:.4f}){_nll_text(held_out_nll)} and samples with the {_ema_text(trainer)}; "
@@ -262,7 +291,9 @@ def _main(cfg: DictConfig) -> None:
             say(f"{PROG}: stopped by {err.signal_name}{where}; continue with: sde-train hydra.run.dir={run_dir} train.resume=true")
             sys.exit(err.exit_code)
         except KeyboardInterrupt:  # after training (evaluation, sampling): the last checkpoint is complete
-            say(f"{PROG}: interrupted after training; the checkpoint in {run_dir / 'checkpoints'} is complete, summary.json was not written")
+            say(
+                f"{PROG}: interrupted after training; the checkpoint in {run_dir / 'checkpoints'} is complete, summary.json was not written"
+            )
             sys.exit(130)
 
 

@@ -20,26 +20,20 @@ def _read_array(path: Path, key: str) -> np.ndarray:
         where = "" if path.is_absolute() else f" (relative to the working directory {os.getcwd()})"
         raise FileNotFoundError(f"no data file at {str(path)!r}{where}; check the path")
     if not zipfile.is_zipfile(path):
-        raise ValueError(
-            f"{str(path)!r} is not an .npz archive; save your data with numpy.savez({str(path)!r}, {key}=array)"
-        )
+        raise ValueError(f"{str(path)!r} is not an .npz archive; save your data with numpy.savez({str(path)!r}, {key}=array)")
     with np.load(path, allow_pickle=False) as archive:
         if key not in archive.files:
             raise ValueError(f"{str(path)!r} has no array {key!r}; the arrays present are {archive.files}: pass one as key")
         try:
             return archive[key]
         except ValueError as err:  # object arrays need pickle, which is never enabled
-            raise ValueError(
-                f"array {key!r} in {str(path)!r} has dtype object; store real numbers (a float or integer array)"
-            ) from err
+            raise ValueError(f"array {key!r} in {str(path)!r} has dtype object; store real numbers (a float or integer array)") from err
 
 
 def _to_float32(raw: np.ndarray, name: str) -> Tensor:
     """``raw`` as a validated float32 tensor: numbers only, at least 2-D, non-empty, finite."""
     if raw.dtype.kind not in "iuf":
-        raise ValueError(
-            f"{name} has dtype {raw.dtype} but data must be real numbers; convert it to a float or integer array"
-        )
+        raise ValueError(f"{name} has dtype {raw.dtype} but data must be real numbers; convert it to a float or integer array")
     # NaN and inf are located in the file's own precision, before the cast to float32
     native = raw.astype(raw.dtype.newbyteorder("="), copy=False)
     x = torch.from_numpy(native) if raw.dtype.kind == "f" else torch.from_numpy(native.astype(np.float32))

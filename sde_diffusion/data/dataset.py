@@ -98,7 +98,9 @@ class Dataset:
         if not given:
             return
         if len(given) < 3:
-            raise ValueError(f"train_labels, test_labels and n_classes describe labelled data together: give all three or none (got only {', '.join(given)})")
+            raise ValueError(
+                f"train_labels, test_labels and n_classes describe labelled data together: give all three or none (got only {', '.join(given)})"
+            )
         if isinstance(self.n_classes, bool) or not isinstance(self.n_classes, int) or self.n_classes < 1:
             raise ValueError(f"n_classes must be a positive integer, got {self.n_classes!r}")
         for split in ("train", "test"):
@@ -107,7 +109,9 @@ class Dataset:
                 what = f"{y.dtype} of shape {tuple(y.shape)}" if isinstance(y, Tensor) else type(y).__name__
                 raise ValueError(f"{split}_labels must be an int64 tensor of shape ({n},), one label per {split} sample; got {what}")
             if bool(((y < 0) | (y >= self.n_classes)).any()):
-                raise ValueError(f"{split}_labels must lie in 0..{self.n_classes - 1} (n_classes={self.n_classes}); got values from {int(y.min())} to {int(y.max())}")
+                raise ValueError(
+                    f"{split}_labels must lie in 0..{self.n_classes - 1} (n_classes={self.n_classes}); got values from {int(y.min())} to {int(y.max())}"
+                )
 
     @property
     def data_shape(self) -> tuple[int, ...]:
@@ -123,9 +127,7 @@ class Dataset:
         return x * scale + shift
 
     def __repr__(self) -> str:
-        extras = "".join(
-            f", {k}={getattr(self, k)!r}" for k in ("levels", "interval_width") if getattr(self, k) is not None
-        )
+        extras = "".join(f", {k}={getattr(self, k)!r}" for k in ("levels", "interval_width") if getattr(self, k) is not None)
         dist = "" if self.distribution is None else f", distribution={self.distribution!r}"
         std = ", standardized" if self.scale is not None else ""
         classes = f", n_classes={self.n_classes}" if self.n_classes is not None else ""

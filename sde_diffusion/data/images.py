@@ -35,19 +35,14 @@ def levels_to_interval(k: Tensor, levels: int) -> Tensor:
     return (IMAGE_INTERVAL[0] + k.double() * (_WIDTH / levels)).float()
 
 
-def _split(
-    x: Tensor, labels: Tensor | None, n_test: int, seed: int
-) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+def _split(x: Tensor, labels: Tensor | None, n_test: int, seed: int) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """Shuffle rows with a permutation seeded by ``seed``; the first ``n_test`` become the test split.
     Returns ``train, test, train_labels, test_labels`` (labels None when ``labels`` is None)."""
     n = x.shape[0]
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if not 1 <= n_test < n:
-        raise ValueError(
-            f"the test split must hold between 1 and {n - 1} of the {n} images, got {n_test}; "
-            f"change test_fraction or n_test"
-        )
+        raise ValueError(f"the test split must hold between 1 and {n - 1} of the {n} images, got {n_test}; change test_fraction or n_test")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     test, train = order[:n_test], order[n_test:]
     if labels is None:
@@ -72,8 +67,14 @@ def digits_dataset(n_test: int = 297, seed: int = 0) -> Dataset:
     labels = torch.from_numpy(digits.target).long()
     train, test, train_labels, test_labels = _split(x, labels, n_test, seed)
     return Dataset(
-        train, test, "digits", levels=DIGITS_LEVELS, interval_width=_WIDTH,
-        train_labels=train_labels, test_labels=test_labels, n_classes=10,
+        train,
+        test,
+        "digits",
+        levels=DIGITS_LEVELS,
+        interval_width=_WIDTH,
+        train_labels=train_labels,
+        test_labels=test_labels,
+        n_classes=10,
     )
 
 
@@ -103,8 +104,7 @@ def _check_integer_images(raw: np.ndarray, name: str) -> None:
     if raw.dtype.kind == "f" and np.isnan(raw).any():
         rows = np.isnan(raw.reshape(raw.shape[0], -1)).any(axis=1).nonzero()[0]
         raise ValueError(
-            f"{name} contains NaN in {rows.size} of {raw.shape[0]} images (first at index {rows[0]}); "
-            f"drop or repair those images"
+            f"{name} contains NaN in {rows.size} of {raw.shape[0]} images (first at index {rows[0]}); drop or repair those images"
         )
     if raw.dtype.kind != "i" and raw.dtype.kind != "u":
         raise ValueError(
@@ -121,8 +121,7 @@ def _to_nchw(raw: np.ndarray, name: str, channels_last: bool | None) -> np.ndarr
         return raw[:, None]
     if raw.ndim != 4:
         raise ValueError(
-            f"{name} has shape {raw.shape}, but images must be N x H x W or N x C x H x W "
-            f"(or N x H x W x C with channels_last=True)"
+            f"{name} has shape {raw.shape}, but images must be N x H x W or N x C x H x W (or N x H x W x C with channels_last=True)"
         )
     if channels_last is None:
         colour = (1, 3, 4)
@@ -195,6 +194,12 @@ def npz_image_dataset(
     n_test = int(test_fraction * len(x) + 0.5)
     train, test, train_labels, test_labels = _split(x, labels, n_test, seed)
     return Dataset(
-        train, test, path.stem, levels=n_levels, interval_width=_WIDTH,
-        train_labels=train_labels, test_labels=test_labels, n_classes=n_classes,
+        train,
+        test,
+        path.stem,
+        levels=n_levels,
+        interval_width=_WIDTH,
+        train_labels=train_labels,
+        test_labels=test_labels,
+        n_classes=n_classes,
     )

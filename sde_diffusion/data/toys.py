@@ -8,7 +8,8 @@ fixed ``torch.Generator`` reproduces it. :func:`toy_dataset` names them for conf
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import torch

@@ -92,9 +92,7 @@ def bits_per_dim(
     Returns: ``(B,)`` bits per dimension.
     """
     if logp.dim() != 1 or logp.shape[0] % n_dequant:
-        raise ValueError(
-            f"logp must have shape (n_dequant * B,) = ({n_dequant} * B,), got {tuple(logp.shape)}"
-        )
+        raise ValueError(f"logp must have shape (n_dequant * B,) = ({n_dequant} * B,), got {tuple(logp.shape)}")
     offset = dequantization_offset(levels, interval)
     per_draw = nats_per_dim(logp, dim) / math.log(2.0) + offset
     return per_draw.reshape(int(n_dequant), -1).mean(0)

@@ -9,7 +9,7 @@ vectorised backward passes (``is_grads_batched``) over blocks of probes serve al
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -47,9 +47,7 @@ def random_probes(x: Tensor, kind: str, n_probes: int, generator: torch.Generato
     raise ValueError(f"probe must be one of {PROBES}, got {kind!r}")
 
 
-def jacobian_quadratic_forms(
-    field: Callable[[Tensor], Tensor], x: Tensor, probes: Tensor
-) -> tuple[Tensor, Tensor]:
+def jacobian_quadratic_forms(field: Callable[[Tensor], Tensor], x: Tensor, probes: Tensor) -> tuple[Tensor, Tensor]:
     """Evaluate ``f(x)`` and ``v_p^T (d f / d x) v_p`` for every probe ``v_p`` and sample.
 
     Args:

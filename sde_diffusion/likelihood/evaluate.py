@@ -25,8 +25,8 @@ from tqdm.auto import tqdm
 from .._checks import check_range
 from .._seeding import derive_seed
 from .._shapes import check_data, flat_dim
-from ..distributed import SINGLE, DistributedContext, all_gather_objects
 from ..data.dataset import Density
+from ..distributed import SINGLE, DistributedContext, all_gather_objects
 from ..scores import ScoreFn
 from ..sdes.base import SDE
 from .bits import bits_per_dim, dequantize, nats_per_dim
@@ -147,8 +147,18 @@ def evaluate_nll(
             generator = torch.Generator(device=x.device).manual_seed(derive_seed(seed, b))
             y = x if levels is None else dequantize(x, levels, interval, n_dequant=n_dequant, generator=generator)
             out = log_likelihood(
-                sde, score_fn, y, eps=eps, method=method, rtol=rtol, atol=atol, divergence=divergence,
-                n_probes=n_probes, probe=probe, backend=backend, generator=generator,
+                sde,
+                score_fn,
+                y,
+                eps=eps,
+                method=method,
+                rtol=rtol,
+                atol=atol,
+                divergence=divergence,
+                n_probes=n_probes,
+                probe=probe,
+                backend=backend,
+                generator=generator,
             )
             nll_b = nats_per_dim(out.logp, dim).reshape(n_dequant, -1).mean(0)  # draw-major rows
             bpd_b = None if levels is None else bits_per_dim(out.logp, dim, levels, interval, n_dequant=n_dequant)

@@ -14,8 +14,9 @@ where the SDE's prior stands in for ``p_T``. The state is a tuple ``(x, Delta)``
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor

@@ -7,7 +7,8 @@ acceptable for a reference.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,7 +39,7 @@ def solve_ivp_reference(
 
     def unflatten(y: np.ndarray) -> tuple[Tensor, ...]:
         flat = torch.from_numpy(y).to(like.dtype).to(like.device)
-        return tuple(part.reshape(shape) for part, shape in zip(flat.split(sizes), shapes))
+        return tuple(part.reshape(shape) for part, shape in zip(flat.split(sizes), shapes, strict=True))
 
     def flatten(parts: tuple[Tensor, ...]) -> np.ndarray:
         return torch.cat([p.reshape(-1) for p in parts]).to("cpu", torch.float64).numpy()
@@ -48,7 +49,12 @@ def solve_ivp_reference(
 
     t0, t1 = (float(t) for t in t_span)
     solution = solve_ivp(
-        rhs, (t0, t1), flatten(state), method=ALIASES.get(method, method), rtol=rtol, atol=atol,
+        rhs,
+        (t0, t1),
+        flatten(state),
+        method=ALIASES.get(method, method),
+        rtol=rtol,
+        atol=atol,
         **(options or {}),
     )
     if not solution.success:

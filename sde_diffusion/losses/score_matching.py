@@ -50,8 +50,7 @@ def denoising_score_matching(
     _check(sde, eps, reduce)
     if not sde.has_kernel:
         raise ValueError(
-            f"denoising score matching needs a closed-form kernel, which {type(sde).__name__} lacks; "
-            f"use sliced_score_matching instead"
+            f"denoising score matching needs a closed-form kernel, which {type(sde).__name__} lacks; use sliced_score_matching instead"
         )
     t = weighting.sample_time(sde, x0.shape[0], eps, generator=generator, device=x0.device, dtype=x0.dtype)
     x_t, z, s = sde.perturb(x0, t, generator=generator)

@@ -1,7 +1,5 @@
 """Raw time-conditioned networks and the wrappers that turn them into score functions."""
 
-from .embeddings import GaussianFourierEmbedding, SinusoidalEmbedding
-from .mlp import TimeMLP
 from ..scores import (
     DataParameterization,
     EpsilonParameterization,
@@ -9,6 +7,8 @@ from ..scores import (
     VelocityParameterization,
     VPredictionParameterization,
 )
+from .embeddings import GaussianFourierEmbedding, SinusoidalEmbedding
+from .mlp import TimeMLP
 
 __all__ = [
     "TimeMLP",

@@ -44,12 +44,9 @@ class TimeMLP(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         if tuple(x.shape[1:]) != self.data_shape:
-            raise ValueError(
-                f"TimeMLP was built for samples of shape {self.data_shape}, got input of shape "
-                f"{tuple(x.shape)}"
-            )
+            raise ValueError(f"TimeMLP was built for samples of shape {self.data_shape}, got input of shape {tuple(x.shape)}")
         h = self.inp(x.reshape(x.shape[0], -1))
         temb = self.time_proj(self.act(self.time_embedding(t))).chunk(len(self.hidden), dim=1)
-        for layer, te in zip(self.hidden, temb):
+        for layer, te in zip(self.hidden, temb, strict=True):
             h = layer(self.act(h + te))
         return self.out(self.act(h)).reshape(x.shape)

@@ -65,10 +65,7 @@ class UNet(nn.Module):
         super().__init__()
         data_shape = tuple(int(d) for d in data_shape)
         if len(data_shape) != 3 or min(data_shape) < 1:
-            raise ValueError(
-                f"UNet needs data_shape (C, H, W) of positive sizes for images, got {data_shape}; "
-                f"for vector data use TimeMLP"
-            )
+            raise ValueError(f"UNet needs data_shape (C, H, W) of positive sizes for images, got {data_shape}; for vector data use TimeMLP")
         _positive_int("channels", channels)
         _positive_int("n_res_blocks", n_res_blocks)
         channel_mult = [_positive_int("channel_mult entries", m) for m in channel_mult]
@@ -141,7 +138,9 @@ class UNet(nn.Module):
         elif y.shape != t.shape or y.dtype != torch.long:
             raise ValueError(f"labels y must be int64 of shape (B,) = {tuple(t.shape)}, got {y.dtype} of shape {tuple(y.shape)}")
         elif bool(((y < 0) | (y > self.n_classes)).any()):
-            raise ValueError(f"labels y must lie in 0..{self.n_classes} ({self.n_classes} is the null label), got values from {int(y.min())} to {int(y.max())}")
+            raise ValueError(
+                f"labels y must lie in 0..{self.n_classes} ({self.n_classes} is the null label), got values from {int(y.min())} to {int(y.max())}"
+            )
         return emb + self.class_embedding(y)
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:

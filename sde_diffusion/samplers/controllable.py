@@ -7,7 +7,7 @@ noises a given input to an intermediate time and runs any sampler from there (Me
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -43,7 +43,9 @@ def inpainting_mask(region: str, data_shape: tuple[int, ...], *, generator: torc
         raise ValueError("data_shape must have at least one axis, e.g. (2,) or (1, 8, 8)")
     h, w = (data_shape[-2], data_shape[-1]) if len(data_shape) >= 2 else (1, data_shape[-1])
     if region in ("top", "bottom") and len(data_shape) < 2:
-        raise ValueError(f"mask={region} needs images (C, H, W); data of shape {data_shape} have no rows, use left, right, center or random")
+        raise ValueError(
+            f"mask={region} needs images (C, H, W); data of shape {data_shape} have no rows, use left, right, center or random"
+        )
     rows, cols = torch.arange(h)[:, None], torch.arange(w)[None, :]
     unknown = {
         "left": cols < (w + 1) // 2,

@@ -18,9 +18,10 @@ from ..scores import CountingScore, ScoreFn
 from ..sdes.base import SDE
 from ..sdes.tables import kernel_table
 from ..timesteps import check_grid
-from .base import SamplerOutput
+from .base import SamplerOutput, with_order
 
 
+@with_order(1)
 @torch.no_grad()
 def ddim(
     sde: SDE,
@@ -63,6 +64,3 @@ def ddim(
             z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             x = x + sigma2[i].sqrt() * z
     return SamplerOutput(x, score.nfe)
-
-
-ddim.order = 1

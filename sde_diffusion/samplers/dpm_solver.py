@@ -12,9 +12,10 @@ from ..scores import CountingScore, ScoreFn
 from ..sdes.base import SDE
 from ..sdes.tables import kernel_table
 from ..timesteps import check_grid
-from .base import SamplerOutput
+from .base import SamplerOutput, with_order
 
 
+@with_order(2)
 @torch.no_grad()
 def dpm_solver_pp(
     sde: SDE,
@@ -57,6 +58,3 @@ def dpm_solver_pp(
         x = (s[i + 1] / s[i]) * x - m[i + 1] * torch.expm1(-h[i]) * d
         x0_prev = x0
     return SamplerOutput(x, score.nfe)
-
-
-dpm_solver_pp.order = 2

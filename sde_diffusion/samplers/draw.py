@@ -12,8 +12,8 @@ samples that depend on ``batch_size`` (their distribution does not).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor

@@ -9,10 +9,11 @@ from tqdm.auto import tqdm
 from ..scores import CountingScore, ScoreFn
 from ..sdes.base import SDE
 from ..timesteps import check_grid
-from .base import SamplerOutput
+from .base import SamplerOutput, with_order
 from .predictors import EulerMaruyamaPredictor
 
 
+@with_order(1)
 @torch.no_grad()
 def euler_maruyama(
     sde: SDE,
@@ -45,6 +46,3 @@ def euler_maruyama(
         else:
             x, _ = predictor.step(sde, score, x, ts[i], ts[i + 1], generator)
     return SamplerOutput(x, score.nfe)
-
-
-euler_maruyama.order = 1

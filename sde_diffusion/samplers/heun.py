@@ -12,9 +12,10 @@ from ..scores import CountingScore, ScoreFn
 from ..sdes.base import SDE
 from ..sdes.tables import kernel_table
 from ..timesteps import check_grid
-from .base import SamplerOutput
+from .base import SamplerOutput, with_order
 
 
+@with_order(2)
 @torch.no_grad()
 def heun(
     sde: SDE,
@@ -54,6 +55,3 @@ def heun(
         d_next = -s[i + 1] * score(m[i + 1] * y_euler, batch_time(ts[i + 1], x))
         y = y + (sigma[i + 1] - sigma[i]) * 0.5 * (d + d_next)
     return SamplerOutput(m[-1] * y, score.nfe)
-
-
-heun.order = 2

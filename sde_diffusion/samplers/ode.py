@@ -18,7 +18,7 @@ from .._solvers import ODE_FIXED_GRID_ORDERS as FIXED_GRID_ORDERS
 from ..scores import CountingScore, ScoreFn
 from ..sdes.base import SDE
 from ..timesteps import check_grid
-from .base import SamplerOutput
+from .base import SamplerOutput, with_order
 
 
 def _check_method(method: str, step_size: float | None) -> None:
@@ -73,6 +73,7 @@ def _solve(
     return SamplerOutput(x_end, score.nfe)
 
 
+@with_order(ADAPTIVE_ORDERS["dopri5"], {**FIXED_GRID_ORDERS, **ADAPTIVE_ORDERS})
 def probability_flow_sampler(
     sde: SDE,
     score_fn: ScoreFn,
@@ -98,10 +99,6 @@ def probability_flow_sampler(
     Returns: samples at ``ts[-1]`` and the NFE spent (fixed grid: N times the method's stages).
     """
     return _solve(sde, score_fn, x, check_grid(ts), desc="probability flow", progress=progress, **options)
-
-
-probability_flow_sampler.order = ADAPTIVE_ORDERS["dopri5"]
-probability_flow_sampler.method_orders = {**FIXED_GRID_ORDERS, **ADAPTIVE_ORDERS}
 
 
 def ode_decode(sde: SDE, score_fn: ScoreFn, z: Tensor, ts: Tensor, **options) -> SamplerOutput:

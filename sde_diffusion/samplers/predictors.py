@@ -32,9 +32,7 @@ class Predictor(abc.ABC):
     """Whether the SDE must implement ``kernel(t)``; the samplers check it before the first step."""
 
     @abc.abstractmethod
-    def transition(
-        self, sde: SDE, score_fn: ScoreFn, x: Tensor, t: float | Tensor, t_next: float | Tensor
-    ) -> tuple[Tensor, Tensor]:
+    def transition(self, sde: SDE, score_fn: ScoreFn, x: Tensor, t: float | Tensor, t_next: float | Tensor) -> tuple[Tensor, Tensor]:
         """Mean ``(B, *dims)`` and std ``(B,)`` of ``x_{t_next}`` given ``x_t = x``."""
 
     def step(

@@ -27,7 +27,7 @@ from .._solvers import SDE_STRONG_ORDERS as METHOD_ORDERS  # the reverse SDE's n
 from ..scores import CountingScore, ScoreFn
 from ..sdes.base import SDE
 from ..timesteps import check_grid
-from .base import SamplerOutput
+from .base import SamplerOutput, with_order
 
 _SDE_TYPES = {"euler": "ito", "milstein": "ito", "srk": "ito", "reversible_heun": "stratonovich"}
 """Itô and Stratonovich forms coincide for state-independent noise, so each method gets its own."""
@@ -75,6 +75,7 @@ class _GridIndexReverseSDE:
         return g[:, None].expand_as(y)
 
 
+@with_order(METHOD_ORDERS["euler"], dict(METHOD_ORDERS))
 @torch.no_grad()
 def torchsde_sampler(
     sde: SDE,
@@ -128,7 +129,3 @@ def torchsde_sampler(
         y = torchsde.sdeint(adapter, y0, taus, bm=bm, method=method, dt=1.0, adaptive=False, options=options)[-1]
         bar.update(n - bar.n)
     return SamplerOutput(y.reshape(x.shape), score.nfe)
-
-
-torchsde_sampler.order = METHOD_ORDERS["euler"]
-torchsde_sampler.method_orders = dict(METHOD_ORDERS)

@@ -7,7 +7,7 @@ from .gaussian_path import GaussianPathSDE
 from .reverse import ProbabilityFlowODE, ReverseSDE
 from .schedules import CosineBeta, LinearBeta
 from .ve import VESDE
-from .vp import CosineVPSDE, SubVPSDE, VariancePreservingSDE, VPSDE
+from .vp import VPSDE, CosineVPSDE, SubVPSDE, VariancePreservingSDE
 
 __all__ = [
     "SDE",

@@ -74,9 +74,7 @@ class SDE(abc.ABC):
         m, s = self.kernel(batch_time(t, x0))
         return expand_like(m, x0) * x0, s
 
-    def perturb(
-        self, x0: Tensor, t: float | Tensor, *, generator: torch.Generator | None = None
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    def perturb(self, x0: Tensor, t: float | Tensor, *, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Draw ``x_t = m(t) x0 + s(t) z`` with ``z ~ N(0, I)``.
 
         Returns ``(x_t, z, s)`` with ``z`` shaped like ``x0`` and ``s`` of shape ``(B,)``.
@@ -136,13 +134,13 @@ class SDE(abc.ABC):
         dt = batch_time(dt, x)
         return self.drift(x, t) * expand_like(dt, x), self.diffusion(t) * dt.sqrt()
 
-    def reverse(self, score_fn: ScoreFn) -> "ReverseSDE":
+    def reverse(self, score_fn: ScoreFn) -> ReverseSDE:
         """The reverse-time SDE driven by ``score_fn`` (Anderson 1982; Song et al. 2021, Eq. 6)."""
         from .reverse import ReverseSDE
 
         return ReverseSDE(self, score_fn)
 
-    def probability_flow(self, score_fn: ScoreFn) -> "ProbabilityFlowODE":
+    def probability_flow(self, score_fn: ScoreFn) -> ProbabilityFlowODE:
         """The probability-flow ODE driven by ``score_fn`` (Song et al. 2021, Eq. 13)."""
         from .reverse import ProbabilityFlowODE
 

@@ -26,8 +26,7 @@ class LinearBeta:
             raise ValueError(f"beta_min must be >= 0, got {beta_min}")
         if beta_min >= beta_max:
             raise ValueError(
-                f"beta_min ({beta_min}) must be smaller than beta_max ({beta_max}); "
-                f"the defaults are beta_min=0.1, beta_max=20"
+                f"beta_min ({beta_min}) must be smaller than beta_max ({beta_max}); the defaults are beta_min=0.1, beta_max=20"
             )
         self.beta_min = beta_min
         self.beta_max = beta_max

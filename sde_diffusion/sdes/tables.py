@@ -22,8 +22,7 @@ def kernel_table(sde: SDE, ts: Tensor, like: Tensor, caller: str) -> tuple[Tenso
         )
     if not ts[-1] > 0:
         raise ValueError(
-            f"{caller} needs a grid ending at eps > 0 (the kernel std s(0) = 0), got ts[-1] = "
-            f"{float(ts[-1])}; build the grid with eps=1e-3"
+            f"{caller} needs a grid ending at eps > 0 (the kernel std s(0) = 0), got ts[-1] = {float(ts[-1])}; build the grid with eps=1e-3"
         )
     t64 = ts.to(torch.float64)
     m, s = sde.kernel(t64)

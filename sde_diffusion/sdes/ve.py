@@ -29,8 +29,7 @@ class VESDE(GaussianPathSDE):
             raise ValueError(f"sigma_min must be > 0, got {sigma_min} (the default is 0.01)")
         if sigma_min >= sigma_max:
             raise ValueError(
-                f"sigma_min ({sigma_min}) must be smaller than sigma_max ({sigma_max}); "
-                f"the defaults are sigma_min=0.01, sigma_max=50"
+                f"sigma_min ({sigma_min}) must be smaller than sigma_max ({sigma_max}); the defaults are sigma_min=0.01, sigma_max=50"
             )
         self.sigma_min = sigma_min
         self.sigma_max = sigma_max

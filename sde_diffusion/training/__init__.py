@@ -18,7 +18,6 @@ __all__ = [
     "CheckpointError",
     "UnreadableCheckpointError",
     "TrainingInterrupted",
-
     "save_checkpoint",
     "load_checkpoint",
 ]

@@ -31,7 +31,7 @@ class UnreadableCheckpointError(CheckpointError):
     so the apps append their own advice."""
 
 
-def _feed(h: "hashlib._Hash", obj: Any) -> None:
+def _feed(h: hashlib._Hash, obj: Any) -> None:
     """Hash a nested structure deterministically (dict keys sorted by their repr)."""
     if isinstance(obj, torch.Tensor):
         t = obj.detach().to("cpu").contiguous()

@@ -70,6 +70,6 @@ class EMA(nn.Module):
             torch._foreach_copy_(self._ema_params, self._src_params)
         else:
             torch._foreach_lerp_(self._ema_params, self._src_params, 1.0 - self.decay_at(n))
-        for ema_buffer, buffer in zip(self._ema_buffers, self._src_buffers):
+        for ema_buffer, buffer in zip(self._ema_buffers, self._src_buffers, strict=True):
             ema_buffer.copy_(buffer)
         self.n_averaged += 1

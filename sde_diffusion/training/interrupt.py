@@ -49,7 +49,7 @@ class StopRequest:
             signal.signal(signum, handler)
         self._previous.clear()
 
-    def __enter__(self) -> "StopRequest":
+    def __enter__(self) -> StopRequest:
         if self.enabled:
             for signum in SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._handle)

@@ -57,7 +57,11 @@ class TrainOptions:
         self.grad_clip = check_range("train.grad_clip", self.grad_clip, low=0, optional=True, hint="0 or null disables clipping") or None
         self.ema_decay = check_range("train.ema_decay", self.ema_decay, low=0, high=1, high_open=True, hint="0.999 is typical")
         self.label_dropout = check_range(
-            "train.label_dropout", self.label_dropout, low=0, high=1, high_open=True,
+            "train.label_dropout",
+            self.label_dropout,
+            low=0,
+            high=1,
+            high_open=True,
             hint="0.1 trains the null label on a tenth of the samples, for classifier-free guidance; 0 disables guidance",
         )
         for name in ("resume", "progress", "ema_warmup"):

@@ -8,9 +8,9 @@ import logging
 import math
 import time
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -18,11 +18,11 @@ from tqdm.auto import tqdm
 
 from .._seeding import derive_seed
 from .._shapes import check_data
+from ..distributed import SINGLE, DistributedContext, all_reduce_mean
 from ..losses import denoising_score_matching
 from ..sdes.base import SDE
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .ema import EMA
-from ..distributed import SINGLE, DistributedContext, all_reduce_mean
 from .interrupt import StopRequest, TrainingInterrupted
 from .metrics import MetricsLog
 from .options import TrainOptions
@@ -138,7 +138,7 @@ class Trainer:
         self._micro_generator = torch.Generator(device=self.device)  # re-seeded for every micro-batch
         self.step = 0
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl") if self.run_dir and dist.is_main else None
-        self.on_step: list[Callable[["Trainer"], None]] = []
+        self.on_step: list[Callable[[Trainer], None]] = []
         if options.resume:
             self._resume()
         self.net: nn.Module = self.model  # what the training forward pass calls
@@ -187,7 +187,9 @@ class Trainer:
                 self.scheduler.load_state_dict(state["scheduler"])
         except (RuntimeError, KeyError, ValueError) as err:
             first = str(err).strip().splitlines()[0]
-            raise CheckpointError(f"the checkpoint does not fit this model and optimizer ({first}); was it written with another config?") from None
+            raise CheckpointError(
+                f"the checkpoint does not fit this model and optimizer ({first}); was it written with another config?"
+            ) from None
         self.generator.set_state(state["rng"]["generator"])
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
@@ -236,7 +238,9 @@ class Trainer:
             grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self._params if p.grad is not None]))
         # a NaN on any process reaches every process through the averaged gradient: all stop together
         if not bool(torch.isfinite(loss + grad_norm)):  # one check for both (a sum is finite iff both are, short of overflow)
-            where = f"; the last good checkpoint is {self.checkpoint_path}" if self.checkpoint_path and self.checkpoint_path.exists() else ""
+            where = (
+                f"; the last good checkpoint is {self.checkpoint_path}" if self.checkpoint_path and self.checkpoint_path.exists() else ""
+            )
             raise NonFiniteLossError(
                 f"training stopped at step {self.step + 1}: loss = {loss.item()}, gradient norm = "
                 f"{grad_norm.item()} (not finite). Lower train.lr, keep train.grad_clip on, or check "
@@ -282,8 +286,10 @@ class Trainer:
         last_loss = math.nan
         self.model.train()
         show = opts.progress and self.dist.is_main
-        with tqdm(total=opts.steps, initial=self.step, disable=not show, desc="train", mininterval=0.5) as bar, \
-                StopRequest(enabled=self.run_dir is not None) as stop:
+        with (
+            tqdm(total=opts.steps, initial=self.step, disable=not show, desc="train", mininterval=0.5) as bar,
+            StopRequest(enabled=self.run_dir is not None) as stop,
+        ):
             while self.step < opts.steps:
                 loss, grad_norm = self.train_step()
                 window_loss += loss
@@ -304,7 +310,12 @@ class Trainer:
                         self.metrics.write(record)
                         log.info(
                             "step %d/%d: loss %.4f, grad norm %.3g, lr %.3g, %.1f steps/s",
-                            self.step, opts.steps, last_loss, record["grad_norm"], record["lr"], record["steps_per_sec"],
+                            self.step,
+                            opts.steps,
+                            last_loss,
+                            record["grad_norm"],
+                            record["lr"],
+                            record["steps_per_sec"],
                         )
                     bar.set_postfix(loss=f"{last_loss:.4f}")
                     window_loss.zero_()
