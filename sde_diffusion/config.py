@@ -104,18 +104,29 @@ def build_train_options(cfg: DictConfig) -> TrainOptions:
 
 def build_optimizer(cfg: DictConfig) -> Callable:
     """``optimizer(parameters)`` from the ``optim`` group (a partial ``torch.optim`` class); Adam at
-    ``train.lr`` for configs that have none (runs saved before the group existed)."""
+    ``train.lr`` for configs that have none (runs saved before the group existed). Tried once on a
+    throwaway parameter, so a bad option fails here in one line, not inside the Trainer."""
     if OmegaConf.select(cfg, "optim") is None:
         return functools.partial(torch.optim.Adam, lr=float(cfg.train.lr), foreach=True)
-    return _build(cfg, "optim")
+    make = _build(cfg, "optim")
+    try:
+        make([nn.Parameter(torch.zeros(1))])
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"optim: {one_line(err)}") from None
+    return make
 
 
 def build_lr_schedule(cfg: DictConfig) -> Callable | None:
     """``lr_schedule(optimizer)`` from the ``lr_schedule`` group; None (the Trainer's default warm-up)
-    for configs that have none."""
+    for configs that have none. Tried once on a throwaway optimizer, like :func:`build_optimizer`."""
     if OmegaConf.select(cfg, "lr_schedule") is None:
         return None
-    return _build(cfg, "lr_schedule")
+    make = _build(cfg, "lr_schedule")
+    try:
+        make(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0))
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"lr_schedule: {one_line(err)}") from None
+    return make
 
 
 def build_sampler(cfg: DictConfig) -> tuple[Callable, Callable]:

@@ -71,6 +71,11 @@ def test_train_end_to_end_then_resume_from_outside_the_repo(tmp_path):
         (["sde=ve", "sde.sigma_min=100"], ["sde:", "sigma_min (100.0) must be smaller than sigma_max (50.0)"]),
         (["train.lr=-1"], ["train:", "train.lr must be a positive number"]),
         (["data=npz"], ["data", "path"]),
+        (["train.steps=abc"], ["train.steps: Value 'abc' of type 'str' could not be converted to Integer"]),
+        (["train.stpes=10"], ["train.stpes: Key 'stpes' not in 'TrainConfig'"]),
+        (["eval_points=1.5"], ["eval_points: Value '1.5' of type 'float' could not be converted to Integer"]),
+        (["-m", "seed=0,1", "train.foo=1"], ["train.foo: Key 'foo' not in 'TrainConfig'"]),
+        (["optim=adamw", "optim.weight_decay=-1"], ["optim:", "weight_decay"]),
     ],
 )
 def test_invalid_config_fails_at_start_with_one_line(tmp_path, override, words):
