@@ -3,6 +3,4 @@
 Loading this package registers the typed schemas the primary configs start from
 (:mod:`sde_diffusion.schemas`), so Hydra finds them wherever it composes these configs."""
 
-from sde_diffusion import schemas as _schemas
-
-_schemas.register()
+import sde_diffusion.schemas  # noqa: F401  (registers the schemas with Hydra's ConfigStore)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import IO
 
 
-def write_atomically(path: Path, write: Callable[[IO], None], *, binary: bool, mode: int | None = None) -> Path:
+def write_atomically(path: Path, write: Callable[[IO], object], *, binary: bool, mode: int | None = None) -> Path:
     """Call ``write(f)`` on a temporary file ``.<name>.<random>.tmp`` beside ``path``, flush it to
     disk, rename it over ``path`` and sync the directory. ``mode`` sets the permission bits (the
     temporary file starts as 0600); on any error the temporary file is removed and the error raised."""

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
+from . import schemas  # noqa: F401  (registers the typed config schemas with Hydra's ConfigStore)
 from ._checks import check_range
 from .data.dataset import Dataset
 from .sdes.base import SDE

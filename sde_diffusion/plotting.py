@@ -66,8 +66,8 @@ def scatter_figure(samples: torch.Tensor, data: torch.Tensor, *, title: str = ""
 def _axis_labels(n_dims: int, units: str | None) -> tuple[str, str]:
     """Axis labels of a 2-D scatter: ``x``/``y`` for 2-D data, ``coordinate 0``/``coordinate 1`` for the
     first two coordinates of wider data; ``(units)`` appended when given."""
-    names = ("x", "y") if n_dims == 2 else ("coordinate 0", "coordinate 1")
-    return tuple(f"{n} ({units})" if units else n for n in names)
+    x, y = ("x", "y") if n_dims == 2 else ("coordinate 0", "coordinate 1")
+    return (f"{x} ({units})", f"{y} ({units})") if units else (x, y)
 
 
 def _save_tight(fig: plt.Figure, path: Path) -> Path:

@@ -59,6 +59,8 @@ def load_run(run_dir: str | Path, device: str | torch.device = "auto") -> Traine
     if not cfg_path.is_file():
         raise ConfigError(f"run_dir={run_dir} has no .hydra/config.yaml; pass the directory sde-train wrote")
     cfg = OmegaConf.load(cfg_path)
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{cfg_path} holds a list, not a run config (a mapping); pass the directory sde-train wrote")
     _anchor_relative_data_path(cfg, run_dir)
     dev = resolve_device(str(device))
     sde = build_sde(cfg)

@@ -5,8 +5,9 @@ Each primary config (``conf/config.yaml``, ``sample.yaml``, ``eval.yaml``) names
 its defaults list; the YAML files give the values and their comments. The SDE, model, data, loss,
 sampler, optimizer and schedule groups stay free-form: they name any class by ``_target_``, whose
 own constructor checks its arguments (``sde._target_=my_module.MySDE`` with options of its own).
-Registered with Hydra's ``ConfigStore`` by :func:`register`, which ``sde_diffusion.conf`` calls
-when Hydra loads the configs.
+Registered with Hydra's ``ConfigStore`` when this module is imported, which both
+``sde_diffusion.conf`` (Hydra loading the packaged configs) and :mod:`sde_diffusion.config` (anyone
+building objects from a config, also from a copy of ``conf/`` on disk) do.
 """
 
 from __future__ import annotations
@@ -97,3 +98,6 @@ def register() -> None:
     store = ConfigStore.instance()
     for name, node in SCHEMAS.items():
         store.store(name=name, node=node)
+
+
+register()

@@ -87,11 +87,14 @@ def check_composes(prog: str, config_name: str, argv: list[str]) -> None:
 
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
-        first = [f"{o.get_key_element()}={next(o.sweep_string_iterator())}" if o.is_sweep_override() else o.input_line for o in parsed]
+        first = []
+        for o in parsed:
+            assert o.input_line is not None  # parse_overrides sets it on every override it returns
+            first.append(f"{o.get_key_element()}={next(o.sweep_string_iterator())}" if o.is_sweep_override() else o.input_line)
         with initialize_config_module("sde_diffusion.conf", version_base=None):
             OmegaConf.resolve(compose(config_name=config_name, overrides=first))
     except Exception as err:  # Hydra and OmegaConf raise many types; each names the key and the value
-        inner = err
+        inner: BaseException = err
         while inner.__cause__ is not None:
             inner = inner.__cause__
         key = re.search(r"full_key: (\S+)", str(inner))

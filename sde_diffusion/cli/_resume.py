@@ -92,6 +92,7 @@ _MISSING = object()
 def contradictions(saved: dict, cfg: DictConfig) -> list[str]:
     """What the composed ``cfg`` changes in the checkpoint's ``saved`` config among :data:`FIXED`."""
     new = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(new, dict)  # the container of a DictConfig is a dict
     return [d for key in FIXED if key in saved for d in _differences(saved[key], new.get(key, _MISSING), key)]
 
 

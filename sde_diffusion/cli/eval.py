@@ -167,7 +167,9 @@ def _main(cfg: DictConfig) -> None:
 def _check_keys(argv: list[str]) -> None:
     """Refuse overrides of keys ``eval.yaml`` does not have (``sde=ve``, ``model.net.hidden_dim=64``)
     in one line: the run's saved config fixes everything but the evaluation settings."""
-    known = [k for k in OmegaConf.create((importlib.resources.files("sde_diffusion.conf") / "eval.yaml").read_text()) if k != "defaults"]
+    known = [
+        str(k) for k in OmegaConf.create((importlib.resources.files("sde_diffusion.conf") / "eval.yaml").read_text()) if k != "defaults"
+    ]
     for arg in argv:
         key = arg.lstrip("+~").split("=", 1)[0]
         if "=" in arg and not arg.startswith(("-", "hydra")) and key.split(".", 1)[0] not in known:

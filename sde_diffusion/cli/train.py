@@ -190,6 +190,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     eval_points = _eval_points(cfg)
     guidance = _guidance(cfg, exp.score_model)
     _check_resume_matches(cfg, run_dir)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(config, dict)  # the container of a DictConfig is a dict
     trainer = Trainer(
         exp.score_model,
         exp.sde,
@@ -199,7 +201,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         run_dir=run_dir,
         device=exp.device,
         seed=int(cfg.seed),
-        config=OmegaConf.to_container(cfg, resolve=True),
+        config=config,
         labels=_train_labels(exp),
         dist=ctx,
         optimizer=exp.optimizer,
@@ -229,7 +231,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     arrays = {"samples": samples.numpy()}
     if exp.data.scale is not None:
         arrays["samples_raw"] = exp.data.unstandardize(samples).numpy()
-    np.savez(run_dir / "samples.npz", **arrays)
+    np.savez(run_dir / "samples.npz", allow_pickle=True, **arrays)  # numpy's default, named so that mypy
+    # does not match **arrays against allow_pickle: bool
     sw2 = sliced_w2_to_held_out(samples, test)
     sampler_name = HydraConfig.get().runtime.choices.get("sampler", "sampler")
     _plot(samples, exp, ema, run_dir / "samples.png", title=f"{exp.data.name}: {type(exp.sde).__name__}, {sampler_name} ({nfe} NFE)")

@@ -73,24 +73,25 @@ class Dataset:
     def _check_levels(self) -> None:
         if (self.levels is None) != (self.interval_width is None):
             raise ValueError("levels and interval_width describe discrete data together: give both or neither")
-        if self.levels is None:
+        levels, width = self.levels, self.interval_width
+        if levels is None or width is None:  # both None (checked above): continuous data
             return
-        if isinstance(self.levels, bool) or int(self.levels) != self.levels or self.levels < 2:
-            raise ValueError(f"levels must be an integer K >= 2 (e.g. 256 for 8-bit data), got {self.levels}")
-        if not (math.isfinite(self.interval_width) and self.interval_width > 0):
-            raise ValueError(f"interval_width must be a positive number (e.g. 2 for data in [-1, 1]), got {self.interval_width}")
+        if isinstance(levels, bool) or int(levels) != levels or levels < 2:
+            raise ValueError(f"levels must be an integer K >= 2 (e.g. 256 for 8-bit data), got {levels}")
+        if not (math.isfinite(width) and width > 0):
+            raise ValueError(f"interval_width must be a positive number (e.g. 2 for data in [-1, 1]), got {width}")
 
     def _check_standardization(self) -> None:
         if (self.shift is None) != (self.scale is None):
             raise ValueError("shift and scale describe one standardization together: give both or neither")
-        if self.shift is None:
+        shift, scale = self.shift, self.scale
+        if shift is None or scale is None:  # both None (checked above): not standardized
             return
-        for field in ("shift", "scale"):
-            v = getattr(self, field)
+        for field, v in (("shift", shift), ("scale", scale)):
             if not isinstance(v, Tensor) or v.shape != self.train.shape[1:]:
                 shape = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
                 raise ValueError(f"{field} must be a tensor of the sample shape {self.data_shape}, got {shape}")
-        if not (torch.isfinite(self.shift).all() and torch.isfinite(self.scale).all() and (self.scale > 0).all()):
+        if not (torch.isfinite(shift).all() and torch.isfinite(scale).all() and (scale > 0).all()):
             raise ValueError("shift must be finite and scale finite and positive everywhere")
 
     def _check_labels(self) -> None:
@@ -123,6 +124,7 @@ class Dataset:
         (identity when the data were not standardized)."""
         if self.scale is None:
             return x
+        assert self.shift is not None  # __post_init__ checks that shift and scale are given together
         scale, shift = self.scale.to(x), self.shift.to(x)  # (*dims) broadcasts against (B, *dims)
         return x * scale + shift
 

@@ -176,7 +176,8 @@ def _split_generators(seed: int) -> tuple[torch.Generator, torch.Generator]:
     if isinstance(seed, bool) or int(seed) != seed or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     children = np.random.SeedSequence(int(seed)).spawn(2)
-    return tuple(torch.Generator().manual_seed(int(c.generate_state(1, np.uint64)[0])) for c in children)
+    train, test = (torch.Generator().manual_seed(int(c.generate_state(1, np.uint64)[0])) for c in children)
+    return train, test
 
 
 def toy_dataset(name: str, n_train: int = 50_000, n_test: int = 5_000, seed: int = 0) -> Dataset:

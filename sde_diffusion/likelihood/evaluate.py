@@ -135,7 +135,10 @@ def evaluate_nll(
     x_all = data if n_points is None else data[:n_points]
     dim = flat_dim(x_all)
     divergence = resolve_divergence(divergence, dim)
-    interval = None if levels is None else (x_all.min().item(), x_all.min().item() + interval_width)
+    # levels and interval_width are both given or both None (checked above); so are levels and interval
+    interval: tuple[float, float] | None = None
+    if levels is not None and interval_width is not None:
+        interval = (x_all.min().item(), x_all.min().item() + interval_width)
     sizes = [len(x) for x in x_all.split(batch_size)]
     batches = list(enumerate(x_all.split(batch_size)))[shard.rank :: shard.world_size]
     mine: dict[int, tuple] = {}
@@ -145,7 +148,7 @@ def evaluate_nll(
     with tqdm(total=len(x_all), disable=not (progress and shard.is_main), desc="NLL", unit="pt", leave=False) as bar:
         for b, x in batches:
             generator = torch.Generator(device=x.device).manual_seed(derive_seed(seed, b))
-            y = x if levels is None else dequantize(x, levels, interval, n_dequant=n_dequant, generator=generator)
+            y = x if levels is None or interval is None else dequantize(x, levels, interval, n_dequant=n_dequant, generator=generator)
             out = log_likelihood(
                 sde,
                 score_fn,
@@ -161,7 +164,7 @@ def evaluate_nll(
                 generator=generator,
             )
             nll_b = nats_per_dim(out.logp, dim).reshape(n_dequant, -1).mean(0)  # draw-major rows
-            bpd_b = None if levels is None else bits_per_dim(out.logp, dim, levels, interval, n_dequant=n_dequant)
+            bpd_b = None if levels is None or interval is None else bits_per_dim(out.logp, dim, levels, interval, n_dequant=n_dequant)
             mine[b] = (nll_b.cpu(), None if bpd_b is None else bpd_b.cpu(), out.nfe)
             bar.update(sum(sizes[b : b + shard.world_size]))
             bar.set_postfix(nll=f"{torch.cat([v[0] for v in mine.values()]).mean().item():.4f}", nfe=out.nfe)

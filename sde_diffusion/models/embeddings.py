@@ -15,6 +15,8 @@ class GaussianFourierEmbedding(nn.Module):
     so it is saved in checkpoints and seeded by the global RNG at construction.
     """
 
+    freqs: Tensor  # a registered buffer (nn.Module's attribute lookup is typed Tensor | Module)
+
     def __init__(self, dim: int = 64, scale: float = 16.0):
         super().__init__()
         if dim < 2 or dim % 2:
@@ -35,6 +37,8 @@ class SinusoidalEmbedding(nn.Module):
     Frequencies are geometric from 1 to ``1 / max_period``; ``t`` in [0, 1] is scaled by
     ``time_scale`` (1000 maps it onto DDPM's integer steps).
     """
+
+    freqs: Tensor  # a registered buffer (nn.Module's attribute lookup is typed Tensor | Module)
 
     def __init__(self, dim: int = 64, time_scale: float = 1000.0, max_period: float = 10000.0):
         super().__init__()

@@ -33,7 +33,12 @@ class TimeMLP(nn.Module):
         self.data_shape = data_shape
         d = math.prod(data_shape)
         self.time_embedding = time_embedding if time_embedding is not None else GaussianFourierEmbedding()
-        emb_dim = self.time_embedding.dim
+        emb_dim = getattr(self.time_embedding, "dim", None)
+        if not isinstance(emb_dim, int):
+            raise ValueError(
+                f"TimeMLP time_embedding must be a module mapping t (B,) to (B, dim) with an integer dim "
+                f"attribute (e.g. GaussianFourierEmbedding), got {type(self.time_embedding).__name__}"
+            )
         self.inp = nn.Linear(d, hidden_dim)
         self.time_proj = nn.Linear(emb_dim, hidden_dim * n_layers)
         self.hidden = nn.ModuleList(nn.Linear(hidden_dim, hidden_dim) for _ in range(n_layers))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -82,13 +83,13 @@ class UNet(nn.Module):
         attention = _check_attention(attention_resolutions, resolutions)
 
         self.time_embedding = time_embedding if time_embedding is not None else GaussianFourierEmbedding()
-        if not isinstance(self.time_embedding, nn.Module) or not isinstance(getattr(self.time_embedding, "dim", None), int):
+        if not isinstance(self.time_embedding, nn.Module) or not isinstance(time_dim := getattr(self.time_embedding, "dim", None), int):
             raise ValueError(
                 f"UNet time_embedding must be a module mapping t (B,) to (B, dim) with an integer dim "
                 f"attribute (e.g. GaussianFourierEmbedding), got {type(self.time_embedding).__name__}"
             )
         emb_dim = 4 * channels
-        self.time_mlp = nn.Sequential(nn.Linear(self.time_embedding.dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.time_mlp = nn.Sequential(nn.Linear(time_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         # row n_classes is the null label used when no class is given
         self.class_embedding = nn.Embedding(n_classes + 1, emb_dim) if n_classes is not None else None
 
@@ -133,11 +134,13 @@ class UNet(nn.Module):
             if y is not None:
                 raise ValueError("this UNet was built with n_classes=None (unconditional); build it with n_classes to pass labels y")
             return emb
+        n_classes = self.n_classes
+        assert n_classes is not None  # __init__ builds class_embedding exactly when n_classes is given
         if y is None:
-            y = torch.full((t.shape[0],), self.n_classes, dtype=torch.long, device=t.device)
+            y = torch.full((t.shape[0],), n_classes, dtype=torch.long, device=t.device)
         elif y.shape != t.shape or y.dtype != torch.long:
             raise ValueError(f"labels y must be int64 of shape (B,) = {tuple(t.shape)}, got {y.dtype} of shape {tuple(y.shape)}")
-        elif bool(((y < 0) | (y > self.n_classes)).any()):
+        elif bool(((y < 0) | (y > n_classes)).any()):
             raise ValueError(
                 f"labels y must lie in 0..{self.n_classes} ({self.n_classes} is the null label), got values from {int(y.min())} to {int(y.max())}"
             )
@@ -152,7 +155,7 @@ class UNet(nn.Module):
         h = self.inp(x)
         skips = [h]
         for level, blocks in enumerate(self.down):
-            for blk in blocks:
+            for blk in cast(nn.ModuleList, blocks):  # self.down and self.up hold one ModuleList per level
                 h = blk(h, emb)
                 skips.append(h)
             if level < len(self.downsample):
@@ -161,7 +164,7 @@ class UNet(nn.Module):
         for blk in self.mid:
             h = blk(h, emb)
         for level, blocks in enumerate(self.up):
-            for blk in blocks:
+            for blk in cast(nn.ModuleList, blocks):
                 h = blk(torch.cat([h, skips.pop()], dim=1), emb)
             if level < len(self.upsample):
                 h = self.upsample[level](h)

@@ -23,7 +23,7 @@ class SamplerOutput:
 class OrderedSampler(Protocol[P]):
     """A sampler function with its convergence ``order`` as an attribute (``heun.order == 2``)."""
 
-    order: int
+    order: float
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> SamplerOutput: ...
 
@@ -32,14 +32,14 @@ class MultiMethodSampler(OrderedSampler[P], Protocol[P]):
     """An :class:`OrderedSampler` whose ``method`` option picks a solver; ``order`` is the default
     method's order and ``method_orders`` maps every method to its order."""
 
-    method_orders: dict[str, int]
+    method_orders: dict[str, float]
 
 
 @overload
-def with_order(order: int) -> Callable[[Callable[P, SamplerOutput]], OrderedSampler[P]]: ...
+def with_order(order: float) -> Callable[[Callable[P, SamplerOutput]], OrderedSampler[P]]: ...
 @overload
-def with_order(order: int, method_orders: dict[str, int]) -> Callable[[Callable[P, SamplerOutput]], MultiMethodSampler[P]]: ...
-def with_order(order: int, method_orders: dict[str, int] | None = None) -> Callable[[Callable[P, SamplerOutput]], OrderedSampler[P]]:
+def with_order(order: float, method_orders: dict[str, float]) -> Callable[[Callable[P, SamplerOutput]], MultiMethodSampler[P]]: ...
+def with_order(order: float, method_orders: dict[str, float] | None = None) -> Callable[[Callable[P, SamplerOutput]], OrderedSampler[P]]:
     """Decorator that sets ``fn.order`` (and ``fn.method_orders`` if given) on a sampler function
     and returns the same function, typed as an :class:`OrderedSampler` (:class:`MultiMethodSampler`)."""
 

@@ -55,6 +55,7 @@ def _solve(
     score = CountingScore(score_fn)
     ode = sde.probability_flow(score)
     ts = ts.to(dtype=x.dtype, device=x.device)
+    options: dict[str, object]  # torchdiffeq's solver options: a tensor, a float or a grid function
     if method in ADAPTIVE_ORDERS:  # torchdiffeq steps past the end and interpolates; land on it
         options = {"step_t": ts[[-1]]}  # instead, so the score is never asked for t beyond eps
     elif step_size is not None:

@@ -26,4 +26,9 @@ def kernel_table(sde: SDE, ts: Tensor, like: Tensor, caller: str) -> tuple[Tenso
         )
     t64 = ts.to(torch.float64)
     m, s = sde.kernel(t64)
-    return tuple(v.to(dtype=like.dtype, device=like.device) for v in (m, s, sde.log_snr(t64)))
+    log_snr = sde.log_snr(t64)
+    return (
+        m.to(dtype=like.dtype, device=like.device),
+        s.to(dtype=like.dtype, device=like.device),
+        log_snr.to(dtype=like.dtype, device=like.device),
+    )

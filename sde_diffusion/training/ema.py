@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 
 class EMA(nn.Module):
@@ -42,6 +42,12 @@ class EMA(nn.Module):
         warmup: use the warm-up schedule above; False gives the fixed ``decay`` from the second
             update on (``AveragedModel``'s EMA).
     """
+
+    n_averaged: Tensor  # a registered buffer (nn.Module's attribute lookup is typed Tensor | Module)
+    _src_params: list[Tensor]  # the torch._foreach_* stubs take list[Tensor]; list is invariant,
+    _ema_params: list[Tensor]  # so a list[Parameter] would not do
+    _src_buffers: list[Tensor]
+    _ema_buffers: list[Tensor]
 
     def __init__(self, model: nn.Module, decay: float, *, warmup: bool = True):
         super().__init__()

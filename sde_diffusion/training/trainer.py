@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -142,9 +143,10 @@ class Trainer:
         if options.resume:
             self._resume()
         self.net: nn.Module = self.model  # what the training forward pass calls
+        self._ddp: nn.parallel.DistributedDataParallel | None = None  # the same wrapper, when distributed
         if dist.active:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+            self.net = self._ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
 
     # ---------------------------------------------------------------------------- checkpoints
     @property
@@ -157,7 +159,7 @@ class Trainer:
         return self.ema.module
 
     def state(self) -> dict:
-        rng = {"generator": self.generator.get_state(), "torch": torch.get_rng_state()}
+        rng: dict[str, Tensor | list[Tensor]] = {"generator": self.generator.get_state(), "torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         return {
@@ -226,7 +228,7 @@ class Trainer:
             rows = idx[c * per_micro : (c + 1) * per_micro]
             gen = self._micro_generator.manual_seed(derive_seed(self.seed, self.step, c))
             last = a == n_acc - 1
-            sync = contextlib.nullcontext() if last or not self.dist.active else self.net.no_sync()
+            sync = contextlib.nullcontext() if last or self._ddp is None else self._ddp.no_sync()
             with sync:  # DDP averages gradients across processes on the last micro-batch only
                 micro = self.loss_fn(self._score_for(rows, gen), self.sde, self.data[rows], generator=gen).mean()
                 (micro if n_acc == 1 else micro / n_acc).backward()
@@ -261,7 +263,8 @@ class Trainer:
         y = self.labels[idx]
         if self.options.label_dropout > 0:
             drop = torch.rand(y.shape, generator=generator, device=self.device) < self.options.label_dropout
-            y = torch.where(drop, self.model.n_classes, y)
+            null_label = cast(int, self.model.n_classes)  # labels given: _check_labels found n_classes (K, the null label)
+            y = torch.where(drop, null_label, y)
         return lambda x, t: self.net(x, t, y)
 
     def _stop_requested(self, stop: StopRequest) -> int | None:
