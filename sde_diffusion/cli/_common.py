@@ -29,6 +29,11 @@ log = logging.getLogger("sde_diffusion")
 _GROUP_CHOICE = re.compile(r"^(?P<group>[a-z_]+)=(?P<value>[A-Za-z0-9_.,\-]+)$")
 
 
+def override_key(arg: str) -> str:
+    """The key a command-line override sets: ``sde`` for ``sde=ve``, ``train.steps`` for ``++train.steps=10``."""
+    return arg.split("=", 1)[0].lstrip("+~")
+
+
 def fail(prog: str, message: str, code: int = 2) -> NoReturn:
     """Print ``prog: error: message`` on one line to stderr and exit with ``code``."""
     print(f"{prog}: error: {message}", file=sys.stderr)
@@ -80,7 +85,7 @@ def check_composes(prog: str, config_name: str, argv: list[str]) -> None:
     as it launches the jobs. Skipped with the user's own config directories, which only Hydra knows."""
     if any(a.startswith(_NOT_COMPOSED) for a in argv):
         return
-    overrides = [a for a in argv if not a.startswith("-") and ("=" in a or a.startswith("~")) and not a.lstrip("+~").startswith("hydra")]
+    overrides = [a for a in argv if not a.startswith("-") and ("=" in a or a.startswith("~")) and not override_key(a).startswith("hydra")]
     from hydra import compose, initialize_config_module
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf

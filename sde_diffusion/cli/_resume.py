@@ -23,16 +23,11 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from .._atomic import write_atomically
-from ._common import fail
+from ._common import fail, override_key
 
 FIXED = ("sde", "model", "data", "loss", "seed")
 """Config sections a resumed run may not change: the checkpoint's weights, optimizer state and
 random streams were made with them."""
-
-
-def override_key(arg: str) -> str:
-    """``sde`` for ``sde=ve``, ``train.steps`` for ``++train.steps=10``."""
-    return arg.split("=", 1)[0].lstrip("+~")
 
 
 def _value_of(argv: list[str], key: str) -> str | None:

@@ -34,7 +34,7 @@ from .._atomic import write_atomically
 from ..config import ConfigError
 from ..likelihood.evaluate import evaluate_nll
 from ..runs import load_run
-from ._common import check_composes, fail, refusals, say, set_threads, show_progress, thread_text, torchrun_session
+from ._common import check_composes, fail, override_key, refusals, say, set_threads, show_progress, thread_text, torchrun_session
 
 PROG = "sde-eval"
 RESULTS = "eval.json"
@@ -171,7 +171,7 @@ def _check_keys(argv: list[str]) -> None:
         str(k) for k in OmegaConf.create((importlib.resources.files("sde_diffusion.conf") / "eval.yaml").read_text()) if k != "defaults"
     ]
     for arg in argv:
-        key = arg.lstrip("+~").split("=", 1)[0]
+        key = override_key(arg)
         if "=" in arg and not arg.startswith(("-", "hydra")) and key.split(".", 1)[0] not in known:
             fail(
                 PROG,

@@ -43,6 +43,7 @@ from ._common import (
     check_group_choices,
     fail,
     group_options,
+    override_key,
     refusals,
     say,
     set_threads,
@@ -245,7 +246,7 @@ def _check_only_sampler_group(argv: list[str]) -> None:
     ``hydra.launcher.n_jobs``) are this app's as much as any other's."""
     fixed = set(group_options()) - {"sampler", "hydra"}
     for arg in argv:
-        key = arg.lstrip("+~").split("=", 1)[0]
+        key = override_key(arg)
         if "=" in arg and key.split(".", 1)[0] in fixed:
             fail(
                 PROG,
