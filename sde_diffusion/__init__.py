@@ -81,7 +81,7 @@ from .sdes import (
     VariancePreservingSDE,
 )
 from .sdes.simulate import sample_marginal, simulate_forward
-from .timesteps import edm_time_grid, log_snr_time_grid, uniform_time_grid
+from .timesteps import edm_time_grid, log_snr_time_grid, quadratic_time_grid, uniform_time_grid
 from .training import Trainer, TrainingInterrupted, TrainOptions, load_checkpoint, save_checkpoint
 
 __version__ = "0.1.0"
@@ -129,6 +129,7 @@ __all__ = [
     "sliced_wasserstein",
     "uniform_time_grid",
     "log_snr_time_grid",
+    "quadratic_time_grid",
     "edm_time_grid",
     "SamplerOutput",
     "euler_maruyama",

@@ -26,6 +26,14 @@ def uniform_time_grid(sde: SDE, n_steps: int, eps: float = 1e-3, *, dtype=torch.
     return torch.linspace(sde.T, eps, int(n_steps) + 1, dtype=dtype, device=device)
 
 
+def quadratic_time_grid(sde: SDE, n_steps: int, eps: float = 1e-3, *, dtype=torch.float32, device=None) -> Tensor:
+    """``N + 1`` times from ``sde.T`` to ``eps`` spaced quadratically: ``t_i = eps + (T - eps) (1 - i/N)^2``,
+    dense at small ``t`` (DDIM's "quadratic" time steps, Song, Meng, Ermon 2021, App. D.2)."""
+    _check(n_steps, eps, sde.T)
+    u = torch.linspace(1.0, 0.0, int(n_steps) + 1, dtype=torch.float64)
+    return (eps + (sde.T - eps) * u**2).to(dtype=dtype, device=device)
+
+
 def _check_positive_eps(sde: SDE, n_steps: int, eps: float) -> None:
     _check(n_steps, eps, sde.T)
     if eps <= 0.0:

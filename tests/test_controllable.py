@@ -62,8 +62,8 @@ def test_inpainting_draws_the_exact_conditional_and_keeps_the_known_pixels(kind,
     x_known = x0.expand(n, *shape).clone()
     ts = sd.log_snr_time_grid(sde, 100, 1e-3, dtype=F64)
     corrector = S.LangevinCorrector(snr=0.1, n_steps=10, norm="batch")
-    out = S.inpaint(sde, dist.score_fn(sde), x_known, mask, ts, predictor=S.ReverseDiffusionPredictor(),
-                    corrector=corrector, generator=gen(0))  # fmt: skip
+    sampler = functools.partial(S.predictor_corrector, predictor=S.ReverseDiffusionPredictor(), corrector=corrector)
+    out = S.inpaint(sde, dist.score_fn(sde), x_known, mask, ts, sampler=sampler, generator=gen(0))
     assert out.samples.shape == (n, *shape) and out.nfe == 100 * 11 + 1
     assert torch.equal(out.samples[:, mask], x_known[:, mask])  # exactly, not approximately
     flat = mask.reshape(-1)
@@ -77,8 +77,8 @@ def test_inpainting_accepts_masks_per_sample_and_as_numbers():
     per_sample = torch.stack([S.inpainting_mask("random", shape, generator=gen(i)) for i in range(n)])
     ts = sd.uniform_time_grid(sde, 5, 1e-3, dtype=F64)
     for mask in (per_sample, per_sample.double()):
-        out = S.inpaint(sde, dist.score_fn(sde), x_known, mask, ts, predictor=S.AncestralPredictor(),
-                        corrector=S.NoCorrector(), generator=gen(1))  # fmt: skip
+        sampler = functools.partial(S.predictor_corrector, predictor=S.AncestralPredictor(), corrector=S.NoCorrector())
+        out = S.inpaint(sde, dist.score_fn(sde), x_known, mask, ts, sampler=sampler, generator=gen(1))
         assert torch.equal(out.samples[per_sample], x_known[per_sample]) and out.nfe == 6
         assert not torch.isclose(out.samples[~per_sample], x_known[~per_sample]).any()
 
@@ -90,11 +90,11 @@ def test_inpainting_works_for_an_sde_without_a_kernel():
     x_known = dist.sample(8, generator=gen(0), dtype=F64)
     mask = S.inpainting_mask("right", shape)
     out = S.inpaint(sde, dist.score_fn(sd.VPSDE()), x_known, mask, sd.uniform_time_grid(sde, 4, dtype=F64),
-                    predictor=S.EulerMaruyamaPredictor(), corrector=S.NoCorrector(), denoise=False, generator=gen(1))  # fmt: skip
+                    sampler=S.euler_maruyama, generator=gen(1))  # fmt: skip
     assert torch.equal(out.samples[:, 0], x_known[:, 0]) and torch.isfinite(out.samples).all() and out.nfe == 4
     with pytest.raises(ValueError, match="needs the perturbation kernel"):
         S.inpaint(sde, dist.score_fn(sd.VPSDE()), x_known, mask, sd.uniform_time_grid(sde, 4, dtype=F64),
-                  predictor=S.EulerMaruyamaPredictor(), corrector=S.NoCorrector(), denoise=True)  # fmt: skip
+                  sampler=functools.partial(S.euler_maruyama, denoise_to_zero=True))  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -109,9 +109,9 @@ def test_inpainting_works_for_an_sde_without_a_kernel():
 )
 def test_inpainting_rejects_bad_arguments(mask, kwargs, message):
     sde = sd.VPSDE()
-    args = {"predictor": S.ReverseDiffusionPredictor(), "corrector": S.NoCorrector(), **kwargs}
+    sampler = functools.partial(S.predictor_corrector, **{"predictor": S.ReverseDiffusionPredictor(), "corrector": S.NoCorrector(), **kwargs})
     with pytest.raises((ValueError, TypeError), match=message):
-        S.inpaint(sde, lambda x, t: -x, torch.zeros(4, 1, 8, 8), mask, sd.uniform_time_grid(sde, 3), **args)
+        S.inpaint(sde, lambda x, t: -x, torch.zeros(4, 1, 8, 8), mask, sd.uniform_time_grid(sde, 3), sampler=sampler)
 
 
 def test_inpainting_masks_mark_the_known_pixels():

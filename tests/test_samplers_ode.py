@@ -326,7 +326,7 @@ def test_the_ode_sampler_works_without_a_kernel():
     "call,match",
     [
         (lambda x, ts: ddim(sd.VPSDE(), _score, x, ts, eta=1.5), "eta"),
-        (lambda x, ts: dpm_solver_pp(sd.VPSDE(), _score, x, ts, order=3), "order"),
+        (lambda x, ts: dpm_solver_pp(sd.VPSDE(), _score, x, ts, order=4), "order"),
         (lambda x, ts: probability_flow_sampler(sd.VPSDE(), _score, x, ts, method="rk45"), "unknown ODE method"),
         (lambda x, ts: probability_flow_sampler(sd.VPSDE(), _score, x, ts, step_size=0.1), "fixed-grid"),
         (lambda x, ts: probability_flow_sampler(sd.VPSDE(), _score, x, ts, method="euler", step_size=-0.1), "> 0"),

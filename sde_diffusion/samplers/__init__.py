@@ -1,16 +1,24 @@
-"""Samplers: plain functions ``sampler(sde, score_fn, x_T, ts, *, generator, progress, ...)``."""
+"""Samplers: plain functions ``sampler(sde, score_fn, x_T, ts, *, generator, progress, ...)``.
 
+Every fixed-grid sampler is a step object run by one driver (:func:`sample_on_grid`), which adds a
+per-step ``callback``, an ``x0_correction`` hook (thresholding, inpainting), ``denoise_to_zero`` and
+per-sample noise to all of them.
+"""
+
+from .._noise import PerSampleNoise
 from ..scores import CountingScore, GuidedScore, check_guidance
 from .base import SamplerOutput
-from .controllable import MASK_REGIONS, inpaint, inpainting_mask, sdedit
+from .controllable import MASK_REGIONS, NoisedKnown, inpaint, inpainting_mask, sdedit
 from .correctors import AnnealedLangevinCorrector, Corrector, LangevinCorrector, NoCorrector
-from .ddim import ddim
-from .dpm_solver import dpm_solver_pp
+from .ddim import DDIMStep, ddim
+from .dpm_solver import DPMSolverMultistep, DPMSolverSDE, DPMSolverSinglestep2S, dpm_solver_2s, dpm_solver_pp, dpm_solver_sde
 from .draw import DrawnSamples, draw_samples, sample_in_batches
+from .driver import Prediction, Solve, Step, sample_on_grid
+from .edm import EDMStep, edm_sde, heun
 from .euler_maruyama import euler_maruyama
-from .heun import heun
+from .ipndm import IPNDMStep, ipndm
 from .ode import ode_decode, ode_encode, probability_flow_sampler
-from .predictor_corrector import predictor_corrector, tweedie_denoise
+from .predictor_corrector import PredictorCorrectorStep, predictor_corrector, tweedie_denoise
 from .predictors import (
     AncestralPredictor,
     EulerMaruyamaPredictor,
@@ -18,19 +26,39 @@ from .predictors import (
     Predictor,
     ReverseDiffusionPredictor,
 )
+from .thresholding import DynamicThreshold, StaticThreshold, thresholding
 from .torchsde_sampler import torchsde_sampler
+from .unipc import UniPCStep, unipc
 
 __all__ = [
     "SamplerOutput",
     "CountingScore",
+    "sample_on_grid",
+    "Step",
+    "Solve",
+    "Prediction",
+    "PerSampleNoise",
     "euler_maruyama",
     "probability_flow_sampler",
     "ode_encode",
     "ode_decode",
     "ddim",
+    "DDIMStep",
     "heun",
+    "edm_sde",
+    "EDMStep",
     "dpm_solver_pp",
+    "dpm_solver_2s",
+    "dpm_solver_sde",
+    "DPMSolverMultistep",
+    "DPMSolverSinglestep2S",
+    "DPMSolverSDE",
+    "unipc",
+    "UniPCStep",
+    "ipndm",
+    "IPNDMStep",
     "predictor_corrector",
+    "PredictorCorrectorStep",
     "tweedie_denoise",
     "Predictor",
     "EulerMaruyamaPredictor",
@@ -47,7 +75,11 @@ __all__ = [
     "sample_in_batches",
     "GuidedScore",
     "check_guidance",
+    "thresholding",
+    "StaticThreshold",
+    "DynamicThreshold",
     "inpaint",
+    "NoisedKnown",
     "inpainting_mask",
     "sdedit",
     "MASK_REGIONS",

@@ -1,7 +1,7 @@
 """Controllable generation with an unconditional score: inpainting and SDEdit.
 
-Both reuse the plain ``score(x, t)`` of any model: inpainting runs the predictor-corrector chain
-with the known coordinates replaced by their noised values (Song et al. 2021, App. I.2), SDEdit
+Both reuse the plain ``score(x, t)`` of any model: inpainting runs any fixed-grid sampler with the
+known coordinates put into its data predictions (Song et al. 2021, App. I.2's replacement), SDEdit
 noises a given input to an intermediate time and runs any sampler from there (Meng et al. 2022).
 """
 
@@ -11,16 +11,14 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from ..scores import CountingScore, ScoreFn
+from .._noise import NoiseSource
+from ..scores import ScoreFn
 from ..sdes.base import SDE
 from ..sdes.simulate import sample_marginal
 from ..timesteps import check_grid
 from .base import SamplerOutput
-from .correctors import Corrector, NoCorrector
-from .predictor_corrector import _check_policies, tweedie_denoise
-from .predictors import NoPredictor, Predictor
+from .driver import X0Correction
 
 MASK_REGIONS = ("left", "right", "top", "bottom", "center", "random")
 """Regions :func:`inpainting_mask` can leave unknown."""
@@ -80,7 +78,28 @@ def _check_mask(mask: Tensor, x_known: Tensor) -> Tensor:
     return mask.to(x_known.device)
 
 
-@torch.no_grad()
+class NoisedKnown:
+    """A score that sees the known coordinates at a fresh draw of their noised values.
+
+    At each new time ``t`` (the first evaluation at ``t``) it draws ``k_t = m(t) x_known + s(t) z``
+    (simulated for an SDE without a kernel) and evaluates ``score(where(mask, k_t, x), t)``, so a
+    predictor and the corrector steps that follow it at the same time see the same ``k_t`` (Song
+    et al. 2021, App. I.2).
+    """
+
+    def __init__(self, sde: SDE, score_fn: ScoreFn, x_known: Tensor, mask: Tensor, generator: NoiseSource):
+        self.sde, self.score_fn, self.generator = sde, score_fn, generator
+        self.x_known, self.mask = x_known, _check_mask(mask, x_known)
+        self._t: float | None = None
+        self._k: Tensor | None = None
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        if self._t != float(t.reshape(-1)[0]) or self._k is None:
+            self._t = float(t.reshape(-1)[0])
+            self._k = sample_marginal(self.sde, self.x_known, t, generator=self.generator)
+        return self.score_fn(torch.where(self.mask, self._k, x), t)
+
+
 def inpaint(
     sde: SDE,
     score_fn: ScoreFn,
@@ -88,61 +107,41 @@ def inpaint(
     mask: Tensor,
     ts: Tensor,
     *,
-    predictor: Predictor,
-    corrector: Corrector,
-    denoise: bool = True,
-    generator: torch.Generator | None = None,
+    sampler: Callable[..., SamplerOutput],
+    generator: NoiseSource = None,
     progress: bool = False,
+    x0_correction: X0Correction | None = None,
 ) -> SamplerOutput:
-    """Inpainting by predictor-corrector sampling with replacement (Song et al. 2021, App. I.2).
+    """Inpainting with any fixed-grid sampler by replacement (Song et al. 2021, App. I.2).
 
-    At every grid time ``t_i`` the known coordinates are a fresh draw of their noised values
-    ``k_i = m(t_i) x_known + s(t_i) z`` (``sde``'s kernel; simulated for an SDE without one). Starting
-    from ``x = [k_0 on the mask, prior elsewhere]``, step ``i`` moves ``x`` from ``t_i`` to
-    ``t_{i+1}`` with the predictor, sets the known coordinates to ``k_{i+1}``, runs the corrector at
-    ``t_{i+1}`` and sets them to ``k_{i+1}`` again. Every score evaluation sees the known coordinates
-    at ``k_i`` (also inside a corrector's several Langevin steps), so the unknown ones follow the
-    model's ``p_t(x_unknown | x_known(t) = k_i)``, which tends to ``p_0(x_unknown | x_known)`` as
-    ``t -> 0``; the corrector's Langevin steps pull the chain onto it at each time. With
-    ``denoise``, Tweedie's step at ``ts[-1]`` follows (:func:`tweedie_denoise`). The output holds
-    ``x_known`` exactly on the mask.
+    Every score evaluation at time ``t`` sees the known coordinates at a fresh draw of their noised
+    values ``k_t = m(t) x_known + s(t) z`` (:class:`NoisedKnown`), so the unknown ones follow the
+    model's ``p_t(x_unknown | x_known(t) = k_t)``, which tends to ``p_0(x_unknown | x_known)`` as
+    ``t -> 0``; a corrector's Langevin steps pull the chain onto it at each time. As the replacement
+    sits in the score, it works with every sampler; the state's own known coordinates are never
+    seen by the model, and the output holds ``x_known`` exactly on the mask. (Replacing the known
+    part of the data prediction as well changes nothing for the unknown coordinates of the
+    deterministic samplers and biases the Langevin corrector, whose step size reads the score's
+    norm over all coordinates: on the 2-D test Gaussian the conditional mean moved by 0.17 sd.)
 
     Args:
         x_known: ``(B, *dims)``; only its values on the mask are read.
         mask: boolean (or 0/1) tensor broadcasting to ``(B, *dims)``, True where ``x_known`` is
             known, e.g. :func:`inpainting_mask`.
         ts: decreasing times ``(N + 1,)`` from ``T`` to ``eps``.
-        predictor, corrector: as for :func:`predictor_corrector`, e.g. ``ReverseDiffusionPredictor()``
-            and ``LangevinCorrector(snr=0.16)``.
+        sampler: any sampler run by the driver, e.g. ``functools.partial(dpm_solver_pp, order=2)``
+            or ``functools.partial(predictor_corrector, predictor=..., corrector=...)``.
         generator: draws the prior, the noised known values and the steps' noise.
-    Returns: samples ``(B, *dims)`` and NFE ``= N (1 + M) (+ 1 with denoise)``, as the
-    predictor-corrector sampler.
+        x0_correction: passed to the sampler (e.g. thresholding).
+    Returns: the sampler's output (its NFE) with the known values put back on the mask.
     """
     check_grid(ts)
-    _check_policies(sde, "inpaint", predictor, corrector, needs_kernel=denoise)
-    if isinstance(predictor, NoPredictor) and isinstance(corrector, NoCorrector):
-        raise ValueError("inpaint with NoPredictor and NoCorrector does nothing; choose one of them")
-    mask = _check_mask(mask, x_known)
-    score = CountingScore(score_fn)
-
-    def noised_known(t: Tensor) -> Tensor:
-        return sample_marginal(sde, x_known, t, generator=generator)
-
-    def holding(known: Tensor) -> ScoreFn:
-        return lambda x, t: score(torch.where(mask, known, x), t)
-
-    known = noised_known(ts[0])
+    score = NoisedKnown(sde, score_fn, x_known, mask, generator)
     prior = sde.prior_sample(x_known.shape, generator=generator, device=x_known.device, dtype=x_known.dtype)
-    x = torch.where(mask, known, prior)
-    for i in tqdm(range(len(ts) - 1), disable=not progress, desc="inpaint", leave=False):
-        x, _ = predictor.step(sde, holding(known), x, ts[i], ts[i + 1], generator)
-        known = noised_known(ts[i + 1])
-        x = torch.where(mask, known, x)
-        x, _ = corrector.step(sde, holding(known), x, ts[i + 1], ts[i], generator)
-        x = torch.where(mask, known, x)
-    if denoise:
-        x = tweedie_denoise(sde, score, x, ts[-1])
-    return SamplerOutput(torch.where(mask, x_known, x), score.nfe)
+    x = torch.where(score.mask, sample_marginal(sde, x_known, ts[0], generator=generator), prior)
+    options = {} if x0_correction is None else {"x0_correction": x0_correction}
+    out = sampler(sde, score, x, ts, generator=generator, progress=progress, **options)
+    return SamplerOutput(torch.where(score.mask, x_known, out.samples), out.nfe)
 
 
 def _grid_from(ts: Tensor, t0: float) -> Tensor:
@@ -158,7 +157,7 @@ def sdedit(
     ts: Tensor,
     *,
     sampler: Callable[..., SamplerOutput],
-    generator: torch.Generator | None = None,
+    generator: NoiseSource = None,
     progress: bool = False,
 ) -> SamplerOutput:
     """SDEdit (Meng et al. 2022, Alg. 1): noise ``x_input`` to time ``t0`` and denoise it with ``sampler``.

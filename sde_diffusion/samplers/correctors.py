@@ -16,6 +16,7 @@ import abc
 import torch
 from torch import Tensor
 
+from .._noise import NoiseSource, randn_like
 from .._shapes import batch_time, expand_like
 from ..scores import ScoreFn
 from ..sdes.base import SDE
@@ -38,7 +39,7 @@ class Corrector(abc.ABC):
         x: Tensor,
         t: float | Tensor,
         t_prev: float | Tensor,
-        generator: torch.Generator | None = None,
+        generator: NoiseSource = None,
     ) -> tuple[Tensor, Tensor]:
         """Apply the corrector at time ``t``; returns ``(x, x_mean)``, ``x_mean`` the last update's
         noiseless part (``x`` itself when nothing was done)."""
@@ -73,7 +74,7 @@ class _LangevinDynamics(Corrector):
         x_mean = x
         for _ in range(self.n_steps):
             score = score_fn(x, t)
-            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            z = randn_like(x, generator)
             eps = expand_like(self.epsilon(sde, score, z, t, t_prev), x)
             x_mean = x + eps * score
             x = x_mean + (2.0 * eps).sqrt() * z

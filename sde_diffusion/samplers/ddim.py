@@ -1,38 +1,52 @@
-"""DDIM (Song, Meng, Ermon 2021) for any SDE with a Gaussian kernel, and the kernel table that the
-kernel-based fast samplers (DDIM, Heun, DPM-Solver++) share.
+"""DDIM (Song, Meng, Ermon 2021) for any SDE with a Gaussian kernel.
 
-These samplers see the SDE only through its perturbation kernel ``x_t = m(t) x_0 + s(t) eps`` and
-its log-SNR ``log(m^2 / s^2)``, so VP, sub-VP, VE and any user SDE with a ``kernel`` work alike.
-With the score ``S = score(x_t, t)`` the two predictions are (docs/references.md, parameterizations)
+The step sees the SDE only through its perturbation kernel ``x_t = m(t) x_0 + s(t) eps`` and its
+log-SNR, so VP, sub-VP, VE and any user SDE with a ``kernel`` work alike. With the score
+``S = score(x_t, t)`` the two predictions are (docs/references.md, parameterizations)
 ``eps_hat = -s(t) S`` and ``x0_hat = (x_t + s(t)^2 S) / m(t)``.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from .._shapes import batch_time
-from ..scores import CountingScore, ScoreFn
+from ..scores import ScoreFn
 from ..sdes.base import SDE
-from ..sdes.tables import kernel_table
-from ..timesteps import check_grid
 from .base import SamplerOutput, with_order
+from .driver import Solve, Step, sample_on_grid
+
+
+class DDIMStep(Step):
+    """DDIM with stochasticity ``eta`` (Song, Meng, Ermon 2021, Eq. 12 and 16); see :func:`ddim`."""
+
+    order = 1
+    name = "ddim"
+
+    def __init__(self, eta: float = 0.0):
+        if not 0.0 <= eta <= 1.0:
+            raise ValueError(f"eta must lie in [0, 1] (0: deterministic DDIM, 1: DDPM), got {eta}")
+        self.eta = float(eta)
+
+    def start(self, solve: Solve) -> None:
+        _, s, lam = solve.tables()
+        self.sigma2 = -(self.eta**2) * s[1:] ** 2 * torch.expm1(2.0 * (lam[:-1] - lam[1:]))
+        self.direction = (s[1:] ** 2 - self.sigma2).sqrt()
+
+    def step(self, solve, i, x, order_cap):
+        m, _, _ = solve.tables()
+        pred = solve.predict_at(x, i)
+        assert pred.x0 is not None and pred.eps is not None
+        x = m[i + 1] * pred.x0 + self.direction[i] * pred.eps
+        if self.eta > 0:
+            x = x + self.sigma2[i].sqrt() * solve.randn_like(x)
+        return x, pred.x0
 
 
 @with_order(1)
-@torch.no_grad()
-def ddim(
-    sde: SDE,
-    score_fn: ScoreFn,
-    x: Tensor,
-    ts: Tensor,
-    *,
-    generator: torch.Generator | None = None,
-    progress: bool = False,
-    eta: float = 0.0,
-) -> SamplerOutput:
+def ddim(sde: SDE, score_fn: ScoreFn, x: Tensor, ts: Tensor, *, eta: float = 0.0, **driver: Any) -> SamplerOutput:
     """DDIM with stochasticity ``eta`` (Song, Meng, Ermon 2021, Eq. 12 and 16), for any Gaussian kernel.
 
     Step from ``t = ts[i]`` to ``u = ts[i + 1]``:
@@ -48,19 +62,8 @@ def ddim(
         x: prior samples ``(B, *dims)`` at ``ts[0]``.
         ts: decreasing times ``(N + 1,)`` ending at ``eps > 0``.
         eta: in ``[0, 1]``.
-    Returns: samples at ``ts[-1]``, NFE = N.
+        driver: ``generator``, ``progress``, ``callback``, ``x0_correction``, ``denoise_to_zero`` of
+            :func:`~sde_diffusion.samplers.driver.sample_on_grid`.
+    Returns: samples at ``ts[-1]``, NFE = N (+ 1 with ``denoise_to_zero``).
     """
-    if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"eta must lie in [0, 1] (0: deterministic DDIM, 1: DDPM), got {eta}")
-    m, s, log_snr = kernel_table(sde, check_grid(ts), x, "ddim")
-    sigma2 = -(eta**2) * s[1:] ** 2 * torch.expm1(log_snr[:-1] - log_snr[1:])
-    direction = (s[1:] ** 2 - sigma2).sqrt()
-    score = CountingScore(score_fn)
-    for i in tqdm(range(len(ts) - 1), disable=not progress, desc="ddim", leave=False):
-        eps_hat = -s[i] * score(x, batch_time(ts[i], x))
-        x0_hat = (x - s[i] * eps_hat) / m[i]
-        x = m[i + 1] * x0_hat + direction[i] * eps_hat
-        if eta > 0:
-            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = x + sigma2[i].sqrt() * z
-    return SamplerOutput(x, score.nfe)
+    return sample_on_grid(DDIMStep(eta), sde, score_fn, x, ts, **driver)

@@ -1,60 +1,186 @@
-"""DPM-Solver++ (Lu et al. 2022b): the data-prediction exponential integrator of the
-probability-flow ODE, first order and second-order multistep (2M), for any Gaussian-kernel SDE."""
+"""DPM-Solver++ (Lu et al. 2022b): exponential integrators of the probability-flow ODE (and of the
+reverse SDE) in the data prediction, for any Gaussian-kernel SDE.
+
+Notation of the paper, written with the kernel ``x_t = m(t) x_0 + s(t) eps`` (``alpha = m``,
+``sigma = s``): ``lambda = log(m / s)`` (half the log-SNR), ``h_i = lambda_{i+1} - lambda_i > 0``,
+``x0_i`` the data prediction at ``(x_i, t_i)``. Exact integration of the ODE with ``x0`` constant
+over the step gives the first-order update (Lu et al. 2022b, Eq. 9; DDIM with eta = 0)
+
+    x_{i+1} = (s_{i+1} / s_i) x_i - m_{i+1} phi_1 x0_i,     phi_1 = expm1(-h_i),
+
+and the multistep methods add finite differences of earlier data predictions in ``lambda``.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from .._shapes import batch_time
-from ..scores import CountingScore, ScoreFn
+from ..scores import ScoreFn
 from ..sdes.base import SDE
-from ..sdes.tables import kernel_table
-from ..timesteps import check_grid
 from .base import SamplerOutput, with_order
+from .driver import Solve, Step, sample_on_grid
+
+
+class DPMSolverMultistep(Step):
+    """DPM-Solver++(1), (2M) or (3M) (Lu et al. 2022b, Alg. 2 and App. B), orders 1 to 3.
+
+    With ``r0 = h_{i-1} / h_i``, ``r1 = h_{i-2} / h_i`` and the scaled differences
+    ``D1_0 = (x0_i - x0_{i-1}) / r0``, ``D1_1 = (x0_{i-1} - x0_{i-2}) / r1``:
+
+    - order 2: ``x_{i+1} = [first order] - (m_{i+1} phi_1 / 2) D1_0`` (Alg. 2);
+    - order 3: ``x_{i+1} = [first order] + m_{i+1} phi_2 D1 - m_{i+1} phi_3 D2`` with
+      ``D1 = D1_0 + r0 / (r0 + r1) (D1_0 - D1_1)``, ``D2 = (D1_0 - D1_1) / (r0 + r1)``,
+      ``phi_2 = phi_1 / h + 1``, ``phi_3 = phi_2 / h - 1/2`` (the Taylor terms of the exact
+      integral of a quadratic ``x0(lambda)``).
+
+    The first steps, without enough history, use the highest order they can (so 3M's second step is
+    2M's); the driver lowers the order on the last steps of short grids.
+    """
+
+    needs_kernel = True
+
+    def __init__(self, order: int = 2):
+        if order not in (1, 2, 3):
+            raise ValueError(f"order must be 1 (DPM-Solver++(1) = DDIM), 2 (2M) or 3 (3M), got {order}")
+        self.order = self.max_order = order
+        self.name = f"dpm-solver++({order}{'M' if order > 1 else ''})"
+
+    def start(self, solve: Solve) -> None:
+        self.history: list[Tensor] = []
+
+    def step(self, solve, i, x, order_cap):
+        m, s, lam = solve.tables()
+        x0 = solve.predict_at(x, i).x0
+        assert x0 is not None
+        self.history = [*self.history[-(self.max_order - 1) :], x0] if self.max_order > 1 else [x0]
+        k = min(self.max_order, len(self.history), order_cap)
+        h = lam[i + 1] - lam[i]
+        phi_1 = torch.expm1(-h)
+        x_next = (s[i + 1] / s[i]) * x - m[i + 1] * phi_1 * x0
+        if k >= 2:
+            r0 = (lam[i] - lam[i - 1]) / h
+            d1_0 = (x0 - self.history[-2]) / r0
+            if k == 2:
+                x_next = x_next - 0.5 * m[i + 1] * phi_1 * d1_0
+            else:
+                r1 = (lam[i - 1] - lam[i - 2]) / h
+                d1_1 = (self.history[-2] - self.history[-3]) / r1
+                d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
+                d2 = 2.0 * (d1_0 - d1_1) / (r0 + r1)
+                phi_2 = phi_1 / h + 1.0
+                phi_3 = phi_2 / h - 0.5
+                x_next = x_next + m[i + 1] * phi_2 * d1 - m[i + 1] * phi_3 * d2
+        return x_next, x0
+
+
+class DPMSolverSinglestep2S(Step):
+    """DPM-Solver++(2S) (Lu et al. 2022b, Alg. 1, ``r = 1/2``): a midpoint step in ``lambda``.
+
+    ``u = (s_mid / s_i) x_i - m_mid expm1(-h/2) x0_i`` at ``lambda_mid = lambda_i + h/2``, then the
+    first-order update from ``x_i`` with ``x0(u, t_mid)`` in place of ``x0_i``. Second order, 2 NFE a step.
+    """
+
+    order = 2
+    name = "dpm-solver++(2S)"
+
+    def start(self, solve: Solve) -> None:
+        _, _, lam = solve.tables()
+        lam_mid = (0.5 * (lam[:-1] + lam[1:])).to(torch.float64)
+        self.t_mid = solve.sde.time_from_log_snr(2.0 * lam_mid, float(solve.ts[-1])).to(solve.ts)
+        m_mid, s_mid = solve.sde.kernel(self.t_mid.to(torch.float64))
+        self.m_mid, self.s_mid = m_mid.to(lam), s_mid.to(lam)
+
+    def step(self, solve, i, x, order_cap):
+        m, s, lam = solve.tables()
+        x0 = solve.predict_at(x, i).x0
+        assert x0 is not None
+        h = lam[i + 1] - lam[i]
+        u = (self.s_mid[i] / s[i]) * x - self.m_mid[i] * torch.expm1(-0.5 * h) * x0
+        x0_mid = solve.predict(u, self.t_mid[i], (self.m_mid[i], self.s_mid[i])).x0
+        return (s[i + 1] / s[i]) * x - m[i + 1] * torch.expm1(-h) * x0_mid, x0_mid
+
+
+class DPMSolverSDE(Step):
+    """SDE-DPM-Solver++(1) and (2M) (Lu et al. 2022b, Sec. 5 and App. E): the reverse SDE
+    ``dx = [f - g^2 score] dt + g dw_bar``, written in ``lambda`` and integrated exactly in its linear part.
+
+    ``x_{i+1} = (s_{i+1} / s_i) e^{-h} x_i + m_{i+1} (1 - e^{-2h}) (x0_i + D1_0 / 2) + s_{i+1} sqrt(1 - e^{-2h}) z``
+    with ``D1_0`` as in :class:`DPMSolverMultistep` (dropped at order 1 and on the first step).
+    The noise is exact for the linear part; weak order 1 (the declared ``order``), with the
+    second-order term reducing the error constant on smooth data predictions.
+    """
+
+    order = 1
+
+    def __init__(self, order: int = 2):
+        if order not in (1, 2):
+            raise ValueError(f"order must be 1 or 2 (SDE-DPM-Solver++(2M)), got {order}")
+        self.max_order = order
+        self.name = f"sde-dpm-solver++({order}{'M' if order > 1 else ''})"
+
+    def start(self, solve: Solve) -> None:
+        self.x0_prev: Tensor | None = None
+
+    def step(self, solve, i, x, order_cap):
+        m, s, lam = solve.tables()
+        x0 = solve.predict_at(x, i).x0
+        assert x0 is not None
+        h = lam[i + 1] - lam[i]
+        one_minus = -torch.expm1(-2.0 * h)  # 1 - e^{-2h}
+        d = x0
+        if self.max_order == 2 and self.x0_prev is not None and order_cap >= 2:
+            r0 = (lam[i] - lam[i - 1]) / h
+            d = x0 + 0.5 * (x0 - self.x0_prev) / r0
+        self.x0_prev = x0
+        x_next = (s[i + 1] / s[i]) * torch.exp(-h) * x + m[i + 1] * one_minus * d
+        return x_next + s[i + 1] * one_minus.sqrt() * solve.randn_like(x), x0
 
 
 @with_order(2)
-@torch.no_grad()
-def dpm_solver_pp(
-    sde: SDE,
-    score_fn: ScoreFn,
-    x: Tensor,
-    ts: Tensor,
-    *,
-    generator: torch.Generator | None = None,
-    progress: bool = False,
-    order: int = 2,
-) -> SamplerOutput:
-    """DPM-Solver++(1) or DPM-Solver++(2M) (Lu et al. 2022b, Eq. 9 and Alg. 2) in ``lambda = logSNR / 2``.
+def dpm_solver_pp(sde: SDE, score_fn: ScoreFn, x: Tensor, ts: Tensor, *, order: int = 2, **driver: Any) -> SamplerOutput:
+    """DPM-Solver++(1), (2M) or (3M) (Lu et al. 2022b), see :class:`DPMSolverMultistep`.
 
-    With ``lambda = log(m / s)``, ``h_i = lambda_{i+1} - lambda_i > 0`` and the data prediction
-    ``x0_hat_i = (x_i + s_i^2 score(x_i, t_i)) / m_i``, one step is
-    ``x_{i+1} = (s_{i+1} / s_i) x_i - m_{i+1} (exp(-h_i) - 1) D_i`` with
-    ``D_i = x0_hat_i`` (order 1, identical to DDIM with eta = 0) or, for order 2 after the first
-    step, ``D_i = (1 + 1/(2 r_i)) x0_hat_i - 1/(2 r_i) x0_hat_{i-1}``, ``r_i = h_{i-1} / h_i``.
-    ``dpm_solver_pp.order`` is the order of the default ``order=2``. Meant for
-    :func:`sde_diffusion.timesteps.log_snr_time_grid`; ``generator`` is unused (deterministic).
+    Meant for :func:`sde_diffusion.timesteps.log_snr_time_grid`. ``dpm_solver_pp.order`` is the
+    default's order; ``method_orders`` maps ``order`` to the convergence order.
+
+    Args:
+        x: prior samples ``(B, *dims)`` at ``ts[0]``.
+        ts: decreasing times ``(N + 1,)`` ending at ``eps > 0``.
+        order: 1, 2 or 3.
+        driver: ``generator``, ``progress``, ``callback``, ``x0_correction``, ``denoise_to_zero``,
+            ``lower_order_final`` of :func:`~sde_diffusion.samplers.driver.sample_on_grid`.
+    Returns: samples at ``ts[-1]``, NFE = N (+ 1 with ``denoise_to_zero``).
+    """
+    return sample_on_grid(DPMSolverMultistep(order), sde, score_fn, x, ts, **driver)
+
+
+@with_order(2)
+def dpm_solver_2s(sde: SDE, score_fn: ScoreFn, x: Tensor, ts: Tensor, **driver: Any) -> SamplerOutput:
+    """DPM-Solver++(2S) (Lu et al. 2022b, Alg. 1), see :class:`DPMSolverSinglestep2S`.
+
+    Args:
+        x: prior samples ``(B, *dims)`` at ``ts[0]``.
+        ts: decreasing times ``(N + 1,)`` ending at ``eps > 0``.
+        driver: ``generator``, ``progress``, ``callback``, ``x0_correction``, ``denoise_to_zero``,
+            ``lower_order_final`` of :func:`~sde_diffusion.samplers.driver.sample_on_grid`.
+    Returns: samples at ``ts[-1]``, NFE = 2 N (+ 1 with ``denoise_to_zero``).
+    """
+    return sample_on_grid(DPMSolverSinglestep2S(), sde, score_fn, x, ts, **driver)
+
+
+@with_order(1)
+def dpm_solver_sde(sde: SDE, score_fn: ScoreFn, x: Tensor, ts: Tensor, *, order: int = 2, **driver: Any) -> SamplerOutput:
+    """SDE-DPM-Solver++(2M) (or (1) with ``order=1``), see :class:`DPMSolverSDE`; stochastic.
 
     Args:
         x: prior samples ``(B, *dims)`` at ``ts[0]``.
         ts: decreasing times ``(N + 1,)`` ending at ``eps > 0``.
         order: 1 or 2.
-    Returns: samples at ``ts[-1]``, NFE = N.
+        driver: ``generator``, ``progress``, ``callback``, ``x0_correction``, ``denoise_to_zero``,
+            ``lower_order_final`` of :func:`~sde_diffusion.samplers.driver.sample_on_grid`.
+    Returns: samples at ``ts[-1]``, NFE = N (+ 1 with ``denoise_to_zero``).
     """
-    if order not in (1, 2):
-        raise ValueError(f"order must be 1 (DPM-Solver++(1) = DDIM) or 2 (DPM-Solver++(2M)), got {order}")
-    m, s, log_snr = kernel_table(sde, check_grid(ts), x, "dpm_solver_pp")
-    h = 0.5 * (log_snr[1:] - log_snr[:-1])
-    score = CountingScore(score_fn)
-    x0_prev = None
-    for i in tqdm(range(len(ts) - 1), disable=not progress, desc="dpm-solver++", leave=False):
-        x0 = (x + s[i] ** 2 * score(x, batch_time(ts[i], x))) / m[i]
-        d = x0
-        if order == 2 and x0_prev is not None:
-            half_inv_r = 0.5 * h[i] / h[i - 1]
-            d = (1.0 + half_inv_r) * x0 - half_inv_r * x0_prev
-        x = (s[i + 1] / s[i]) * x - m[i + 1] * torch.expm1(-h[i]) * d
-        x0_prev = x0
-    return SamplerOutput(x, score.nfe)
+    return sample_on_grid(DPMSolverSDE(order), sde, score_fn, x, ts, **driver)

@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
-from tqdm.auto import tqdm
+from typing import Any
 
-from ..scores import CountingScore, ScoreFn
+from torch import Tensor
+
+from ..scores import ScoreFn
 from ..sdes.base import SDE
-from ..timesteps import check_grid
 from .base import SamplerOutput, with_order
+from .correctors import NoCorrector
+from .driver import sample_on_grid
+from .predictor_corrector import PredictorCorrectorStep
 from .predictors import EulerMaruyamaPredictor
 
 
 @with_order(1)
-@torch.no_grad()
-def euler_maruyama(
-    sde: SDE,
-    score_fn: ScoreFn,
-    x: Tensor,
-    ts: Tensor,
-    *,
-    generator: torch.Generator | None = None,
-    progress: bool = False,
-) -> SamplerOutput:
+def euler_maruyama(sde: SDE, score_fn: ScoreFn, x: Tensor, ts: Tensor, **driver: Any) -> SamplerOutput:
     """Integrate ``dx = [f - g^2 s] dt + g dw_bar`` from ``ts[0]`` down the grid ``ts``.
 
     Step from ``t`` to ``t + dt`` (``dt < 0``): ``x <- x + (f - g^2 s) dt + g sqrt(|dt|) z``
@@ -34,15 +27,9 @@ def euler_maruyama(
     Args:
         x: prior samples ``(B, *dims)`` at time ``ts[0]``.
         ts: decreasing times ``(N + 1,)``, e.g. :func:`sde_diffusion.timesteps.uniform_time_grid`.
-    Returns: samples at ``ts[-1]`` and NFE = N.
+        driver: ``generator``, ``progress``, ``callback``, ``x0_correction``, ``denoise_to_zero`` of
+            :func:`~sde_diffusion.samplers.driver.sample_on_grid`.
+    Returns: samples at ``ts[-1]`` and NFE = N (+ 1 with ``denoise_to_zero``).
     """
-    check_grid(ts)
-    score = CountingScore(score_fn)
-    predictor = EulerMaruyamaPredictor()
-    n = len(ts) - 1
-    for i in tqdm(range(n), disable=not progress, desc="euler-maruyama", leave=False):
-        if i == n - 1:
-            x, _ = predictor.transition(sde, score, x, ts[i], ts[i + 1])
-        else:
-            x, _ = predictor.step(sde, score, x, ts[i], ts[i + 1], generator)
-    return SamplerOutput(x, score.nfe)
+    step = PredictorCorrectorStep(EulerMaruyamaPredictor(), NoCorrector(), final_noise=False, name="euler-maruyama")
+    return sample_on_grid(step, sde, score_fn, x, ts, **driver)

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import torch
+from typing import Any
+
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from .._shapes import batch_time, expand_like
-from ..scores import CountingScore, ScoreFn
+from ..scores import ScoreFn
 from ..sdes.base import SDE
 from ..timesteps import check_grid
 from .base import SamplerOutput
+from .driver import Step, sample_on_grid
 from .correctors import Corrector, NoCorrector
 from .predictors import NoPredictor, Predictor
 
@@ -40,7 +41,26 @@ def _check_policies(sde: SDE, sampler: str, *policies, needs_kernel: bool = Fals
         )
 
 
-@torch.no_grad()
+class PredictorCorrectorStep(Step):
+    """A predictor from ``ts[i]`` to ``ts[i + 1]``, then ``M`` corrector steps at ``ts[i + 1]``
+    (Song et al. 2021, Alg. 1). ``final_noise=False`` makes the last predictor step return its mean
+    (Euler-Maruyama's usual last step). Weak order: the predictor's."""
+
+    def __init__(self, predictor: Predictor, corrector: Corrector, *, final_noise: bool = True, name: str = "predictor-corrector"):
+        self.predictor, self.corrector, self.final_noise, self.name = predictor, corrector, final_noise, name
+        self.order = predictor.order if predictor.order is not None else 0
+        self.needs_kernel = predictor.requires_kernel or corrector.requires_kernel
+
+    def step(self, solve, i, x, order_cap):
+        sde, t, t_next = solve.sde, solve.ts[i], solve.ts[i + 1]
+        if i == solve.n - 1 and not self.final_noise:
+            x, _ = self.predictor.transition(sde, solve.model_score, x, t, t_next)
+        else:
+            x, _ = self.predictor.step(sde, solve.model_score, x, t, t_next, solve.generator)
+        x, _ = self.corrector.step(sde, solve.model_score, x, t_next, t, solve.generator)
+        return x, None
+
+
 def predictor_corrector(
     sde: SDE,
     score_fn: ScoreFn,
@@ -50,15 +70,15 @@ def predictor_corrector(
     predictor: Predictor,
     corrector: Corrector,
     denoise: bool = True,
-    generator: torch.Generator | None = None,
-    progress: bool = False,
+    **driver: Any,
 ) -> SamplerOutput:
     """Predictor-corrector sampler over the decreasing grid ``ts`` (Song et al. 2021, Alg. 1-3).
 
     For ``i = 0 .. N-1``: the predictor moves ``x`` from ``ts[i]`` to ``ts[i + 1]``, then the
     corrector applies its ``M`` Langevin steps at ``ts[i + 1]`` (the paper's order). Without
     denoising the output is the chain's last state, a sample of ``p_{ts[-1]}``; with
-    ``denoise=True`` it is Tweedie's ``E[x_0 | x]`` at ``ts[-1]`` (:func:`tweedie_denoise`).
+    ``denoise=True`` it is Tweedie's ``E[x_0 | x]`` at ``ts[-1]`` (:func:`tweedie_denoise`; the
+    driver's ``denoise_to_zero``).
 
     Args:
         x: prior samples ``(B, *dims)`` at ``ts[0]``.
@@ -66,17 +86,14 @@ def predictor_corrector(
         predictor: e.g. :class:`ReverseDiffusionPredictor`; :class:`NoPredictor` for corrector-only.
         corrector: e.g. :class:`LangevinCorrector`; :class:`NoCorrector` for predictor-only.
         denoise: finish with Tweedie's denoising step (one more score evaluation).
+        driver: ``generator``, ``progress``, ``callback``, ``x0_correction`` of
+            :func:`~sde_diffusion.samplers.driver.sample_on_grid`.
     Returns: samples ``(B, *dims)`` and NFE ``= N (1 + M) (+ 1 with denoise)``, or ``N M (+ 1)``
     with :class:`NoPredictor`.
     """
     check_grid(ts)
+    denoise = driver.pop("denoise_to_zero", denoise)
     _check_policies(sde, "predictor_corrector", predictor, corrector, needs_kernel=denoise)
     if isinstance(predictor, NoPredictor) and isinstance(corrector, NoCorrector):
         raise ValueError("predictor_corrector with NoPredictor and NoCorrector does nothing; choose one of them")
-    score = CountingScore(score_fn)
-    for i in tqdm(range(len(ts) - 1), disable=not progress, desc="predictor-corrector", leave=False):
-        x, _ = predictor.step(sde, score, x, ts[i], ts[i + 1], generator)
-        x, _ = corrector.step(sde, score, x, ts[i + 1], ts[i], generator)
-    if denoise:
-        x = tweedie_denoise(sde, score, x, ts[-1])
-    return SamplerOutput(x, score.nfe)
+    return sample_on_grid(PredictorCorrectorStep(predictor, corrector), sde, score_fn, x, ts, denoise_to_zero=denoise, **driver)

@@ -17,6 +17,7 @@ import abc
 import torch
 from torch import Tensor
 
+from .._noise import NoiseSource, randn_like
 from .._shapes import batch_time, expand_like
 from ..scores import ScoreFn
 from ..sdes.base import SDE
@@ -42,11 +43,11 @@ class Predictor(abc.ABC):
         x: Tensor,
         t: float | Tensor,
         t_next: float | Tensor,
-        generator: torch.Generator | None = None,
+        generator: NoiseSource = None,
     ) -> tuple[Tensor, Tensor]:
         """Draw ``x_{t_next} = mu + sigma z``, ``z ~ N(0, I)``; returns ``(x_{t_next}, mu)``."""
         mean, std = self.transition(sde, score_fn, x, t, t_next)
-        z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        z = randn_like(x, generator)
         return mean + expand_like(std, x) * z, mean
 
     def __repr__(self) -> str:

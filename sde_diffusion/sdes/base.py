@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from .._noise import NoiseSource, randn, randn_like
 from .._shapes import batch_time, expand_like, flat_dim
 from ..scores import ScoreFn
 
@@ -74,13 +75,13 @@ class SDE(abc.ABC):
         m, s = self.kernel(batch_time(t, x0))
         return expand_like(m, x0) * x0, s
 
-    def perturb(self, x0: Tensor, t: float | Tensor, *, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    def perturb(self, x0: Tensor, t: float | Tensor, *, generator: NoiseSource = None) -> tuple[Tensor, Tensor, Tensor]:
         """Draw ``x_t = m(t) x0 + s(t) z`` with ``z ~ N(0, I)``.
 
         Returns ``(x_t, z, s)`` with ``z`` shaped like ``x0`` and ``s`` of shape ``(B,)``.
         """
         mean, std = self.marginal(x0, t)
-        z = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        z = randn_like(x0, generator)
         return mean + expand_like(std, x0) * z, z, std
 
     def log_snr(self, t: float | Tensor) -> Tensor:
@@ -109,12 +110,12 @@ class SDE(abc.ABC):
         self,
         shape: tuple[int, ...] | torch.Size,
         *,
-        generator: torch.Generator | None = None,
+        generator: NoiseSource = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> Tensor:
         """Draw ``x_T ~ N(0, prior_std^2 I)`` of shape ``shape = (B, *dims)``."""
-        z = torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+        z = randn(tuple(shape), generator, dtype=dtype or torch.get_default_dtype(), device=device)
         return self.prior_std * z
 
     def prior_logp(self, x: Tensor) -> Tensor:

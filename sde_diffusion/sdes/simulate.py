@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._noise import NoiseSource, randn_like
 from .._shapes import batch_time, expand_like
 from .base import SDE
 
@@ -15,7 +16,7 @@ def simulate_forward(
     t: float | Tensor,
     n_steps: int = 100,
     *,
-    generator: torch.Generator | None = None,
+    generator: NoiseSource = None,
 ) -> Tensor:
     """Draw ``x_t`` by Euler-Maruyama on the forward SDE from ``0`` to ``t`` in ``n_steps`` steps.
 
@@ -31,7 +32,7 @@ def simulate_forward(
     x = x0
     for i in range(n_steps):
         ti = dt * i
-        z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        z = randn_like(x, generator)
         g = expand_like(sde.diffusion(ti), x)
         x = x + sde.drift(x, ti) * expand_like(dt, x) + g * sqrt_dt * z
     return x
@@ -42,7 +43,7 @@ def sample_marginal(
     x0: Tensor,
     t: float | Tensor,
     *,
-    generator: torch.Generator | None = None,
+    generator: NoiseSource = None,
     n_steps: int = 100,
 ) -> Tensor:
     """Draw ``x_t ~ p_0t(. | x0)``: exactly from the kernel when the SDE has one, else by simulation."""

@@ -1,0 +1,189 @@
+"""One driver loop for every fixed-grid sampler, and the step objects it runs.
+
+A fixed-grid sampler is a :class:`Step`: it declares its ``order``, keeps its own state (the
+previous data predictions of a multistep method) and moves the state from ``ts[i]`` to
+``ts[i + 1]``. :func:`sample_on_grid` owns everything else, once: the grid check, the kernel table,
+NFE counting, the progress bar, the per-step callback ``(i, t, x, x0_hat)``, the ``x0`` correction
+hook (thresholding, inpainting) and the last-step rules (lower-order final steps of multistep
+methods, and ``denoise_to_zero``, the data prediction at the last time).
+
+Steps see the model only through :meth:`Solve.predict`, which evaluates the score once and returns
+the three equivalent predictions of the Gaussian kernel ``x_t = m(t) x_0 + s(t) eps``
+(docs/references.md, parameterizations): ``x0_hat = (x + s^2 score) / m``, ``eps_hat = -s score``
+and the score itself. When an ``x0`` correction is set, it changes ``x0_hat`` and the other two are
+derived from the corrected ``x0_hat``, so every sampler, first-order or multistep, stochastic or not,
+sees the same corrected model.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .._noise import NoiseSource, randn_like
+from .._shapes import batch_time
+from ..scores import CountingScore, ScoreFn
+from ..sdes.base import SDE
+from ..sdes.tables import kernel_table
+from ..timesteps import check_grid
+from .base import SamplerOutput
+
+X0Correction = Callable[[Tensor, Tensor, Tensor], Tensor]
+"""``correct(x0_hat, x, t) -> x0_hat'``: shapes ``(B, *dims)``, ``(B, *dims)``, ``(B,)``."""
+Callback = Callable[[int, float, Tensor, Tensor | None], None]
+"""``callback(i, t, x, x0_hat)`` after step ``i``: ``x`` at time ``t``, the step's last data prediction."""
+
+LOWER_ORDER_FINAL_BELOW = 15
+"""Multistep methods lower their order on the last steps of grids shorter than this (Lu et al.
+2022b, App. D: with fewer than 15 steps the high-order final steps are unstable)."""
+
+
+@dataclass
+class Prediction:
+    """The model's three predictions at ``(x, t)``, consistent with each other: ``x0`` and
+    ``eps`` ``(B, *dims)`` (None without a kernel) and ``score`` ``(B, *dims)``."""
+
+    x0: Tensor | None
+    eps: Tensor | None
+    score: Tensor
+
+
+class Solve:
+    """What a step sees during one solve: the SDE, the grid and its kernel table, the model, the noise.
+
+    Attributes:
+        sde, ts: the SDE and the grid ``(N + 1,)``; ``n = N`` steps.
+        m, s, lam: ``m(ts)``, ``s(ts)`` and ``lambda = log(m / s) = logSNR / 2``, each ``(N + 1,)``
+            in the state's dtype (None when the SDE has no kernel).
+        score: the counting score; ``score.nfe`` is the solve's NFE.
+        generator: the noise source (:mod:`sde_diffusion._noise`).
+    """
+
+    def __init__(self, sde: SDE, score_fn: ScoreFn, x: Tensor, ts: Tensor, generator: NoiseSource, x0_correction: X0Correction | None):
+        self.sde, self.ts, self.n = sde, ts, len(ts) - 1
+        self.score = CountingScore(score_fn)
+        self.generator = generator
+        self.x0_correction = x0_correction
+        self.m = self.s = self.lam = None
+        if sde.has_kernel and ts[-1] > 0:
+            m, s, log_snr = kernel_table(sde, ts, x, "sample_on_grid")
+            self.m, self.s, self.lam = m, s, 0.5 * log_snr
+
+    def kernel_at(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+        """``(m(t), s(t))`` of any time, as 0-d tensors in ``like``'s dtype (computed in float64)."""
+        m, s = self.sde.kernel(torch.as_tensor(t, dtype=torch.float64))
+        return m.to(like), s.to(like)
+
+    def predict(self, x: Tensor, t: float | Tensor, kernel: tuple[Tensor, Tensor] | None = None) -> Prediction:
+        """One score evaluation at ``(x, t)`` as a :class:`Prediction`, corrected by the ``x0`` hook.
+
+        ``kernel``: ``(m(t), s(t))`` when the caller has them (grid times), else they are computed.
+        """
+        t_batch = batch_time(t, x)
+        score = self.score(x, t_batch)
+        if not self.sde.has_kernel:
+            return Prediction(None, None, score)
+        m, s = kernel if kernel is not None else self.kernel_at(t_batch[0], x)
+        x0 = (x + s**2 * score) / m
+        if self.x0_correction is None:
+            return Prediction(x0, -s * score, score)
+        x0 = self.x0_correction(x0, x, t_batch)
+        eps = (x - m * x0) / s
+        return Prediction(x0, eps, -eps / s)
+
+    def predict_at(self, x: Tensor, i: int) -> Prediction:
+        """:meth:`predict` at the grid time ``ts[i]``, with the tabulated kernel."""
+        kernel = (self.m[i], self.s[i]) if self.m is not None and self.s is not None else None
+        return self.predict(x, self.ts[i], kernel)
+
+    def model_score(self, x: Tensor, t: Tensor) -> Tensor:
+        """The score as a plain ``score(x, t)`` for steps written with it (predictors, correctors):
+        the model's, or the one implied by the corrected ``x0_hat`` when a correction is set."""
+        if self.x0_correction is None:
+            return self.score(x, t)
+        return self.predict(x, t).score
+
+    def randn_like(self, x: Tensor) -> Tensor:
+        """The next standard normal draw shaped like ``x``, from the solve's noise source."""
+        return randn_like(x, self.generator)
+
+    def tables(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(m, s, lam)`` for steps that need the kernel (checked by the driver before the first step)."""
+        assert self.m is not None and self.s is not None and self.lam is not None
+        return self.m, self.s, self.lam
+
+
+class Step(abc.ABC):
+    """One step of a fixed-grid sampler, from ``ts[i]`` to ``ts[i + 1]``.
+
+    Subclasses set ``order`` (the convergence order as data: weak order for stochastic steps),
+    ``needs_kernel`` and ``name``; :meth:`start` resets the state for a new solve; :meth:`step`
+    returns the new state and the data prediction it formed (None without a kernel). ``order_cap``
+    is the highest order the driver allows for this step (lower on the final steps of short grids).
+    """
+
+    order: float = 1
+    needs_kernel: bool = True
+    name: str = "step"
+
+    def start(self, solve: Solve) -> None:
+        """Reset per-solve state (history) and precompute per-grid tables."""
+
+    @abc.abstractmethod
+    def step(self, solve: Solve, i: int, x: Tensor, order_cap: int) -> tuple[Tensor, Tensor | None]:
+        """Move ``x`` ``(B, *dims)`` from ``solve.ts[i]`` to ``solve.ts[i + 1]``."""
+
+
+@torch.no_grad()
+def sample_on_grid(
+    step: Step,
+    sde: SDE,
+    score_fn: ScoreFn,
+    x: Tensor,
+    ts: Tensor,
+    *,
+    generator: NoiseSource = None,
+    progress: bool = False,
+    callback: Callback | None = None,
+    x0_correction: X0Correction | None = None,
+    denoise_to_zero: bool = False,
+    lower_order_final: bool = True,
+) -> SamplerOutput:
+    """Run ``step`` over the decreasing grid ``ts`` from the prior samples ``x`` ``(B, *dims)`` at ``ts[0]``.
+
+    Args:
+        generator: a ``torch.Generator`` (noise per batch), a
+            :class:`~sde_diffusion._noise.PerSampleNoise` (noise per sample) or None.
+        callback: called after every step as ``callback(i, t, x, x0_hat)``.
+        x0_correction: ``correct(x0_hat, x, t)`` applied to every data prediction (thresholding,
+            inpainting); needs an SDE with a kernel.
+        denoise_to_zero: after the last step, return the data prediction ``x0_hat`` at ``ts[-1]``
+            (Tweedie's ``E[x_0 | x_eps]``; one more NFE), i.e. finish at ``t = 0``; else stop at ``ts[-1]``.
+        lower_order_final: on grids of fewer than 15 steps, step ``i`` of a multistep method uses at
+            most order ``N - i`` (Lu et al. 2022b, App. D).
+    Returns: samples ``(B, *dims)`` at ``ts[-1]`` (or ``t = 0`` with ``denoise_to_zero``) and the NFE.
+    """
+    check_grid(ts)
+    for needed, what in ((step.needs_kernel, step.name), (x0_correction is not None, "x0_correction (thresholding, inpainting)"), (denoise_to_zero, "denoise_to_zero")):
+        if needed:
+            kernel_table(sde, ts, x, what)  # the errors for a missing kernel or a grid ending at t = 0
+    solve = Solve(sde, score_fn, x, ts, generator, x0_correction)
+    step.start(solve)
+    n = solve.n
+    for i in tqdm(range(n), disable=not progress, desc=step.name, leave=False):
+        cap = n - i if lower_order_final and n < LOWER_ORDER_FINAL_BELOW else n
+        x, x0_hat = step.step(solve, i, x, cap)
+        if callback is not None:
+            callback(i, float(ts[i + 1]), x, x0_hat)
+    if denoise_to_zero:
+        x0 = solve.predict_at(x, n).x0
+        assert x0 is not None
+        x = x0
+        if callback is not None:
+            callback(n, 0.0, x, x)
+    return SamplerOutput(x, solve.score.nfe)
