@@ -8,6 +8,7 @@ line naming the config key and the fix. The entry points in :mod:`sde_diffusion.
 from __future__ import annotations
 
 import functools
+import inspect
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from torch import nn
 from . import schemas  # noqa: F401  (registers the typed config schemas with Hydra's ConfigStore)
 from ._checks import check_range
 from .data.dataset import Dataset
+from .samplers.thresholding import thresholding
 from .sdes.base import SDE
 from .training.options import TrainOptions
 
@@ -130,9 +132,39 @@ def build_lr_schedule(cfg: DictConfig) -> Callable | None:
     return make
 
 
+def on_driver(fn: Callable) -> bool:
+    """Whether ``fn`` takes the fixed-grid driver's options: the samplers on the driver pass them on
+    as ``**driver`` (:func:`~sde_diffusion.samplers.sample_on_grid`)."""
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD and p.name == "driver" for p in inspect.signature(fn).parameters.values())
+
+
 def build_sampler(cfg: DictConfig) -> tuple[Callable, Callable]:
-    """``(sampler_fn, grid_fn)``: call ``grid_fn(sde, dtype=..., device=...)`` for the time grid."""
-    return _build(cfg, "sampler.fn"), _build(cfg, "sampler.grid")
+    """``(sampler_fn, grid_fn)``: call ``grid_fn(sde, dtype=..., device=...)`` for the time grid.
+
+    ``sampler.denoise_to_zero`` and ``sampler.thresholding`` (with ``threshold_percentile`` and
+    ``data_range``, in the model's units) become the driver's ``denoise_to_zero`` and
+    ``x0_correction``; a sampler not on the driver (ode, torchsde) refuses them in one line.
+    """
+    fn, grid = _build(cfg, "sampler.fn"), _build(cfg, "sampler.grid")
+    options: dict = {}
+    if OmegaConf.select(cfg, "sampler.denoise_to_zero", default=False):
+        options["denoise_to_zero"] = True
+    kind = OmegaConf.select(cfg, "sampler.thresholding", default="none")
+    try:
+        correction = thresholding(
+            kind,
+            percentile=OmegaConf.select(cfg, "sampler.threshold_percentile", default=0.995),
+            data_range=tuple(OmegaConf.select(cfg, "sampler.data_range", default=[-1.0, 1.0])),
+        )
+    except ValueError as err:
+        raise ConfigError(f"sampler.thresholding: {one_line(err)}") from None
+    if correction is not None:
+        options["x0_correction"] = correction
+    if options and not on_driver(fn):
+        keys = " and ".join(f"sampler.{key}" for key, option in (("denoise_to_zero", "denoise_to_zero"), ("thresholding", "x0_correction")) if option in options)
+        target = OmegaConf.select(cfg, "sampler.fn._target_")
+        raise ConfigError(f"{keys} need a fixed-grid sampler (ddim, dpm_solver, unipc, ipndm, heun, pc, ...); {target} is not one")
+    return (functools.partial(fn, **options) if options else fn), grid
 
 
 @dataclass

@@ -29,6 +29,20 @@ class TrainConfig(TrainOptions):
 
 
 @dataclass
+class SamplerConfig:
+    """``sampler``: the sampler function and time grid to build (``_target_``, free-form), and the
+    options of the fixed-grid driver that every sampler on it shares
+    (:func:`~sde_diffusion.samplers.sample_on_grid`, :mod:`~sde_diffusion.samplers.thresholding`)."""
+
+    fn: Any = MISSING
+    grid: Any = MISSING
+    denoise_to_zero: bool = False
+    thresholding: str = "none"
+    threshold_percentile: float = 0.995
+    data_range: list[float] = field(default_factory=lambda: [-1.0, 1.0])
+
+
+@dataclass
 class TrainAppConfig:
     """``sde-train``'s top level (``conf/config.yaml``)."""
 
@@ -39,7 +53,7 @@ class TrainAppConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: Any = MISSING
     lr_schedule: Any = MISSING
-    sampler: Any = MISSING
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
     seed: int = MISSING
     device: str = MISSING
     n_samples: int = MISSING
@@ -53,7 +67,7 @@ class TrainAppConfig:
 class SampleAppConfig:
     """``sde-sample``'s top level (``conf/sample.yaml``)."""
 
-    sampler: Any = MISSING
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
     run_dir: str = MISSING
     n_samples: int = MISSING
     batch_size: int = MISSING

@@ -71,20 +71,38 @@ def _copy_run(run_dir, dest, **changes):
 
 
 # ------------------------------------------------------------------------- samples and files
+@pytest.mark.parametrize("sampler", ["euler_maruyama", "pc", "dpm_solver_sde", "edm_sde", "ddim"])
+def test_samples_do_not_depend_on_the_batch_size(run_dir, tmp_path, sampler):
+    """Per-sample noise streams (and per-sample prior blocks): the same samples, bit for bit, whether
+    drawn 100 or 300 at a time, for stochastic samplers too (ddim with eta = 1). pc's shipped
+    Langevin step uses batch-mean norms (norm: batch), which by design couple a batch's samples;
+    with per-sample norms it is batch-independent too."""
+    extra = {"ddim": ["sampler.fn.eta=1.0"], "pc": ["sampler.fn.corrector.norm=sample"]}.get(sampler, [])
+    samples = []
+    for batch in (100, 300):
+        out = tmp_path / str(batch)
+        _sample(run_dir, out, sampler, "n_samples=300", f"batch_size={batch}", "sampler.grid.n_steps=6", *extra)
+        samples.append(np.load(out / "samples.npz")["samples"])
+    assert np.array_equal(samples[0], samples[1])
+    other = tmp_path / "seed"
+    _sample(run_dir, other, sampler, "n_samples=300", "batch_size=300", "sampler.grid.n_steps=6", "seed=1", *extra)
+    assert not np.array_equal(np.load(other / "samples.npz")["samples"], samples[0])
+
+
 @pytest.mark.parametrize("sampler", ["euler_maruyama", "dpm_solver"])
 def test_samples_equal_a_direct_sampler_call_on_the_ema_model(run_dir, tmp_path, capsys, sampler):
     summary = _sample(run_dir, tmp_path, sampler, "n_samples=40", "batch_size=25", "seed=7", "sampler.grid.n_steps=8")
     saved = np.load(tmp_path / "samples.npz")
 
-    # the documented recipe written out by hand: one prior block, one noise generator per batch
+    # the documented recipe written out by hand: one prior block, each sample's own noise stream
     trained = sd.load_run(run_dir, "cpu")
     fn, grid = build_sampler(_sample_config(run_dir, f"sampler={sampler}", "sampler.grid.n_steps=8"))
     ts = grid(trained.sde, dtype=torch.float32)
     prior = torch.Generator().manual_seed(draw.stream_seed(7, draw.PRIOR, 0))
     x_T = trained.sde.prior_sample((draw.PRIOR_BLOCK, 2), generator=prior)[:40]
     expected = []
-    for b, (lo, hi) in enumerate([(0, 25), (25, 40)]):
-        noise = torch.Generator().manual_seed(draw.stream_seed(7, draw.NOISE, b))
+    for lo, hi in [(0, 25), (25, 40)]:
+        noise = S.PerSampleNoise(draw.stream_seed(7, draw.NOISE, 0), torch.arange(lo, hi))
         expected.append(fn(trained.sde, trained.score_model, x_T[lo:hi], ts, generator=noise).samples)
 
     assert saved["samples"].dtype == np.float32 and saved["samples"].shape == (40, 2)
@@ -330,11 +348,12 @@ def digits_run(tmp_path_factory):
 
 
 def _by_hand(run, fn, n, batch_size, seed=0):
-    """The edit tasks' recipe written out: held-out point ``i mod N_test`` for sample ``i``, and batch
-    ``b`` gets the step-noise generator of draw_samples' batch ``b``."""
+    """The edit tasks' recipe written out: held-out point ``i mod N_test`` for sample ``i``, and each
+    sample its own noise stream, as draw_samples gives it."""
     trained = sd.load_run(run, "cpu")
     inputs = trained.data.test[torch.arange(n) % trained.data.test.shape[0]]
-    out = [fn(trained, x, torch.Generator().manual_seed(draw.stream_seed(seed, draw.NOISE, b))) for b, x in enumerate(inputs.split(batch_size))]
+    noise = [S.PerSampleNoise(draw.stream_seed(seed, draw.NOISE, 0), idx) for idx in torch.arange(n).split(batch_size)]
+    out = [fn(trained, x, gen) for x, gen in zip(inputs.split(batch_size), noise, strict=True)]
     return inputs, torch.cat([o.samples for o in out])
 
 
@@ -372,7 +391,7 @@ def test_inpainting_held_out_digits_keeps_their_known_pixels(digits_run, tmp_pat
 
     def inpaint(trained, x, generator):
         ts = grid(trained.sde, dtype=torch.float32)
-        return S.inpaint(trained.sde, trained.score_model, x, mask, ts, generator=generator, **fn.keywords)
+        return S.inpaint(trained.sde, trained.score_model, x, mask, ts, generator=generator, sampler=fn)
 
     inputs, expected = _by_hand(digits_run, inpaint, 12, 5)
     samples = torch.from_numpy(saved["samples"])
@@ -402,7 +421,10 @@ def test_sdedit_of_held_out_digits_towards_a_class(digits_run, tmp_path):
 @pytest.mark.parametrize(
     "sampler, overrides, message",
     [
-        ("ddim", ["task=inpaint"], "task=inpaint runs a predictor-corrector chain with replacement; choose sampler=pc"),
+        ("ode", ["task=inpaint"], "task=inpaint needs a fixed-grid sampler"),
+        ("ode", ["sampler.thresholding=static"], "sampler.thresholding need a fixed-grid sampler"),
+        ("ddim", ["sampler.thresholding=dynamic", "sampler.threshold_percentile=0"], "percentile"),
+        ("ddim", ["sampler.thresholding=clip"], "thresholding must be one of none, static, dynamic"),
         ("pc", ["task=inpaint", "mask=diagonal"], "mask must name the region to regenerate, one of left, right"),
         ("pc", ["task=paint"], "task must be one of sample, inpaint, sdedit"),
         ("ddim", ["class_label=10"], "class_label must be an integer in 0..9 or null"),

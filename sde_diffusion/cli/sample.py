@@ -31,12 +31,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from .._checks import check_range
-from ..config import ConfigError, build_sampler
+from ..config import ConfigError, on_driver, build_sampler
 from ..plotting import plot_samples
 from ..runs import load_run
 from ..samplers.controllable import MASK_REGIONS, inpaint, inpainting_mask, sdedit
 from ..samplers.draw import DrawnSamples, draw_samples, sample_in_batches, stream_seed
-from ..samplers.predictor_corrector import predictor_corrector
 from ..scores import GuidedScore, ScoreFn, check_guidance
 from ._common import (
     check_composes,
@@ -100,12 +99,12 @@ def _score(cfg: DictConfig, model) -> ScoreFn:
     return GuidedScore(model, label, w)
 
 
-def _inpainting(cfg: DictConfig, sampler, sampler_name: str, data_shape: tuple[int, ...]) -> tuple[dict, Tensor]:
-    """The predictor-corrector options of ``sampler`` and the boolean mask (True = kept) for task=inpaint."""
-    if not (isinstance(sampler, functools.partial) and sampler.func is predictor_corrector):
+def _inpainting_mask(cfg: DictConfig, sampler, sampler_name: str, data_shape: tuple[int, ...]) -> Tensor:
+    """The boolean mask (True = kept) for task=inpaint, which runs any fixed-grid sampler."""
+    if not on_driver(sampler):
         raise ConfigError(
-            f"task=inpaint runs a predictor-corrector chain with replacement; choose sampler=pc, reverse_diffusion, "
-            f"ancestral, langevin or annealed_langevin (got sampler={sampler_name})"
+            f"task=inpaint needs a fixed-grid sampler (pc, ancestral, euler_maruyama, ddim, dpm_solver, unipc, ipndm, heun, ...); "
+            f"got sampler={sampler_name}"
         )
     region = cfg.get("mask")
     if region not in MASK_REGIONS:
@@ -114,7 +113,7 @@ def _inpainting(cfg: DictConfig, sampler, sampler_name: str, data_shape: tuple[i
         mask = inpainting_mask(region, data_shape, generator=torch.Generator().manual_seed(stream_seed(int(cfg.seed), MASK, 0)))
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    return dict(sampler.keywords), mask
+    return mask
 
 
 @torch.no_grad()
@@ -143,8 +142,8 @@ def _draw(cfg: DictConfig, trained, score: ScoreFn, sampler_name: str, n: int, b
     inputs = data.test[torch.arange(n) % data.test.shape[0]]  # sample i edits held-out point i mod N_test
     ts = grid(sde, dtype=inputs.dtype, device=trained.device)
     if task == "inpaint":
-        options, mask = _inpainting(cfg, sampler, sampler_name, data.data_shape)
-        fn = functools.partial(inpaint, sde, score, mask=mask.to(trained.device), ts=ts, progress=progress, **options)
+        mask = _inpainting_mask(cfg, sampler, sampler_name, data.data_shape)
+        fn = functools.partial(inpaint, sde, score, mask=mask.to(trained.device), ts=ts, sampler=sampler, progress=progress)
         return _edit(fn, inputs, batch_size, seed, trained.device, progress), inputs, mask, {"mask": cfg.mask}
     t0 = cfg.get("t0")
     if isinstance(t0, bool) or not isinstance(t0, (int, float)):

@@ -2,11 +2,13 @@
 
 The prior draw ``x_T`` of sample ``i`` comes from block ``i // PRIOR_BLOCK`` of
 :meth:`SDE.prior_sample`, each block drawn on the CPU by its own generator seeded
-``stream_seed(seed, PRIOR, block)``; batch ``b`` passes the sampler a generator seeded
-``stream_seed(seed, NOISE, b)`` on the sampling device. So deterministic samplers (ode, ddim with
-eta = 0, heun, dpm_solver) give the same samples for every ``batch_size`` and device (up to
-floating-point round-off), while stochastic samplers, whose step noise is drawn per batch, give
-samples that depend on ``batch_size`` (their distribution does not).
+``stream_seed(seed, PRIOR, block)``, and the sampler's step noise comes from per-sample streams
+(:class:`~sde_diffusion._noise.PerSampleNoise` seeded ``stream_seed(seed, NOISE, 0)``, row ``i``
+from sample ``i``'s own stream; EDM's per-sample generators, Karras et al. 2022). So every sampler
+on the driver, deterministic or stochastic, gives each sample the same noise for every
+``batch_size`` and device; the samples agree bitwise when the network's outputs do not depend on
+the batch they are computed in (elementwise scores; on the CPU, dense layers usually), else up to
+floating-point round-off. torchsde's Brownian motion is one per batch (torchsde_sampler).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .._noise import PerSampleNoise
 from .._seeding import derive_seed
 from ..scores import ScoreFn
 from ..sdes.base import SDE
@@ -97,14 +100,14 @@ def draw_samples(
     ts = grid(sde, dtype=dtype, device=device)
     prior = PriorBlocks(sde, data_shape, seed, dtype)
 
-    def batch(lo: int, hi: int, generator: torch.Generator):
+    def batch(lo: int, hi: int, generator: PerSampleNoise):
         return sampler(sde, score_fn, prior.take(lo, hi).to(device), ts, generator=generator, progress=progress)
 
     return sample_in_batches(batch, n, batch_size=batch_size, seed=seed, device=device, progress=progress)
 
 
 def sample_in_batches(
-    call: Callable[[int, int, torch.Generator], SamplerOutput],
+    call: Callable[[int, int, PerSampleNoise], SamplerOutput],
     n: int,
     *,
     batch_size: int,
@@ -112,8 +115,9 @@ def sample_in_batches(
     device: torch.device | str = "cpu",
     progress: bool = False,
 ) -> DrawnSamples:
-    """``call(lo, hi, generator)`` for samples ``lo .. hi - 1`` of ``n``, batch by batch; batch ``b``
-    gets the generator seeded ``stream_seed(seed, NOISE, b)`` on ``device``. Collects the samples on
+    """``call(lo, hi, generator)`` for samples ``lo .. hi - 1`` of ``n``, batch by batch, with
+    ``generator = PerSampleNoise(stream_seed(seed, NOISE, 0), arange(lo, hi))`` on ``device``: each
+    sample's own noise stream, whatever the batches. Collects the samples on
     the CPU, each batch's NFE and the wall time (the loop of :func:`draw_samples`, also used by
     ``sde-sample``'s inpainting and SDEdit of given inputs)."""
     device = torch.device(device)
@@ -121,9 +125,9 @@ def sample_in_batches(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    for b, lo in enumerate(tqdm(range(0, n, batch_size), disable=not progress, desc="batches")):
-        gen = torch.Generator(device=device).manual_seed(stream_seed(seed, NOISE, b))
-        out = call(lo, min(lo + batch_size, n), gen)
+    for lo in tqdm(range(0, n, batch_size), disable=not progress, desc="batches"):
+        hi = min(lo + batch_size, n)
+        out = call(lo, hi, PerSampleNoise(stream_seed(seed, NOISE, 0), torch.arange(lo, hi, device=device)))
         chunks.append(out.samples.cpu())
         batch_nfe.append(int(out.nfe))
     seconds = time.perf_counter() - start  # .cpu() above waits for the device

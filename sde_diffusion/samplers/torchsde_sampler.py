@@ -22,6 +22,8 @@ import torchsde
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .._noise import NoiseSource, PerSampleNoise
+from .._seeding import derive_seed
 from .._shapes import batch_time
 from .._solvers import SDE_STRONG_ORDERS as METHOD_ORDERS  # the reverse SDE's noise g(t) is additive
 from ..scores import CountingScore, ScoreFn
@@ -83,7 +85,7 @@ def torchsde_sampler(
     x: Tensor,
     ts: Tensor,
     *,
-    generator: torch.Generator | None = None,
+    generator: NoiseSource = None,
     progress: bool = False,
     method: str = "euler",
 ) -> SamplerOutput:
@@ -91,7 +93,9 @@ def torchsde_sampler(
 
     Noise comes from a ``torchsde.BrownianInterval`` whose seed is drawn from ``generator``, so the
     same generator state, grid and method give the same samples (the interval's path also depends on
-    where it is queried, so another grid or method sees another path). The output is the SDE's state
+    where it is queried, so another grid or method sees another path). The Brownian motion is one for
+    the whole batch: with :class:`~sde_diffusion._noise.PerSampleNoise` its seed comes from the
+    batch's first sample number, so samples depend on the batch split. The output is the SDE's state
     at ``ts[-1]`` (the last step adds its noise, unlike :func:`euler_maruyama`).
 
     Args:
@@ -110,7 +114,10 @@ def torchsde_sampler(
     n = len(ts) - 1
     ts = ts.to(dtype=x.dtype, device=x.device)
     y0 = x.reshape(x.shape[0], -1)
-    seed = int(torch.randint(2**62, (), generator=generator))
+    if isinstance(generator, PerSampleNoise):
+        seed = derive_seed(generator.seed, int(generator.indices[0])) >> 2
+    else:
+        seed = int(torch.randint(2**62, (), generator=generator))
     bm = torchsde.BrownianInterval(
         t0=0.0,
         t1=float(n),
