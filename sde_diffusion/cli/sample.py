@@ -31,9 +31,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from .._checks import check_range
-from ..config import ConfigError, on_driver, build_sampler
+from .._noise import PerSampleNoise
+from ..config import ConfigError, build_sampler, on_driver
 from ..plotting import plot_samples
 from ..runs import load_run
+from ..samplers.base import SamplerOutput
 from ..samplers.controllable import MASK_REGIONS, inpaint, inpainting_mask, sdedit
 from ..samplers.draw import DrawnSamples, draw_samples, sample_in_batches, stream_seed
 from ..scores import GuidedScore, ScoreFn, check_guidance
@@ -118,10 +120,10 @@ def _inpainting_mask(cfg: DictConfig, sampler, sampler_name: str, data_shape: tu
 
 @torch.no_grad()
 def _edit(fn, inputs: Tensor, batch_size: int, seed: int, device: torch.device, progress: bool) -> DrawnSamples:
-    """``fn(x, generator=...)`` on ``inputs`` in batches, each batch with the step-noise generator
-    :func:`draw_samples` gives its batch."""
+    """``fn(x, generator=...)`` on ``inputs`` in batches, each sample with the noise stream
+    :func:`draw_samples` gives it."""
 
-    def batch(lo: int, hi: int, generator: torch.Generator):
+    def batch(lo: int, hi: int, generator: PerSampleNoise) -> SamplerOutput:
         return fn(inputs[lo:hi].to(device), generator=generator)
 
     return sample_in_batches(batch, inputs.shape[0], batch_size=batch_size, seed=seed, device=device, progress=progress)

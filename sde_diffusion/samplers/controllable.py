@@ -116,8 +116,13 @@ def inpaint(
 
     Every score evaluation at time ``t`` sees the known coordinates at a fresh draw of their noised
     values ``k_t = m(t) x_known + s(t) z`` (:class:`NoisedKnown`), so the unknown ones follow the
-    model's ``p_t(x_unknown | x_known(t) = k_t)``, which tends to ``p_0(x_unknown | x_known)`` as
-    ``t -> 0``; a corrector's Langevin steps pull the chain onto it at each time. As the replacement
+    model's ``p_t(x_unknown | x_known(t) = k_t)``. That is not the conditional of the unknowns given
+    ``x_known`` at intermediate ``t``, so replacement alone is biased; a corrector's Langevin steps
+    at each time (``pc``) pull the chain onto ``p_t(x_unknown | k_t)``, which tends to the exact
+    ``p_0(x_unknown | x_known)`` on a grid dense at small ``t`` (the tests measure it exact on Gaussian
+    data). Deterministic samplers recover only part of the conditioning: on a 64-D Gaussian with the
+    centre unknown, the unknown means stay 0.40 sd (RMS) from the exact conditional mean with
+    DPM-Solver++, UniPC or DDIM at 20-50 steps, against 0.59 sd unconditioned. As the replacement
     sits in the score, it works with every sampler; the state's own known coordinates are never
     seen by the model, and the output holds ``x_known`` exactly on the mask. (Replacing the known
     part of the data prediction as well changes nothing for the unknown coordinates of the

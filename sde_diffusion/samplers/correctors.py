@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import abc
 
-import torch
 from torch import Tensor
 
 from .._noise import NoiseSource, randn_like

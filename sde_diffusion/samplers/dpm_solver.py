@@ -32,9 +32,11 @@ class DPMSolverMultistep(Step):
 
     - order 2: ``x_{i+1} = [first order] - (m_{i+1} phi_1 / 2) D1_0`` (Alg. 2);
     - order 3: ``x_{i+1} = [first order] + m_{i+1} phi_2 D1 - m_{i+1} phi_3 D2`` with
-      ``D1 = D1_0 + r0 / (r0 + r1) (D1_0 - D1_1)``, ``D2 = (D1_0 - D1_1) / (r0 + r1)``,
+      ``D1 = D1_0 + r0 / (r0 + r1) (D1_0 - D1_1)``, ``D2 = 2 (D1_0 - D1_1) / (r0 + r1)``,
       ``phi_2 = phi_1 / h + 1``, ``phi_3 = phi_2 / h - 1/2`` (the Taylor terms of the exact
-      integral of a quadratic ``x0(lambda)``).
+      integral of a quadratic ``x0(lambda)``: ``D1 ~ h x0'``, ``D2 ~ h^2 x0''``, so the step is exact
+      when ``x0`` is quadratic in ``lambda``; with ``D2`` half as large, as some implementations
+      write it, the ``x0''`` term is halved and the method is second order).
 
     The first steps, without enough history, use the highest order they can (so 3M's second step is
     2M's); the driver lowers the order on the last steps of short grids.

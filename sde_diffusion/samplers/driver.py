@@ -131,7 +131,7 @@ class Step(abc.ABC):
     needs_kernel: bool = True
     name: str = "step"
 
-    def start(self, solve: Solve) -> None:
+    def start(self, solve: Solve) -> None:  # noqa: B027 (an optional hook: stateless steps need none)
         """Reset per-solve state (history) and precompute per-grid tables."""
 
     @abc.abstractmethod
@@ -169,7 +169,11 @@ def sample_on_grid(
     Returns: samples ``(B, *dims)`` at ``ts[-1]`` (or ``t = 0`` with ``denoise_to_zero``) and the NFE.
     """
     check_grid(ts)
-    for needed, what in ((step.needs_kernel, step.name), (x0_correction is not None, "x0_correction (thresholding, inpainting)"), (denoise_to_zero, "denoise_to_zero")):
+    for needed, what in (
+        (step.needs_kernel, step.name),
+        (x0_correction is not None, "x0_correction (thresholding, inpainting)"),
+        (denoise_to_zero, "denoise_to_zero"),
+    ):
         if needed:
             kernel_table(sde, ts, x, what)  # the errors for a missing kernel or a grid ending at t = 0
     solve = Solve(sde, score_fn, x, ts, generator, x0_correction)

@@ -63,7 +63,7 @@ class IPNDMStep(Step):
     def start(self, solve: Solve) -> None:
         m, s, _ = solve.tables()
         self.sigma = s / m
-        self.sigma64 = (s.to(torch.float64) / m.to(torch.float64))
+        self.sigma64 = s.to(torch.float64) / m.to(torch.float64)
         self.eps_hats: list[Tensor] = []
 
     def _weights(self, i: int, k: int, like: Tensor) -> list[Tensor]:
@@ -85,7 +85,9 @@ class IPNDMStep(Step):
 
 
 @with_order(4)
-def ipndm(sde: SDE, score_fn: ScoreFn, x: Tensor, ts: Tensor, *, order: int = 4, coefficients: str = "variable", **driver: Any) -> SamplerOutput:
+def ipndm(
+    sde: SDE, score_fn: ScoreFn, x: Tensor, ts: Tensor, *, order: int = 4, coefficients: str = "variable", **driver: Any
+) -> SamplerOutput:
     """iPNDM (Zhang & Chen 2023), see :class:`IPNDMStep`; meant for :func:`sde_diffusion.timesteps.edm_time_grid`.
 
     ``ipndm.order`` is the default's order, reached on grids uniform in ``sigma`` (fixed weights) or

@@ -11,8 +11,8 @@ from ..scores import ScoreFn
 from ..sdes.base import SDE
 from ..timesteps import check_grid
 from .base import SamplerOutput
-from .driver import Step, sample_on_grid
 from .correctors import Corrector, NoCorrector
+from .driver import Step, sample_on_grid
 from .predictors import NoPredictor, Predictor
 
 

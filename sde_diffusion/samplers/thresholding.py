@@ -11,6 +11,7 @@ piling up at its edges. Predictions inside the range are unchanged by both.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from .._checks import check_range
@@ -44,7 +45,9 @@ class DynamicThreshold:
         u = (x0 - centre) / half
         q = u.flatten(1).abs().quantile(self.percentile, dim=1).clamp(min=1.0)
         q = q.reshape(-1, *([1] * (u.dim() - 1)))
-        return centre + half * (u.clamp(-q, q) / q)
+        # where q = 1 this is a clamp; taking it directly keeps in-range values bit for bit
+        # (centre + half * u does not round-trip exactly off [-1, 1])
+        return torch.where(q == 1, x0.clamp(self.lo, self.hi), centre + half * (u.clamp(-q, q) / q))
 
     def __repr__(self) -> str:
         return f"DynamicThreshold(percentile={self.percentile}, data_range=({self.lo}, {self.hi}))"
@@ -60,7 +63,9 @@ def _check_data_range(data_range) -> tuple[float, float]:
     return lo, hi
 
 
-def thresholding(kind: str, percentile: float = 0.995, data_range: tuple[float, float] = (-1.0, 1.0)) -> StaticThreshold | DynamicThreshold | None:
+def thresholding(
+    kind: str, percentile: float = 0.995, data_range: tuple[float, float] = (-1.0, 1.0)
+) -> StaticThreshold | DynamicThreshold | None:
     """The ``x0`` correction named by ``kind`` (``none``, ``static`` or ``dynamic``; None for none)."""
     if kind not in KINDS:
         raise ValueError(f"thresholding must be one of {', '.join(KINDS)}, got {kind!r}")
