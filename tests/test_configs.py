@@ -7,6 +7,7 @@ import torch
 from hydra import compose, initialize_config_module
 
 import sde_diffusion as sd
+from sde_diffusion import samplers as S
 from sde_diffusion.cli._common import group_options
 from sde_diffusion.config import (
     ConfigError,
@@ -66,6 +67,41 @@ def test_every_sampler_builds_and_samples(option):
     x = sde.prior_sample((4, 2), dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     out = fn(sde, dist.score_fn(sde), x, ts[:: max(1, (len(ts) - 1) // 5)] if len(ts) > 6 else ts, generator=torch.Generator().manual_seed(1))
     assert out.samples.shape == (4, 2) and out.nfe > 0
+
+
+def test_the_samplers_the_issue_names_exist():
+    assert {"dpm_solver_3m", "unipc", "ipndm", "dpm_solver_sde", "edm_sde"} <= set(GROUPS["sampler"])
+    assert {"euler_maruyama", "pc", "ddim", "dpm_solver", "heun", "ode", "torchsde"} <= set(GROUPS["sampler"])  # the old names stay
+
+
+@pytest.mark.parametrize(
+    "overrides, kind",
+    [
+        (["sampler=ddim"], None),
+        (["sampler=unipc", "sampler.thresholding=static", "sampler.data_range=[0,1]"], S.StaticThreshold),
+        (["sampler=dpm_solver_3m", "sampler.thresholding=dynamic", "sampler.threshold_percentile=0.9"], S.DynamicThreshold),
+    ],
+)
+def test_sampler_options_reach_the_driver(overrides, kind):
+    """sampler.denoise_to_zero and sampler.thresholding become the driver's denoise_to_zero and
+    x0_correction: the denoised output equals Tweedie's formula, and the thresholding object is built
+    with the configured range and percentile."""
+    cfg = _compose([*overrides, "sampler.denoise_to_zero=true"])
+    sde = build_sde(cfg)
+    fn, grid = build_sampler(cfg)
+    correction = fn.keywords.get("x0_correction")
+    assert (correction is None) if kind is None else isinstance(correction, kind)
+    if kind is S.StaticThreshold:
+        assert (correction.lo, correction.hi) == (0.0, 1.0)
+    if kind is S.DynamicThreshold:
+        assert correction.percentile == 0.9
+    dist = sd.GaussianMixture([1.0], torch.full((1, 2), 0.3, dtype=torch.float64), 0.1)
+    x = sde.prior_sample((4, 2), dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ts = grid(sde, dtype=torch.float64)
+    out = fn(sde, dist.score_fn(sde), x, ts)
+    plain = fn.func(sde, dist.score_fn(sde), x, ts, **{k: v for k, v in fn.keywords.items() if k != "denoise_to_zero"})
+    torch.testing.assert_close(out.samples, S.tweedie_denoise(sde, dist.score_fn(sde), plain.samples, ts[-1]), rtol=1e-10, atol=1e-10)
+    assert out.nfe == plain.nfe + 1
 
 
 @pytest.mark.parametrize("option", GROUPS["model"])
