@@ -23,59 +23,81 @@ from ..sdes.base import SDE
 from .base import SamplerOutput, with_order
 from .driver import Solve, Step, sample_on_grid
 
+PREDICTIONS = ("data", "noise")
+
+
+def _exp_weights(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``E_0 = e^z - 1``, ``E_1 = (E_0 - z) / z``, ``E_2 = (E_0 - z - z^2/2) / z^2`` (float64 ``z``):
+    the exact integrals of ``e^u`` against ``1``, ``u / z`` and ``u^2 / z^2`` over the step."""
+    e0 = torch.expm1(z)
+    return e0, (e0 - z) / z, (e0 - z - 0.5 * z**2) / z**2
+
 
 class DPMSolverMultistep(Step):
-    """DPM-Solver++(1), (2M) or (3M) (Lu et al. 2022b, Alg. 2 and App. B), orders 1 to 3.
+    """Multistep exponential integrators of orders 1 to 3 in the data prediction, DPM-Solver++(1),
+    (2M), (3M) (Lu et al. 2022b, Alg. 2 and App. B), or in the noise prediction, DPM-Solver (Lu et al.
+    2022a, multistep variant; DEIS, Zhang & Chen 2023, is the same integral of the interpolating
+    polynomial).
 
-    With ``r0 = h_{i-1} / h_i``, ``r1 = h_{i-2} / h_i`` and the scaled differences
-    ``D1_0 = (x0_i - x0_{i-1}) / r0``, ``D1_1 = (x0_{i-1} - x0_{i-2}) / r1``:
+    With ``f`` the prediction (``x0_hat`` or ``eps_hat``), ``r0 = h_{i-1} / h_i``, ``r1 = h_{i-2} / h_i``
+    and the scaled differences ``D1_0 = (f_i - f_{i-1}) / r0``, ``D1_1 = (f_{i-1} - f_{i-2}) / r1``,
+    ``D1 = D1_0 + r0 / (r0 + r1) (D1_0 - D1_1) ~ h f'`` and ``D2 = 2 (D1_0 - D1_1) / (r0 + r1) ~ h^2 f''``,
+    the step integrates the Taylor polynomial of ``f`` in ``lambda`` exactly:
 
-    - order 2: ``x_{i+1} = [first order] - (m_{i+1} phi_1 / 2) D1_0`` (Alg. 2);
-    - order 3: ``x_{i+1} = [first order] + m_{i+1} phi_2 D1 - m_{i+1} phi_3 D2`` with
-      ``D1 = D1_0 + r0 / (r0 + r1) (D1_0 - D1_1)``, ``D2 = 2 (D1_0 - D1_1) / (r0 + r1)``,
-      ``phi_2 = phi_1 / h + 1``, ``phi_3 = phi_2 / h - 1/2`` (the Taylor terms of the exact
-      integral of a quadratic ``x0(lambda)``: ``D1 ~ h x0'``, ``D2 ~ h^2 x0''``, so the step is exact
-      when ``x0`` is quadratic in ``lambda``; with ``D2`` half as large, as some implementations
-      write it, the ``x0''`` term is halved and the method is second order).
+        x_{i+1} = A x_i - c [E_0(z) f_i + E_1(z) D1 + E_2(z) D2]
 
-    The first steps, without enough history, use the highest order they can (so 3M's second step is
-    2M's); the driver lowers the order on the last steps of short grids.
+    with ``(A, c, z) = (s_{i+1} / s_i, m_{i+1}, -h)`` for data and ``(m_{i+1} / m_i, s_{i+1}, h)`` for
+    noise (:func:`_exp_weights`). Order 3 uses all three terms, so its step is exact when ``f`` is
+    quadratic in ``lambda`` (with ``D2`` half as large, as some implementations write it, the ``f''``
+    term is halved and the method is second order); order 2 uses Lu et al.'s midpoint form
+    ``- c E_0(z) D1_0 / 2`` (Alg. 2); order 1 is DDIM. The first steps, without enough history, use the
+    highest order they can (so 3M's second step is 2M's); the driver lowers the order on the last
+    steps of short grids.
     """
 
     needs_kernel = True
 
-    def __init__(self, order: int = 2):
+    def __init__(self, order: int = 2, prediction: str = "data"):
         if order not in (1, 2, 3):
             raise ValueError(f"order must be 1 (DPM-Solver++(1) = DDIM), 2 (2M) or 3 (3M), got {order}")
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be 'data' (DPM-Solver++) or 'noise' (DPM-Solver, DEIS), got {prediction!r}")
         self.order = self.max_order = order
-        self.name = f"dpm-solver++({order}{'M' if order > 1 else ''})"
+        self.prediction = prediction
+        plus = "++" if prediction == "data" else ""
+        self.name = f"dpm-solver{plus}({order}{'M' if order > 1 else ''})"
 
     def start(self, solve: Solve) -> None:
         self.history: list[Tensor] = []
 
     def step(self, solve, i, x, order_cap):
-        m, s, lam = solve.tables()
-        x0 = solve.predict_at(x, i).x0
-        assert x0 is not None
-        self.history = [*self.history[-(self.max_order - 1) :], x0] if self.max_order > 1 else [x0]
+        m, s, _ = solve.tables()
+        lam = solve.lam64
+        assert lam is not None
+        pred = solve.predict_at(x, i)
+        f = pred.x0 if self.prediction == "data" else pred.eps
+        assert f is not None
+        self.history = [*self.history[-(self.max_order - 1) :], f] if self.max_order > 1 else [f]
         k = min(self.max_order, len(self.history), order_cap)
         h = lam[i + 1] - lam[i]
-        phi_1 = torch.expm1(-h)
-        x_next = (s[i + 1] / s[i]) * x - m[i + 1] * phi_1 * x0
+        if self.prediction == "data":
+            a, c, z = s[i + 1] / s[i], m[i + 1], -h
+        else:
+            a, c, z = m[i + 1] / m[i], s[i + 1], h
+        e0, e1, e2 = (w.to(x) for w in _exp_weights(z))
+        update = e0 * f
         if k >= 2:
             r0 = (lam[i] - lam[i - 1]) / h
-            d1_0 = (x0 - self.history[-2]) / r0
+            d1_0 = (f - self.history[-2]) / r0.to(x)
             if k == 2:
-                x_next = x_next - 0.5 * m[i + 1] * phi_1 * d1_0
+                update = update + 0.5 * e0 * d1_0
             else:
                 r1 = (lam[i - 1] - lam[i - 2]) / h
-                d1_1 = (self.history[-2] - self.history[-3]) / r1
-                d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
-                d2 = 2.0 * (d1_0 - d1_1) / (r0 + r1)
-                phi_2 = phi_1 / h + 1.0
-                phi_3 = phi_2 / h - 0.5
-                x_next = x_next + m[i + 1] * phi_2 * d1 - m[i + 1] * phi_3 * d2
-        return x_next, x0
+                d1_1 = (self.history[-2] - self.history[-3]) / r1.to(x)
+                d1 = d1_0 + (r0 / (r0 + r1)).to(x) * (d1_0 - d1_1)
+                d2 = (2.0 / (r0 + r1)).to(x) * (d1_0 - d1_1)
+                update = update + e1 * d1 + e2 * d2
+        return a * x - c * update, pred.x0
 
 
 class DPMSolverSinglestep2S(Step):
@@ -142,21 +164,25 @@ class DPMSolverSDE(Step):
 
 
 @with_order(2)
-def dpm_solver_pp(sde: SDE, score_fn: ScoreFn, x: Tensor, ts: Tensor, *, order: int = 2, **driver: Any) -> SamplerOutput:
-    """DPM-Solver++(1), (2M) or (3M) (Lu et al. 2022b), see :class:`DPMSolverMultistep`.
+def dpm_solver_pp(
+    sde: SDE, score_fn: ScoreFn, x: Tensor, ts: Tensor, *, order: int = 2, prediction: str = "data", **driver: Any
+) -> SamplerOutput:
+    """DPM-Solver++(1), (2M) or (3M) (Lu et al. 2022b), or with ``prediction="noise"`` the multistep
+    DPM-Solver (Lu et al. 2022a), see :class:`DPMSolverMultistep`.
 
-    Meant for :func:`sde_diffusion.timesteps.log_snr_time_grid`. ``dpm_solver_pp.order`` is the
-    default's order; ``method_orders`` maps ``order`` to the convergence order.
+    Meant for :func:`sde_diffusion.timesteps.log_snr_time_grid` (and EDM's grid for
+    ``prediction="noise"``). ``dpm_solver_pp.order`` is the default's order.
 
     Args:
         x: prior samples ``(B, *dims)`` at ``ts[0]``.
         ts: decreasing times ``(N + 1,)`` ending at ``eps > 0``.
         order: 1, 2 or 3.
+        prediction: ``data`` (DPM-Solver++) or ``noise`` (DPM-Solver).
         driver: ``generator``, ``progress``, ``callback``, ``x0_correction``, ``denoise_to_zero``,
             ``lower_order_final`` of :func:`~sde_diffusion.samplers.driver.sample_on_grid`.
     Returns: samples at ``ts[-1]``, NFE = N (+ 1 with ``denoise_to_zero``).
     """
-    return sample_on_grid(DPMSolverMultistep(order), sde, score_fn, x, ts, **driver)
+    return sample_on_grid(DPMSolverMultistep(order, prediction), sde, score_fn, x, ts, **driver)
 
 
 @with_order(2)

@@ -59,7 +59,8 @@ class Solve:
     Attributes:
         sde, ts: the SDE and the grid ``(N + 1,)``; ``n = N`` steps.
         m, s, lam: ``m(ts)``, ``s(ts)`` and ``lambda = log(m / s) = logSNR / 2``, each ``(N + 1,)``
-            in the state's dtype (None when the SDE has no kernel).
+            in the state's dtype (None when the SDE has no kernel); ``lam64``: ``lambda`` in float64,
+            for step coefficients that cancel (``expm1(h) - h``).
         score: the counting score; ``score.nfe`` is the solve's NFE.
         generator: the noise source (:mod:`sde_diffusion._noise`).
     """
@@ -69,10 +70,11 @@ class Solve:
         self.score = CountingScore(score_fn)
         self.generator = generator
         self.x0_correction = x0_correction
-        self.m = self.s = self.lam = None
+        self.m = self.s = self.lam = self.lam64 = None
         if sde.has_kernel and ts[-1] > 0:
             m, s, log_snr = kernel_table(sde, ts, x, "sample_on_grid")
             self.m, self.s, self.lam = m, s, 0.5 * log_snr
+            self.lam64 = 0.5 * sde.log_snr(ts.to(torch.float64))
 
     def kernel_at(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
         """``(m(t), s(t))`` of any time, as 0-d tensors in ``like``'s dtype (computed in float64)."""

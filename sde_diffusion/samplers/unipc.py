@@ -73,7 +73,8 @@ class UniPCStep(Step):
     def start(self, solve: Solve) -> None:
         self.x0s: list[Tensor] = []
         self.last: tuple[Tensor, int] | None = None  # the previous step's start state and order
-        self.lam64 = solve.tables()[2].to(torch.float64)
+        assert solve.lam64 is not None
+        self.lam64 = solve.lam64
 
     def _update(self, solve: Solve, i: int, x: Tensor, nodes: list[Tensor], x0_new: Tensor | None, order: int) -> Tensor:
         """The step from ``t_i`` to ``t_{i+1}`` of ``order`` from ``x`` with ``nodes = [x0_{i-p+1}, ..., x0_i]``;
