@@ -83,6 +83,7 @@ def diagonal_gaussian_score(sde: sd.SDE, mean: torch.Tensor, var: torch.Tensor):
 ORDER_CASES = {  # name: (the public function, the step object it runs, grid, the order it must declare)
     "dpm_solver_3m": (functools.partial(S.dpm_solver_pp, order=3), S.DPMSolverMultistep(3), LOG_SNR, 3),
     "dpm_solver_3m_noise": (functools.partial(S.dpm_solver_pp, order=3, prediction="noise"), S.DPMSolverMultistep(3, "noise"), EDM, 3),
+    "unipc_2_bh2_noise": (functools.partial(S.unipc, prediction="noise"), S.UniPCStep(2, "bh2", prediction="noise"), EDM, 3),
     "dpm_solver_2s": (S.dpm_solver_2s, S.DPMSolverSinglestep2S(), LOG_SNR, 2),
     "unipc_2_bh1": (functools.partial(S.unipc, order=2, variant="bh1"), S.UniPCStep(2, "bh1"), LOG_SNR, 3),
     "unipc_2_bh2": (functools.partial(S.unipc, order=2, variant="bh2"), S.UniPCStep(2, "bh2"), LOG_SNR, 3),
@@ -213,17 +214,25 @@ def polynomial_eps_score(sde: sd.SDE, coef: torch.Tensor):
 
 
 @pytest.mark.parametrize("sde_name", ["vp", "ve"])
-@pytest.mark.parametrize("order, degree", [(1, 0), (3, 2)])
-def test_noise_prediction_steps_are_exact_for_polynomial_noise_predictions(sde_name, order, degree):
-    """DPM-Solver in the noise prediction (``prediction="noise"``) integrates a noise prediction that
-    is a polynomial of degree ``order - 1`` in lambda exactly, from step ``order - 1`` on (1e-10
-    relative), and misses one of a degree more (> 1e-6): the mirror of the data-prediction test, with
-    ``e^h`` weights and the same finite differences, on EDM's grid (not uniform in lambda)."""
+@pytest.mark.parametrize(
+    "sampler, degree",
+    [
+        (functools.partial(S.dpm_solver_pp, order=1, prediction="noise"), 0),
+        (functools.partial(S.dpm_solver_pp, order=3, prediction="noise"), 2),
+        (functools.partial(S.unipc, order=3, corrector=False, prediction="noise"), 2),
+        (functools.partial(S.unipc, order=3, variant="bh1", corrector=False, prediction="noise"), 2),
+    ],
+    ids=["dpm_solver_1", "dpm_solver_3m", "unipc_3_bh2", "unipc_3_bh1"],
+)
+def test_noise_prediction_steps_are_exact_for_polynomial_noise_predictions(sde_name, sampler, degree):
+    """DPM-Solver and UniPC in the noise prediction (``prediction="noise"``) integrate a noise
+    prediction that is a polynomial of degree ``order - 1`` in lambda exactly, from step ``order - 1``
+    on (1e-10 relative), and miss one of a degree more (> 1e-6): the mirror of the data-prediction
+    test, with ``e^h`` weights, on EDM's grid (not uniform in lambda)."""
     sde = core_sdes()[sde_name]
     ts = EDM(sde, 8, EPS, dtype=F64)
     coef = torch.tensor([[0.3, -0.7], [0.2, 0.1], [-0.05, 0.04], [0.01, -0.02]], dtype=F64)
     x = sde.prior_sample((4, 2), generator=gen(2), dtype=F64)
-    sampler = functools.partial(S.dpm_solver_pp, order=order, prediction="noise")
     for deg in (degree, degree + 1):
         score, flow = polynomial_eps_score(sde, coef[: deg + 1])
         _, calls = run_with_states(sampler, sde, score, x, ts, lower_order_final=False)

@@ -26,16 +26,17 @@ from torch import Tensor
 from ..scores import ScoreFn
 from ..sdes.base import SDE
 from .base import SamplerOutput, with_order
+from .dpm_solver import PREDICTIONS
 from .driver import Solve, Step, sample_on_grid
 
 VARIANTS = ("bh1", "bh2")
 
 
-def _coefficients(h: Tensor, r: Tensor, variant: str, full: bool) -> tuple[Tensor, Tensor]:
-    """``(rho, B(h))`` for nodes ``r`` ``(p,)`` (float64). ``full``: solve the ``p x p`` system
-    (the corrector, whose last node is ``r = 1``); else the ``(p-1) x (p-1)`` one of the predictor
-    over ``r[:-1]``. Order-2 predictor and order-1 corrector use Zhao et al.'s ``rho = 1/2``."""
-    hh = -h
+def _coefficients(hh: Tensor, r: Tensor, variant: str, full: bool) -> tuple[Tensor, Tensor]:
+    """``(rho, B)`` for the signed step ``hh`` (``-h`` for the data prediction, ``h`` for the noise
+    prediction) and nodes ``r`` ``(p,)`` (float64). ``full``: solve the ``p x p`` system (the
+    corrector, whose last node is ``r = 1``); else the ``(p-1) x (p-1)`` one of the predictor over
+    ``r[:-1]``. Order-2 predictor and order-1 corrector use Zhao et al.'s ``rho = 1/2``."""
     b_h = hh if variant == "bh1" else torch.expm1(hh)
     p = len(r)
     psi = torch.expm1(hh) / hh - 1.0
@@ -61,50 +62,58 @@ class UniPCStep(Step):
     without.
     """
 
-    def __init__(self, order: int = 2, variant: str = "bh2", corrector: bool = True):
+    def __init__(self, order: int = 2, variant: str = "bh2", corrector: bool = True, prediction: str = "data"):
         if order not in (1, 2, 3):
             raise ValueError(f"order must be 1, 2 or 3 (UniPC-p; 2 for guided sampling, 3 unconditional), got {order}")
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {', '.join(VARIANTS)} (B(h) = h or e^h - 1), got {variant!r}")
-        self.max_order, self.variant, self.corrector = order, variant, bool(corrector)
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be 'data' or 'noise', got {prediction!r}")
+        self.max_order, self.variant, self.corrector, self.prediction = order, variant, bool(corrector), prediction
         self.order = order + 1 if corrector else order
-        self.name = f"unipc-{order}-{variant}{'' if corrector else ' (no UniC)'}"
+        self.name = f"unipc-{order}-{variant}{'' if corrector else ' (no UniC)'}{'' if prediction == 'data' else ' (noise)'}"
 
     def start(self, solve: Solve) -> None:
-        self.x0s: list[Tensor] = []
+        self.preds: list[Tensor] = []
         self.last: tuple[Tensor, int] | None = None  # the previous step's start state and order
         assert solve.lam64 is not None
         self.lam64 = solve.lam64
 
-    def _update(self, solve: Solve, i: int, x: Tensor, nodes: list[Tensor], x0_new: Tensor | None, order: int) -> Tensor:
-        """The step from ``t_i`` to ``t_{i+1}`` of ``order`` from ``x`` with ``nodes = [x0_{i-p+1}, ..., x0_i]``;
-        with ``x0_new`` (the prediction at ``t_{i+1}``) it is the UniC corrector, else UniP."""
+    def _update(self, solve: Solve, i: int, x: Tensor, nodes: list[Tensor], new: Tensor | None, order: int) -> Tensor:
+        """The step from ``t_i`` to ``t_{i+1}`` of ``order`` from ``x`` with the predictions
+        ``nodes = [f_{i-p+1}, ..., f_i]``; with ``new`` (the prediction at ``t_{i+1}``) it is the UniC
+        corrector, else UniP."""
         m, s, _ = solve.tables()
         lam = self.lam64
         h = lam[i + 1] - lam[i]
-        x0 = nodes[-1]
+        if self.prediction == "data":
+            a, c, hh = s[i + 1] / s[i], m[i + 1], -h
+        else:
+            a, c, hh = m[i + 1] / m[i], s[i + 1], h
+        f = nodes[-1]
         past = [(lam[i - k] - lam[i]) / h for k in range(1, order)]
         r = torch.stack([*past, torch.ones((), dtype=torch.float64)])
-        rho, b_h = _coefficients(h, r, self.variant, full=x0_new is not None)
+        rho, b_h = _coefficients(hh, r, self.variant, full=new is not None)
         rho, b_h = rho.to(x), b_h.to(x)
-        diffs = [(nodes[-1 - k] - x0) / r[k - 1].to(x) for k in range(1, order)]
-        if x0_new is not None:
-            diffs.append(x0_new - x0)
-        x_next = (s[i + 1] / s[i]) * x - m[i + 1] * torch.expm1(-h).to(x) * x0
+        diffs = [(nodes[-1 - k] - f) / r[k - 1].to(x) for k in range(1, order)]
+        if new is not None:
+            diffs.append(new - f)
+        x_next = a * x - c * torch.expm1(hh).to(x) * f
         if diffs:
-            x_next = x_next - m[i + 1] * b_h * sum(rho[k] * d for k, d in enumerate(diffs))
+            x_next = x_next - c * b_h * sum(rho[k] * d for k, d in enumerate(diffs))
         return x_next
 
     def step(self, solve, i, x, order_cap):
-        x0 = solve.predict_at(x, i).x0
-        assert x0 is not None
+        pred = solve.predict_at(x, i)
+        f = pred.x0 if self.prediction == "data" else pred.eps
+        assert f is not None
         if self.corrector and self.last is not None:
             x_prev, order_prev = self.last
-            x = self._update(solve, i - 1, x_prev, self.x0s, x0, order_prev)
-        self.x0s = [*self.x0s[-(self.max_order - 1) :], x0] if self.max_order > 1 else [x0]
-        order = min(self.max_order, len(self.x0s), order_cap)
+            x = self._update(solve, i - 1, x_prev, self.preds, f, order_prev)
+        self.preds = [*self.preds[-(self.max_order - 1) :], f] if self.max_order > 1 else [f]
+        order = min(self.max_order, len(self.preds), order_cap)
         self.last = (x, order)
-        return self._update(solve, i, x, self.x0s, None, order), x0
+        return self._update(solve, i, x, self.preds, None, order), pred.x0
 
 
 @with_order(3)
@@ -117,6 +126,7 @@ def unipc(
     order: int = 2,
     variant: str = "bh2",
     corrector: bool = True,
+    prediction: str = "data",
     **driver: Any,
 ) -> SamplerOutput:
     """UniPC-``order`` with B(h) ``variant`` and the UniC corrector (Zhao et al. 2023), see :class:`UniPCStep`.
@@ -131,8 +141,9 @@ def unipc(
         variant: ``bh1`` (``B(h) = h``, Zhao et al. recommend it for unconditional sampling at
             very few steps) or ``bh2`` (``B(h) = e^h - 1``, for guided sampling).
         corrector: apply UniC (free: no extra NFE).
+        prediction: ``data`` (UniPC's default) or ``noise``.
         driver: ``generator``, ``progress``, ``callback``, ``x0_correction``, ``denoise_to_zero``,
             ``lower_order_final`` of :func:`~sde_diffusion.samplers.driver.sample_on_grid`.
     Returns: samples at ``ts[-1]``, NFE = N (+ 1 with ``denoise_to_zero``).
     """
-    return sample_on_grid(UniPCStep(order, variant, corrector), sde, score_fn, x, ts, **driver)
+    return sample_on_grid(UniPCStep(order, variant, corrector, prediction), sde, score_fn, x, ts, **driver)
