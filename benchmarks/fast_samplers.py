@@ -293,7 +293,18 @@ def ours() -> list[Ours]:
         ("unipc-2 bh1", "unipc", {"order": 2, "variant": "bh1"}, 1, 1),
         ("unipc-2 bh2", "unipc", {"order": 2, "variant": "bh2"}, 1, 1),
         ("unipc-3 bh2", "unipc", {"order": 3, "variant": "bh2"}, 1, 1),
+        ("dpm_solver 3M (noise), lower-order final", "dpm_solver_pp", {"order": 3, "prediction": "noise", "lower_order_final": True}, 1, 1),
+        (
+            "dpm_solver 3M (noise), no lower-order final",
+            "dpm_solver_pp",
+            {"order": 3, "prediction": "noise", "lower_order_final": False},
+            1,
+            1,
+        ),
+        ("unipc-2 bh2 (noise)", "unipc", {"order": 2, "variant": "bh2", "prediction": "noise"}, 1, 1),
+        ("unipc-3 bh2 (noise)", "unipc", {"order": 3, "variant": "bh2", "prediction": "noise"}, 1, 1),
         ("ipndm", "ipndm", {"order": 4}, 1, 1),
+        ("ipndm fixed", "ipndm", {"order": 4, "coefficients": "fixed"}, 1, 1),
     ]
     entries = [
         Ours(name, fn, opts, grid, per, extra) for name, fn, opts, per, extra in solvers for grid in ("log_snr_time_grid", "edm_time_grid")

@@ -132,6 +132,8 @@ class Step(abc.ABC):
     order: float = 1
     needs_kernel: bool = True
     name: str = "step"
+    lower_order_final: bool = True
+    """The step's default for the driver's ``lower_order_final`` (used when the caller passes None)."""
 
     def start(self, solve: Solve) -> None:  # noqa: B027 (an optional hook: stateless steps need none)
         """Reset per-solve state (history) and precompute per-grid tables."""
@@ -154,7 +156,7 @@ def sample_on_grid(
     callback: Callback | None = None,
     x0_correction: X0Correction | None = None,
     denoise_to_zero: bool = False,
-    lower_order_final: bool = True,
+    lower_order_final: bool | None = None,
 ) -> SamplerOutput:
     """Run ``step`` over the decreasing grid ``ts`` from the prior samples ``x`` ``(B, *dims)`` at ``ts[0]``.
 
@@ -167,7 +169,8 @@ def sample_on_grid(
         denoise_to_zero: after the last step, return the data prediction ``x0_hat`` at ``ts[-1]``
             (Tweedie's ``E[x_0 | x_eps]``; one more NFE), i.e. finish at ``t = 0``; else stop at ``ts[-1]``.
         lower_order_final: on grids of fewer than 15 steps, step ``i`` of a multistep method uses at
-            most order ``N - i`` (Lu et al. 2022b, App. D).
+            most order ``N - i`` (Lu et al. 2022b, App. D); None takes the step's own default
+            (``step.lower_order_final``: True but for the noise-prediction multistep DPM-Solver).
     Returns: samples ``(B, *dims)`` at ``ts[-1]`` (or ``t = 0`` with ``denoise_to_zero``) and the NFE.
     """
     check_grid(ts)
@@ -181,6 +184,8 @@ def sample_on_grid(
     solve = Solve(sde, score_fn, x, ts, generator, x0_correction)
     step.start(solve)
     n = solve.n
+    if lower_order_final is None:
+        lower_order_final = step.lower_order_final
     for i in tqdm(range(n), disable=not progress, desc=step.name, leave=False):
         cap = n - i if lower_order_final and n < LOWER_ORDER_FINAL_BELOW else n
         x, x0_hat = step.step(solve, i, x, cap)
