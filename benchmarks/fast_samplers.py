@@ -727,7 +727,7 @@ def plot(results: dict, path: Path) -> None:
         for k, key in enumerate(key for key in solvers if key[0] == family):
             colors[key] = palette[k % len(palette)]
     fig, axes = plt.subplots(
-        len(sde_names), len(problem_names), figsize=(5.2 * len(problem_names) + 3.5, 4.6 * len(sde_names)), squeeze=False
+        len(sde_names), len(problem_names), figsize=(5.2 * len(problem_names) + 4.5, 4.6 * len(sde_names)), squeeze=False
     )
     handles = {}
     for setting in settings.values():
@@ -758,7 +758,7 @@ def plot(results: dict, path: Path) -> None:
     fig.suptitle(
         "Exact scores, each solver on its best grid or schedule per panel; solid: sde-diffusion, dashed: diffusers, dotted: k-diffusion"
     )
-    fig.tight_layout(rect=(0, 0, 1 - 2.7 / fig.get_figwidth(), 1))
+    fig.tight_layout(rect=(0, 0, 1 - 3.7 / fig.get_figwidth(), 1))
     fig.savefig(path, dpi=110)
 
 
