@@ -157,6 +157,23 @@ def polynomial_x0_score(sde: sd.SDE, coef: torch.Tensor):
     return score, flow
 
 
+def assert_exact_from_step(sampler, sde: sd.SDE, polynomial_score, ts: torch.Tensor, degree: int) -> None:
+    """Every step from step ``degree`` on equals the exact flow (1e-10 relative) for a prediction of
+    degree ``degree`` built by ``polynomial_score(sde, coef) -> (score, flow)``, and misses it
+    (> 1e-6) for one of a degree more."""
+    coef = torch.tensor([[0.3, -0.7], [0.2, 0.1], [-0.05, 0.04], [0.01, -0.02]], dtype=F64)  # per coordinate
+    x = sde.prior_sample((4, 2), generator=gen(2), dtype=F64)
+    for deg in (degree, degree + 1):
+        score, flow = polynomial_score(sde, coef[: deg + 1])
+        _, calls = run_with_states(sampler, sde, score, x, ts, lower_order_final=False)
+        states = [x] + [state for _, _, state, _ in calls]
+        errors = []
+        for i in range(degree, len(ts) - 1):
+            expected = flow(states[i], float(ts[i]), float(ts[i + 1]))
+            errors.append(float((states[i + 1] - expected).abs().max() / expected.abs().max()))
+        assert (max(errors) < 1e-10) if deg == degree else (max(errors) > 1e-6), (deg, errors)
+
+
 @pytest.mark.parametrize("sde_name", ["vp", "ve"])
 @pytest.mark.parametrize(
     "name, sampler, degree",
@@ -177,18 +194,7 @@ def test_multistep_steps_are_exact_for_polynomial_data_predictions(sde_name, nam
     al.'s 2M weights its first difference by ``-phi_1 / 2`` instead of the exact ``phi_2``, so it is
     second order without being exact for linear predictions; UniPC-2's ``rho = 1/2`` likewise.)"""
     sde = core_sdes()[sde_name]
-    ts = LOG_SNR(sde, 8, EPS, dtype=F64)
-    coef = torch.tensor([[0.3, -0.7], [0.2, 0.1], [-0.05, 0.04], [0.01, -0.02]], dtype=F64)  # per coordinate
-    x = sde.prior_sample((4, 2), generator=gen(2), dtype=F64)
-    for deg in (degree, degree + 1):
-        score, flow = polynomial_x0_score(sde, coef[: deg + 1])
-        _, calls = run_with_states(sampler, sde, score, x, ts, lower_order_final=False)
-        states = [x] + [state for _, _, state, _ in calls]
-        errors = []
-        for i in range(degree, len(ts) - 1):
-            expected = flow(states[i], float(ts[i]), float(ts[i + 1]))
-            errors.append(float((states[i + 1] - expected).abs().max() / expected.abs().max()))
-        assert (max(errors) < 1e-10) if deg == degree else (max(errors) > 1e-6), (deg, errors)
+    assert_exact_from_step(sampler, sde, polynomial_x0_score, LOG_SNR(sde, 8, EPS, dtype=F64), degree)
 
 
 def polynomial_eps_score(sde: sd.SDE, coef: torch.Tensor):
@@ -230,18 +236,7 @@ def test_noise_prediction_steps_are_exact_for_polynomial_noise_predictions(sde_n
     on (1e-10 relative), and miss one of a degree more (> 1e-6): the mirror of the data-prediction
     test, with ``e^h`` weights, on EDM's grid (not uniform in lambda)."""
     sde = core_sdes()[sde_name]
-    ts = EDM(sde, 8, EPS, dtype=F64)
-    coef = torch.tensor([[0.3, -0.7], [0.2, 0.1], [-0.05, 0.04], [0.01, -0.02]], dtype=F64)
-    x = sde.prior_sample((4, 2), generator=gen(2), dtype=F64)
-    for deg in (degree, degree + 1):
-        score, flow = polynomial_eps_score(sde, coef[: deg + 1])
-        _, calls = run_with_states(sampler, sde, score, x, ts, lower_order_final=False)
-        states = [x] + [state for _, _, state, _ in calls]
-        errors = []
-        for i in range(degree, len(ts) - 1):
-            expected = flow(states[i], float(ts[i]), float(ts[i + 1]))
-            errors.append(float((states[i + 1] - expected).abs().max() / expected.abs().max()))
-        assert (max(errors) < 1e-10) if deg == degree else (max(errors) > 1e-6), (deg, errors)
+    assert_exact_from_step(sampler, sde, polynomial_eps_score, EDM(sde, 8, EPS, dtype=F64), degree)
 
 
 @pytest.mark.parametrize("sde_name", ["vp", "ve"])
