@@ -72,12 +72,14 @@ from .samplers import (
     unipc,
 )
 from .sdes import (
+    DDPMSDE,
     EDMSDE,
     SDE,
     VESDE,
     VPSDE,
     CosineBeta,
     CosineVPSDE,
+    DiscreteSchedule,
     GaussianPathSDE,
     LinearBeta,
     ProbabilityFlowODE,
@@ -101,6 +103,8 @@ __all__ = [
     "SubVPSDE",
     "VESDE",
     "CosineVPSDE",
+    "DDPMSDE",
+    "DiscreteSchedule",
     "VariancePreservingSDE",
     "LinearBeta",
     "CosineBeta",

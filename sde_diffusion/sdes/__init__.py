@@ -1,6 +1,7 @@
 """Forward SDEs, their schedules, and the processes derived from them."""
 
 from .base import SDE, ScoreFn
+from .discrete import DDPMSDE, DiscreteBeta, DiscreteSchedule, cosine_betas, linear_betas
 from .edm import EDMSDE
 from .flow import RectifiedFlow
 from .gaussian_path import GaussianPathSDE
@@ -19,6 +20,11 @@ __all__ = [
     "SubVPSDE",
     "VESDE",
     "CosineVPSDE",
+    "DDPMSDE",
+    "DiscreteSchedule",
+    "DiscreteBeta",
+    "linear_betas",
+    "cosine_betas",
     "VariancePreservingSDE",
     "LinearBeta",
     "CosineBeta",
