@@ -161,11 +161,7 @@ def build_sampler(cfg: DictConfig) -> tuple[Callable, Callable]:
     if correction is not None:
         options["x0_correction"] = correction
     if options and not on_driver(fn):
-        keys = " and ".join(
-            f"sampler.{key}"
-            for key, option in (("denoise_to_zero", "denoise_to_zero"), ("thresholding", "x0_correction"))
-            if option in options
-        )
+        keys = " and ".join({"denoise_to_zero": "sampler.denoise_to_zero", "x0_correction": "sampler.thresholding"}[k] for k in options)
         target = OmegaConf.select(cfg, "sampler.fn._target_")
         raise ConfigError(f"{keys} need a fixed-grid sampler (ddim, dpm_solver, unipc, ipndm, heun, pc, ...); {target} is not one")
     return (functools.partial(fn, **options) if options else fn), grid

@@ -174,13 +174,17 @@ def sample_on_grid(
     Returns: samples ``(B, *dims)`` at ``ts[-1]`` (or ``t = 0`` with ``denoise_to_zero``) and the NFE.
     """
     check_grid(ts)
-    for needed, what in (
-        (step.needs_kernel, step.name),
-        (x0_correction is not None, "x0_correction (thresholding, inpainting)"),
-        (denoise_to_zero, "denoise_to_zero"),
-    ):
-        if needed:
-            kernel_table(sde, ts, x, what)  # the errors for a missing kernel or a grid ending at t = 0
+    needs = [
+        what
+        for needed, what in (
+            (step.needs_kernel, step.name),
+            (x0_correction is not None, "x0_correction (thresholding, inpainting)"),
+            (denoise_to_zero, "denoise_to_zero"),
+        )
+        if needed
+    ]
+    if needs:
+        kernel_table(sde, ts, x, needs[0])  # the errors for a missing kernel or a grid ending at t = 0
     solve = Solve(sde, score_fn, x, ts, generator, x0_correction)
     step.start(solve)
     n = solve.n

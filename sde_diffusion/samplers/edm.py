@@ -52,12 +52,14 @@ class EDMStep(Step):
         sigma = s / m
         gamma = torch.where((sigma[:-1] >= self.S_tmin) & (sigma[:-1] <= self.S_tmax), min(self.S_churn / solve.n, math.sqrt(2) - 1), 0.0)
         self.churned = gamma > 0
-        sigma_hat = sigma[:-1] * (1 + gamma)
-        t_hat = solve.sde.time_from_log_snr(-2.0 * sigma_hat.to(torch.float64).log(), float(solve.ts[-1]))
-        m_hat, s_hat = solve.sde.kernel(t_hat)
-        self.t_hat = torch.where(self.churned, t_hat.to(solve.ts), solve.ts[:-1])
-        self.m_hat = torch.where(self.churned, m_hat.to(m), m[:-1])
-        self.s_hat = torch.where(self.churned, s_hat.to(s), s[:-1])
+        self.t_hat, self.m_hat, self.s_hat = solve.ts[:-1], m[:-1], s[:-1]
+        if self.churned.any():  # the times of the raised noise levels (none for Heun: no bisection)
+            sigma_hat = sigma[:-1] * (1 + gamma)
+            t_hat = solve.sde.time_from_log_snr(-2.0 * sigma_hat.to(torch.float64).log(), float(solve.ts[-1]))
+            m_hat, s_hat = solve.sde.kernel(t_hat)
+            self.t_hat = torch.where(self.churned, t_hat.to(solve.ts), self.t_hat)
+            self.m_hat = torch.where(self.churned, m_hat.to(m), self.m_hat)
+            self.s_hat = torch.where(self.churned, s_hat.to(s), self.s_hat)
         self.sigma = sigma
 
     def step(self, solve, i, x, order_cap):
