@@ -5,10 +5,10 @@ marginals ``q(x_i | x_0) = N(sqrt(abar_i) x_0, (1 - abar_i) I)`` with ``abar_i =
 (Ho et al. 2020, Eq. 4) and the posteriors ``q(x_{i-1} | x_i, x_0) = N(mu_i, beta_tilde_i I)`` (Eq. 6-7).
 :class:`DiscreteSchedule` holds them; :meth:`DiscreteSchedule.respace` keeps any subset of the steps
 with recomputed betas (Nichol & Dhariwal 2021, Sec. 4). :class:`DDPMSDE` is the same schedule in
-continuous time, ``t_i = i / T``, with ``log abar`` interpolated linearly between the steps (a
-piecewise-constant ``beta(t)``, the discrete-model view of DPM-Solver, Lu et al. 2022a, App. D), so
-every continuous-time sampler and the probability-flow likelihood run on it and meet the chain's
-marginals exactly at the ``T + 1`` step times.
+continuous time, ``t_i = i / T``, with ``log abar`` interpolated between the steps (a monotone
+cubic: the discrete-model view of DPM-Solver, Lu et al. 2022a, App. D, made smooth for adaptive
+ODE solvers; see :class:`DiscreteBeta`), so every continuous-time sampler and the probability-flow
+likelihood run on it and meet the chain's marginals exactly at the ``T + 1`` step times.
 """
 
 from __future__ import annotations
@@ -98,28 +98,55 @@ class DiscreteSchedule:
 
 
 class DiscreteBeta:
-    """The piecewise-constant ``beta(t)`` on ``[0, 1]`` whose ``B(t) = int_0^t beta`` is linear between
-    ``(i / T, -log abar_i)``: ``beta(t) = -T log(1 - beta_i)`` on step ``i``'s interval. A schedule
-    for :class:`~sde_diffusion.sdes.vp.VariancePreservingSDE` (``beta`` and ``integral``)."""
+    """A continuous ``beta(t)`` on ``[0, 1]`` whose ``B(t) = int_0^t beta`` passes through the chain's
+    ``(i / T, -log abar_i)``: the monotone cubic (PCHIP, Fritsch & Carlson 1980) interpolant of ``B``
+    between the knots, so ``B`` is increasing and ``beta = B' >= 0`` is continuous. A schedule for
+    :class:`~sde_diffusion.sdes.vp.VariancePreservingSDE` (``beta`` and ``integral``).
+
+    Why not linear ``B`` (a piecewise-constant ``beta``, DPM-Solver's interpolation of ``log alpha``):
+    both meet the chain exactly at its steps, but the ``T`` jumps of a piecewise-constant ``beta`` make
+    an adaptive ODE solver stop at every knot: the probability-flow likelihood of the linear chain
+    (``T`` = 1000) took 12,000 NFE at ``rtol`` 1e-8 and still missed the exact value by 2.4e-3 nats.
+    Written by hand because torch has no monotone spline, and scipy's would leave the tensor path.
+    """
 
     def __init__(self, schedule: DiscreteSchedule):
         self.schedule = schedule
+        T = schedule.T
         self._B = -schedule.log_alpha_bars  # (T + 1,), B at the knots
-        self._rate = schedule.T * (self._B[1:] - self._B[:-1])  # (T,), beta on each interval
+        secant = T * (self._B[1:] - self._B[:-1])  # (T,), > 0 since every beta is in (0, 1)
+        slope = torch.empty_like(self._B)  # dB/dt at the knots: Fritsch-Carlson's harmonic means
+        slope[1:-1] = 2.0 / (1.0 / secant[:-1] + 1.0 / secant[1:])
+        if T == 1:
+            slope[:] = secant[0]
+        else:  # one-sided three-point ends, kept within [0, 3 secant] for monotonicity (as scipy's pchip)
+            for end, (near, far) in ((0, (secant[0], secant[1])), (-1, (secant[-1], secant[-2]))):
+                slope[end] = ((3 * near - far) / 2).clamp(min=0.0, max=float(3 * near))
+        self._slope = slope
 
-    def _segment(self, t: Tensor) -> Tensor:
-        return (t.detach().to(torch.float64) * self.schedule.T).floor().long().clamp(0, self.schedule.T - 1)
+    def _segment(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Step index ``k`` (``(B,)`` int64) of each time and its position ``u`` in ``[0, 1]`` on the step, float64."""
+        scaled = t.detach().to(torch.float64) * self.schedule.T
+        k = scaled.floor().long().clamp(0, self.schedule.T - 1)
+        return k, scaled - k
+
+    def _hermite(self, t: Tensor, derivative: bool) -> Tensor:
+        t = torch.as_tensor(t)
+        dtype = t.dtype if t.is_floating_point() else torch.float64
+        k, u = self._segment(t)
+        B, d = self._B.to(k.device), self._slope.to(k.device)
+        y0, y1, d0, d1 = B[k], B[k + 1], d[k] / self.schedule.T, d[k + 1] / self.schedule.T  # slopes per unit u
+        if derivative:
+            value = (6 * u * (1 - u) * (y1 - y0) + (1 - u) * (1 - 3 * u) * d0 + u * (3 * u - 2) * d1) * self.schedule.T
+        else:
+            value = y0 + u * (d0 + u * (3 * (y1 - y0) - 2 * d0 - d1 + u * (d0 + d1 - 2 * (y1 - y0))))
+        return value.to(dtype)
 
     def beta(self, t: Tensor) -> Tensor:
-        t = torch.as_tensor(t)
-        return self._rate.to(t.device)[self._segment(t)].to(t.dtype if t.is_floating_point() else torch.float64)
+        return self._hermite(t, derivative=True)
 
     def integral(self, t: Tensor) -> Tensor:
-        t = torch.as_tensor(t)
-        k = self._segment(t)
-        B, rate = self._B.to(t.device), self._rate.to(t.device)
-        dtype = t.dtype if t.is_floating_point() else torch.float64
-        return B[k].to(dtype) + rate[k].to(dtype) * (t - k.to(dtype) / self.schedule.T)
+        return self._hermite(t, derivative=False)
 
     def __repr__(self) -> str:
         return f"DiscreteBeta({self.schedule!r})"
@@ -127,7 +154,7 @@ class DiscreteBeta:
 
 class DDPMSDE(VariancePreservingSDE):
     """A DDPM chain in continuous time: ``t_i = i / T`` and ``m(t_i)^2 = abar_i`` exactly, ``log abar``
-    linear in between (:class:`DiscreteBeta`). ``schedule``: ``"linear"`` (Ho et al. 2020:
+    a monotone cubic in between (:class:`DiscreteBeta`). ``schedule``: ``"linear"`` (Ho et al. 2020:
     ``T`` = 1000, betas 1e-4 to 0.02), ``"cosine"`` (Nichol & Dhariwal 2021, ``s`` = 0.008, betas
     clipped at 0.999) or a :class:`DiscreteSchedule`. ``discrete`` holds the chain's tables.
     """
