@@ -26,6 +26,8 @@ from .likelihood import (
     nats_per_dim,
 )
 from .losses import (
+    DiscreteStepWeighting,
+    HybridLoss,
     FlowMatchingWeighting,
     ImportanceLikelihoodWeighting,
     LikelihoodWeighting,
@@ -37,6 +39,7 @@ from .models import (
     DataParameterization,
     EpsilonParameterization,
     GaussianFourierEmbedding,
+    LearnedVarianceParameterization,
     ScoreParameterization,
     SinusoidalEmbedding,
     TimeMLP,
@@ -127,6 +130,9 @@ __all__ = [
     "LikelihoodWeighting",
     "ImportanceLikelihoodWeighting",
     "FlowMatchingWeighting",
+    "DiscreteStepWeighting",
+    "HybridLoss",
+    "LearnedVarianceParameterization",
     "GaussianMixture",
     "Dataset",
     "toy_dataset",

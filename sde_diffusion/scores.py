@@ -89,6 +89,33 @@ class EpsilonParameterization(_Parameterization):
         return self._net(x, t, y) / -s  # negate the (B, 1, ...) std, not the network's output
 
 
+class LearnedVarianceParameterization(_Parameterization):
+    """The network predicts the noise and a variance interpolation (Nichol & Dhariwal 2021, Sec. 3.1):
+    its output has twice the channels of ``x`` (``learn_variance=True`` on
+    :class:`~sde_diffusion.models.TimeMLP` and :class:`~sde_diffusion.models.UNet`); the first half
+    ``eps_theta`` gives ``score = -eps_theta / s(t)`` as :class:`EpsilonParameterization`, the second
+    ``r`` the interpolation ``v = (r + 1) / 2`` (iDDPM's convention: a zero-initialised output starts
+    half way) of a reverse step's log-variance, ``log Sigma = v log beta + (1 - v) log beta_tilde``
+    (Eq. 15), used by the DDPM sampler, the hybrid loss and the discrete VLB.
+
+    ``forward(x, t, y)`` is the score, so every sampler and loss takes the model as it is;
+    ``forward(x, t, y, variance=True)`` returns ``(score, v)``, both ``(B, *dims)``.
+    """
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, variance: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        t = batch_time(t, x)
+        _, s = self._kernel(x, t)
+        out = self._net(x, t, y)
+        if out.shape[0] != x.shape[0] or out.shape[1] != 2 * x.shape[1] or out.shape[2:] != x.shape[2:]:
+            raise ValueError(
+                f"LearnedVarianceParameterization needs a network with twice the channels of x (learn_variance=true, "
+                f"e.g. model=unet_learned_variance); got output {tuple(out.shape)} for input {tuple(x.shape)}"
+            )
+        eps, r = out.chunk(2, dim=1)
+        score = eps / -s
+        return (score, (r + 1) / 2) if variance else score
+
+
 class DataParameterization(_Parameterization):
     """The network predicts the clean data: ``score = -(x - m(t) x0_hat) / s(t)^2`` (x0-prediction)."""
 
@@ -133,9 +160,9 @@ class CountingScore:
         self.score_fn = score_fn
         self.nfe = 0
 
-    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, t: Tensor, **kwargs) -> Tensor:
         self.nfe += 1
-        return self.score_fn(x, t)
+        return self.score_fn(x, t, **kwargs)
 
 
 # ---------------------------------------------------------------------------------- guidance
@@ -188,16 +215,22 @@ class GuidedScore:
             )
         return self.labels.to(x.device)
 
-    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
-        """``x``: ``(B, *dims)``; ``t``: scalar or ``(B,)``. Returns the guided score ``(B, *dims)``."""
+    def __call__(self, x: Tensor, t: Tensor, variance: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """``x``: ``(B, *dims)``; ``t``: scalar or ``(B,)``. Returns the guided score ``(B, *dims)``;
+        with ``variance=True`` (a model with learned variances) also the conditional model's variance
+        interpolation, as Dhariwal & Nichol 2021 sample guided models with it."""
         t = batch_time(t, x)
         y = self._labels_for(x)
+        extra = {"variance": True} if variance else {}
         if self.guidance == 0.0:
-            return self.model(x, t, y)
+            return self.model(x, t, y, **extra)
         null = torch.full_like(y, self.null_label)
-        conditional, unconditional = self.model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null])).chunk(2)
+        out = self.model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]), **extra)
+        score, interp = out if variance else (out, None)
+        conditional, unconditional = score.chunk(2)
         w = self.guidance
-        return (1.0 + w) * conditional - w * unconditional
+        guided = (1.0 + w) * conditional - w * unconditional
+        return (guided, interp.chunk(2)[0]) if interp is not None else guided
 
     def __repr__(self) -> str:
         labels = self.labels.item() if self.labels.dim() == 0 else f"<{self.labels.shape[0]} labels>"

@@ -1,7 +1,8 @@
 """Score-matching losses (per-sample values) and time weightings."""
 
+from .ddpm import HybridLoss, LossAwareStepSampler
 from .score_matching import denoising_score_matching, sliced_score_matching
-from .weighting import FlowMatchingWeighting, ImportanceLikelihoodWeighting, LikelihoodWeighting, NoiseWeighting
+from .weighting import DiscreteStepWeighting, FlowMatchingWeighting, ImportanceLikelihoodWeighting, LikelihoodWeighting, NoiseWeighting
 
 __all__ = [
     "denoising_score_matching",
@@ -10,4 +11,7 @@ __all__ = [
     "LikelihoodWeighting",
     "ImportanceLikelihoodWeighting",
     "FlowMatchingWeighting",
+    "DiscreteStepWeighting",
+    "HybridLoss",
+    "LossAwareStepSampler",
 ]

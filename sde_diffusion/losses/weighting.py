@@ -44,6 +44,38 @@ class NoiseWeighting:
         return "NoiseWeighting()"
 
 
+def discrete_chain(sde: SDE, what: str):
+    """The DDPM chain behind ``sde`` (its ``discrete`` attribute: :class:`~sde_diffusion.sdes.DDPMSDE`),
+    or a ValueError naming ``what`` needs it."""
+    chain = getattr(sde, "discrete", None)
+    if chain is None:
+        raise ValueError(f"{what} needs a discrete-time SDE (sde=ddpm or sde=ddpm_cosine: DDPMSDE); {type(sde).__name__} has no discrete chain")
+    return chain
+
+
+class DiscreteStepWeighting:
+    """DDPM's simple loss ``|| eps - eps_theta(sqrt(abar_i) x0 + sqrt(1 - abar_i) eps, i) ||^2`` with the
+    step ``i`` uniform in ``{1, ..., T}`` (Ho et al. 2020, Eq. 14 and Alg. 1), on a discrete-time SDE
+    (:class:`~sde_diffusion.sdes.DDPMSDE`): ``t = i / T``, where the SDE's kernel is the chain's.
+    ``lambda = s^2`` as :class:`NoiseWeighting`; ``eps`` (the loss's lower time limit) plays no part."""
+
+    needs_kernel = True
+
+    def sample_time(self, sde: SDE, batch: int, eps: float, *, generator=None, device=None, dtype=None) -> Tensor:
+        T = discrete_chain(sde, "DiscreteStepWeighting (loss=ddpm_simple)").T
+        i = torch.randint(1, T + 1, (batch,), generator=generator, device=device)
+        return i.to(dtype or torch.get_default_dtype()) / T
+
+    def weight(self, sde: SDE, t: Tensor, eps: float) -> Tensor:
+        return sde.kernel(t)[1] ** 2
+
+    def weight_over_variance(self, sde: SDE, t: Tensor, eps: float) -> float:
+        return 1.0
+
+    def __repr__(self) -> str:
+        return "DiscreteStepWeighting()"
+
+
 class LikelihoodWeighting:
     """``lambda(t) = g(t)^2``: the loss bounds the negative log-likelihood (Song, Durkan et al. 2021, Thm. 1)."""
 

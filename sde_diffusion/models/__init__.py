@@ -3,6 +3,7 @@
 from ..scores import (
     DataParameterization,
     EpsilonParameterization,
+    LearnedVarianceParameterization,
     ScoreParameterization,
     VelocityParameterization,
     VPredictionParameterization,
@@ -16,6 +17,7 @@ __all__ = [
     "SinusoidalEmbedding",
     "ScoreParameterization",
     "EpsilonParameterization",
+    "LearnedVarianceParameterization",
     "DataParameterization",
     "VPredictionParameterization",
     "VelocityParameterization",

@@ -15,6 +15,10 @@ class TimeMLP(nn.Module):
     The input is flattened to ``(B, D)``; the time embedding is projected and added to every hidden
     layer (as DDPM adds it to every block). SiLU activations; the last layer starts at zero so the
     initial output is 0, which is a sensible start for every parameterization.
+
+    ``learn_variance=True`` doubles the output: ``(B, 2 d_0, *data_shape[1:])``, the prediction
+    followed by a second block for the variance interpolation of
+    :class:`~sde_diffusion.scores.LearnedVarianceParameterization` (Nichol & Dhariwal 2021, Sec. 3.1).
     """
 
     def __init__(
@@ -23,6 +27,7 @@ class TimeMLP(nn.Module):
         hidden_dim: int = 256,
         n_layers: int = 4,
         time_embedding: nn.Module | None = None,
+        learn_variance: bool = False,
     ):
         super().__init__()
         data_shape = tuple(int(d) for d in data_shape)
@@ -31,6 +36,8 @@ class TimeMLP(nn.Module):
         if hidden_dim < 1 or n_layers < 1:
             raise ValueError(f"need hidden_dim >= 1 and n_layers >= 1, got {hidden_dim} and {n_layers}")
         self.data_shape = data_shape
+        self.learn_variance = bool(learn_variance)
+        self.out_shape = (data_shape[0] * (1 + self.learn_variance), *data_shape[1:])
         d = math.prod(data_shape)
         self.time_embedding = time_embedding if time_embedding is not None else GaussianFourierEmbedding()
         emb_dim = getattr(self.time_embedding, "dim", None)
@@ -42,7 +49,7 @@ class TimeMLP(nn.Module):
         self.inp = nn.Linear(d, hidden_dim)
         self.time_proj = nn.Linear(emb_dim, hidden_dim * n_layers)
         self.hidden = nn.ModuleList(nn.Linear(hidden_dim, hidden_dim) for _ in range(n_layers))
-        self.out = nn.Linear(hidden_dim, d)
+        self.out = nn.Linear(hidden_dim, d * (1 + self.learn_variance))
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
         self.act = nn.SiLU()
@@ -54,4 +61,4 @@ class TimeMLP(nn.Module):
         temb = self.time_proj(self.act(self.time_embedding(t))).chunk(len(self.hidden), dim=1)
         for layer, te in zip(self.hidden, temb, strict=True):
             h = layer(self.act(h + te))
-        return self.out(self.act(h)).reshape(x.shape)
+        return self.out(self.act(h)).reshape(x.shape[0], *self.out_shape)

@@ -50,6 +50,9 @@ class UNet(nn.Module):
         time_embedding: module mapping ``t`` ``(B,)`` to ``(B, dim)`` features with a ``dim``
             attribute (default :class:`GaussianFourierEmbedding`); an MLP maps it to
             ``4 * channels`` features.
+        learn_variance: double the output channels (``2C``): the prediction, then the variance
+            interpolation of :class:`~sde_diffusion.scores.LearnedVarianceParameterization`
+            (Nichol & Dhariwal 2021, Sec. 3.1).
     """
 
     def __init__(
@@ -62,6 +65,7 @@ class UNet(nn.Module):
         dropout: float = 0.1,
         n_classes: int | None = None,
         time_embedding: nn.Module | None = None,
+        learn_variance: bool = False,
     ):
         super().__init__()
         data_shape = tuple(int(d) for d in data_shape)
@@ -78,6 +82,7 @@ class UNet(nn.Module):
             _positive_int("n_classes", n_classes)
         self.data_shape = data_shape
         self.n_classes = n_classes
+        self.learn_variance = bool(learn_variance)
         n_levels = len(channel_mult)
         resolutions = _level_resolutions(data_shape, n_levels)
         attention = _check_attention(attention_resolutions, resolutions)
@@ -125,7 +130,7 @@ class UNet(nn.Module):
             self.up.append(blocks)
             if level > 0:
                 self.upsample.append(Upsample(ch))
-        self.out = nn.Sequential(group_norm(ch), nn.SiLU(), zero_init(conv3x3(ch, data_shape[0])))
+        self.out = nn.Sequential(group_norm(ch), nn.SiLU(), zero_init(conv3x3(ch, data_shape[0] * (1 + self.learn_variance))))
 
     def embed(self, t: Tensor, y: Tensor | None) -> Tensor:
         """The ``(B, 4 channels)`` conditioning vector: ``MLP(time_embedding(t)) + E[y]``."""
@@ -148,7 +153,8 @@ class UNet(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """``x`` ``(B, C, H, W)``, ``t`` ``(B,)`` (or a scalar), optional class labels ``y`` ``(B,)``
-        int64 (``None``: the null label for a conditional network). Returns ``(B, C, H, W)``."""
+        int64 (``None``: the null label for a conditional network). Returns ``(B, C, H, W)``, or
+        ``(B, 2C, H, W)`` with ``learn_variance`` (the prediction, then the variance interpolation)."""
         if tuple(x.shape[1:]) != self.data_shape:
             raise ValueError(f"UNet was built for images of shape {self.data_shape}, got input of shape {tuple(x.shape)}")
         emb = self.embed(batch_time(t, x), y)

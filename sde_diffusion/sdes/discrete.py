@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from .._shapes import expand_like
 from .vp import VariancePreservingSDE
 
 
@@ -68,12 +69,40 @@ class DiscreteSchedule:
         i = torch.as_tensor(i)
         return self.one_minus_alpha_bars[i - 1] / self.one_minus_alpha_bars[i] * self.betas[i]
 
-    def posterior_mean(self, x0: Tensor, x_i: Tensor, i: int) -> Tensor:
+    def posterior_mean(self, x0: Tensor, x_i: Tensor, i: Tensor | int) -> Tensor:
         """``mu_i = sqrt(abar_{i-1}) beta_i / (1 - abar_i) x_0 + sqrt(1 - beta_i) (1 - abar_{i-1}) / (1 - abar_i) x_i``
-        (Ho et al. 2020, Eq. 7) for one step ``i >= 1``; ``x0``, ``x_i`` ``(B, *dims)``."""
+        (Ho et al. 2020, Eq. 7); ``x0``, ``x_i`` ``(B, *dims)``, steps ``i >= 1`` an int or ``(B,)``."""
+        i = torch.as_tensor(i, device=self.betas.device)
         a_prev, beta = self.alpha_bars[i - 1], self.betas[i]
         u, u_prev = self.one_minus_alpha_bars[i], self.one_minus_alpha_bars[i - 1]
-        return float(a_prev.sqrt() * beta / u) * x0 + float((1 - beta).sqrt() * u_prev / u) * x_i
+        c0, ci = (a_prev.sqrt() * beta / u).to(x0), ((1 - beta).sqrt() * u_prev / u).to(x0)
+        return expand_like(c0, x0) * x0 + expand_like(ci, x0) * x_i
+
+    def reverse_log_variance(self, i: Tensor | int, variance: str, interpolation: Tensor | None = None) -> Tensor:
+        """``log sigma_i^2`` of the reverse step ``p(x_{i-1} | x_i)``, float64 like ``i``'s shape, or
+        like ``interpolation`` for ``"learned"``.
+
+        ``"large"``: ``beta_i``; ``"small"``: ``beta_tilde_i`` (Ho et al. 2020, Sec. 3.2);
+        ``"learned"``: ``v log beta_i + (1 - v) log beta_tilde_i`` with ``v = interpolation``
+        (Nichol & Dhariwal 2021, Eq. 15). As in iDDPM's code, ``beta_tilde_1 = 0`` is replaced by
+        ``beta_tilde_2`` in the logs, and ``"large"`` uses it at step 1 too (the decoder's variance).
+        """
+        i = torch.as_tensor(i, device=self.betas.device)
+        tilde = self.posterior_variance(torch.arange(1, self.T + 1, device=i.device))
+        tilde[0] = tilde[1] if self.T > 1 else self.betas[1]
+        log_small = torch.cat([tilde.new_zeros(1), tilde.log()])[i]
+        log_large = torch.where(i == 1, log_small, self.betas[i].log())
+        if variance == "large":
+            return log_large
+        if variance == "small":
+            return log_small
+        if variance == "learned":
+            if interpolation is None:
+                raise ValueError("variance='learned' needs the network's interpolation v (a model with learned variances)")
+            v = interpolation.to(torch.float64)
+            log_beta, log_small = self.betas[i].log().to(v.device), log_small.to(v.device)
+            return expand_like(log_beta, v) * v + expand_like(log_small, v) * (1 - v)
+        raise ValueError(f"variance must be 'large' (beta), 'small' (beta_tilde) or 'learned', got {variance!r}")
 
     def respace(self, keep: Sequence[int] | Tensor) -> DiscreteSchedule:
         """The chain on the kept steps ``keep`` (increasing, within ``1..T``; the last must be ``T``),

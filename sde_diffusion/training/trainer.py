@@ -32,7 +32,9 @@ from .schedules import lr_schedule as warmup_lr_schedule
 log = logging.getLogger(__name__)
 
 LossFn = Callable[..., Tensor]
-"""``loss_fn(score_model, sde, x0, generator=...) -> (B,)`` per-sample losses."""
+"""``loss_fn(score_model, sde, x0, generator=...) -> (B,)`` per-sample losses. A loss with state (an
+importance sampler's history: :class:`~sde_diffusion.losses.HybridLoss`) has ``state_dict`` and
+``load_state_dict``, and its state is checkpointed with the run."""
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 """``optimizer(parameters) -> torch.optim.Optimizer``, e.g. ``functools.partial(torch.optim.AdamW, lr=1e-3)``."""
@@ -170,6 +172,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "rng": rng,
             "config": self.config,
+            **({"loss": self.loss_fn.state_dict()} if hasattr(self.loss_fn, "state_dict") else {}),
         }
 
     def save(self) -> Path | None:
@@ -187,6 +190,8 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             if "scheduler" in state:
                 self.scheduler.load_state_dict(state["scheduler"])
+            if "loss" in state and hasattr(self.loss_fn, "load_state_dict"):  # a stateful loss (importance sampler)
+                self.loss_fn.load_state_dict(state["loss"])
         except (RuntimeError, KeyError, ValueError) as err:
             first = str(err).strip().splitlines()[0]
             raise CheckpointError(
@@ -265,7 +270,7 @@ class Trainer:
             drop = torch.rand(y.shape, generator=generator, device=self.device) < self.options.label_dropout
             null_label = cast(int, self.model.n_classes)  # labels given: _check_labels found n_classes (K, the null label)
             y = torch.where(drop, null_label, y)
-        return lambda x, t: self.net(x, t, y)
+        return lambda x, t, **kwargs: self.net(x, t, y, **kwargs)
 
     def _stop_requested(self, stop: StopRequest) -> int | None:
         """The signal that asks training to stop, agreed by every process (each may have received
