@@ -19,6 +19,8 @@ from .distances import sliced_wasserstein
 from .likelihood import (
     LikelihoodOutput,
     bits_per_dim,
+    continuous_elbo,
+    discrete_vlb,
     dequantization_offset,
     dequantize,
     evaluate_nll,
@@ -58,6 +60,7 @@ from .samplers import (
     ReverseDiffusionPredictor,
     SamplerOutput,
     ddim,
+    ddpm,
     dpm_solver_2s,
     dpm_solver_pp,
     dpm_solver_sde,
@@ -92,7 +95,7 @@ from .sdes import (
     VariancePreservingSDE,
 )
 from .sdes.simulate import sample_marginal, simulate_forward
-from .timesteps import edm_time_grid, log_snr_time_grid, quadratic_time_grid, uniform_time_grid
+from .timesteps import discrete_time_grid, edm_time_grid, log_snr_time_grid, quadratic_time_grid, uniform_time_grid
 from .training import Trainer, TrainingInterrupted, TrainOptions, load_checkpoint, save_checkpoint
 
 __version__ = "0.1.0"
@@ -147,6 +150,7 @@ __all__ = [
     "log_snr_time_grid",
     "quadratic_time_grid",
     "edm_time_grid",
+    "discrete_time_grid",
     "SamplerOutput",
     "euler_maruyama",
     "predictor_corrector",
@@ -163,6 +167,7 @@ __all__ = [
     "ode_encode",
     "ode_decode",
     "ddim",
+    "ddpm",
     "heun",
     "edm_sde",
     "dpm_solver_pp",
@@ -178,6 +183,8 @@ __all__ = [
     "bits_per_dim",
     "nats_per_dim",
     "evaluate_nll",
+    "discrete_vlb",
+    "continuous_elbo",
     "distributed",
     "Trainer",
     "TrainOptions",

@@ -141,11 +141,18 @@ def on_driver(fn: Callable) -> bool:
 def build_sampler(cfg: DictConfig) -> tuple[Callable, Callable]:
     """``(sampler_fn, grid_fn)``: call ``grid_fn(sde, dtype=..., device=...)`` for the time grid.
 
+    ``sampler.n_steps``, when set, replaces the grid's ``n_steps`` (every grid function takes one).
+
     ``sampler.denoise_to_zero`` and ``sampler.thresholding`` (with ``threshold_percentile`` and
     ``data_range``, in the model's units) become the driver's ``denoise_to_zero`` and
     ``x0_correction``; a sampler not on the driver (ode, torchsde) refuses them in one line.
     """
     fn, grid = _build(cfg, "sampler.fn"), _build(cfg, "sampler.grid")
+    n_steps = OmegaConf.select(cfg, "sampler.n_steps", default=None)
+    if n_steps is not None:
+        if "n_steps" not in inspect.signature(grid).parameters:
+            raise ConfigError(f"sampler.n_steps: the grid {OmegaConf.select(cfg, 'sampler.grid._target_')} takes no n_steps")
+        grid = functools.partial(grid, n_steps=int(n_steps))
     options: dict = {}
     if OmegaConf.select(cfg, "sampler.denoise_to_zero", default=False):
         options["denoise_to_zero"] = True

@@ -36,6 +36,7 @@ class SamplerConfig:
 
     fn: Any = MISSING
     grid: Any = MISSING
+    n_steps: int | None = None  # when set, replaces the grid's n_steps (sampler.n_steps=50)
     denoise_to_zero: bool = False
     thresholding: str = "none"
     threshold_percentile: float = 0.995
@@ -102,6 +103,10 @@ class EvalAppConfig:
     threads: Any = MISSING
     progress: bool = MISSING
     backend: str = MISSING
+    bound: str = MISSING
+    variance: str = MISSING
+    n_terms: int | None = MISSING
+    n_time_samples: int = MISSING
 
 
 SCHEMAS = {"train_schema": TrainAppConfig, "sample_schema": SampleAppConfig, "eval_schema": EvalAppConfig}

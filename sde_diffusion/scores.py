@@ -102,6 +102,8 @@ class LearnedVarianceParameterization(_Parameterization):
     ``forward(x, t, y, variance=True)`` returns ``(score, v)``, both ``(B, *dims)``.
     """
 
+    learns_variance = True
+
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, variance: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         t = batch_time(t, x)
         _, s = self._kernel(x, t)

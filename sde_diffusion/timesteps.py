@@ -83,6 +83,20 @@ def edm_time_grid(sde: SDE, n_steps: int, eps: float = 1e-3, rho: float = 7.0, *
     return _times_at_log_snr(sde, -2.0 * rho * torch.log(root), eps, dtype, device)
 
 
+def discrete_time_grid(sde: SDE, n_steps: int, *, dtype=torch.float32, device=None) -> Tensor:
+    """The times ``i / T`` of ``n_steps`` steps of a discrete-time SDE's chain (``sde.discrete``, a
+    :class:`~sde_diffusion.sdes.DiscreteSchedule`), spread evenly over ``1..T`` with both ends kept,
+    decreasing from ``T / T = 1`` to ``1 / T`` (iDDPM's strided sampling). ``(n_steps,)``; with
+    ``denoise_to_zero`` a sampler then makes ``n_steps`` network calls, DDPM's ``K``-step chain."""
+    chain = getattr(sde, "discrete", None)
+    if chain is None:
+        raise ValueError(f"discrete_time_grid needs a discrete-time SDE (sde=ddpm or ddpm_cosine); {type(sde).__name__} has none")
+    if int(n_steps) != n_steps or not 2 <= n_steps <= chain.T:
+        raise ValueError(f"n_steps must be an integer in 2..{chain.T} (steps of the chain to visit), got {n_steps}")
+    steps = chain.evenly_spaced(int(n_steps)).timesteps[1:].flip(0)
+    return (steps.to(torch.float64) / chain.T).to(dtype=dtype, device=device)
+
+
 def check_grid(ts: Tensor) -> Tensor:
     """Return ``ts`` if it is a sampler grid: a 1-D floating tensor of ``N + 1 >= 2`` strictly
     decreasing times; otherwise raise an error naming the problem. Samplers call it first."""

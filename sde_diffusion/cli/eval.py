@@ -39,7 +39,9 @@ from ._common import check_composes, fail, override_key, refusals, say, set_thre
 PROG = "sde-eval"
 RESULTS = "eval.json"
 SPLITS = ("test", "train")
-SETTINGS = ("batch_size", "divergence", "n_probes", "n_dequant", "rtol", "atol", "method", "eps", "seed", "backend")
+SETTINGS = ("bound", "batch_size", "divergence", "n_probes", "n_dequant", "rtol", "atol", "method", "eps", "seed", "backend")
+BOUND_SETTINGS = {"vlb": ("variance", "n_terms"), "elbo": ("n_time_samples",), "ode": ()}
+"""The settings of each bound beyond SETTINGS, passed and recorded only with it."""
 """Config keys passed to :func:`evaluate_nll` as they are, and recorded with each result."""
 
 
@@ -102,7 +104,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     if ctx.is_main:
         procs = f" x {ctx.world_size} processes" if ctx.active else ""
         say(f"{PROG}: {cfg.split} split of step {trained.step} of {trained.run_dir} on {trained.device}, {thread_text(threads)}{procs}")
-    settings = {key: cfg[key] for key in SETTINGS}
+    settings = {key: cfg[key] for key in SETTINGS + BOUND_SETTINGS.get(cfg.bound, ())}
     try:
         result = evaluate_nll(
             trained.sde,
@@ -145,16 +147,18 @@ def _pm(value: float, stderr: float | None, unit: str) -> str:
 
 
 def _summary_line(r: dict) -> str:
-    parts = [f"NLL {_pm(r['nll_nats_per_dim'], r['nll_stderr'], 'nats/dim')}"]
+    name = {"ode": "NLL", "vlb": "VLB", "elbo": "ELBO"}[r["bound"]]
+    parts = [f"{name} {_pm(r['nll_nats_per_dim'], r['nll_stderr'], 'nats/dim')}"]
     if r["bpd"] is not None:
         parts.append(_pm(r["bpd"], r["bpd_stderr"], "bits/dim"))
     text = (
-        f"{', '.join(parts)} on {r['n_points']} {r['split']} points of {r['data']} (D={r['dim']}, "
-        f"{r['divergence']} divergence) at step {r['checkpoint_step']}"
+        f"{', '.join(parts)} on {r['n_points']} {r['split']} points of {r['data']} (D={r['dim']}"
+        f"{', ' + r['divergence'] + ' divergence' if r['bound'] == 'ode' else ''}) at step {r['checkpoint_step']}"
     )
     if r["data_nll_nats_per_dim"] is not None:
         text += f" (exact data NLL {r['data_nll_nats_per_dim']:.4f})"
-    return text + f"; {r['nfe']:.0f} NFE per solve, {r['seconds']:.1f} s"
+    per = "solve" if r["bound"] == "ode" else "point"
+    return text + f"; {r['nfe']:.0f} NFE per {per}, {r['seconds']:.1f} s"
 
 
 @hydra.main(version_base=None, config_path="pkg://sde_diffusion.conf", config_name="eval")

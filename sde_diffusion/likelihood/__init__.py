@@ -1,7 +1,8 @@
 """Exact likelihood through the probability-flow ODE, bits per dimension of discrete data, and the
-mean NLL of a data set with standard errors (``evaluate_nll``, behind ``sde-eval``)."""
+variational bounds (DDPM's discrete VLB, the continuous-time ELBO), and the mean NLL of a data set with standard errors (``evaluate_nll``, behind ``sde-eval``)."""
 
 from .bits import bits_per_dim, dequantization_offset, dequantize, nats_per_dim
+from .bounds import continuous_elbo, discrete_vlb
 from .evaluate import evaluate_nll
 from .ode import LikelihoodOutput, log_likelihood
 
@@ -9,6 +10,8 @@ __all__ = [
     "log_likelihood",
     "LikelihoodOutput",
     "evaluate_nll",
+    "discrete_vlb",
+    "continuous_elbo",
     "dequantize",
     "dequantization_offset",
     "bits_per_dim",

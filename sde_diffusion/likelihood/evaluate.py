@@ -29,8 +29,21 @@ from ..data.dataset import Density
 from ..distributed import SINGLE, DistributedContext, all_gather_objects
 from ..scores import ScoreFn
 from ..sdes.base import SDE
-from .bits import bits_per_dim, dequantize, nats_per_dim
+from .bits import bits_per_dim, dequantization_offset, dequantize, nats_per_dim
+from .bounds import continuous_elbo, discrete_vlb
 from .ode import DIVERGENCES, log_likelihood
+
+BOUNDS = ("ode", "vlb", "elbo")
+"""What :func:`evaluate_nll` computes: the probability-flow ODE's exact NLL, DDPM's discrete VLB,
+or the continuous-time ELBO (:mod:`.bounds`)."""
+
+
+def resolve_variance(variance: str, score_fn) -> str:
+    """``"auto"``: ``"learned"`` for a model with learned variances (``score_fn.learns_variance``),
+    else ``"small"`` (``beta_tilde``); other values pass through."""
+    if variance != "auto":
+        return variance
+    return "learned" if getattr(score_fn, "learns_variance", False) else "small"
 
 EXACT_DIVERGENCE_MAX_DIM = 16
 """``divergence="auto"`` takes the exact trace up to this many dimensions, Hutchinson above."""
@@ -86,6 +99,10 @@ def evaluate_nll(
     density: Density | None = None,
     progress: bool = False,
     shard: DistributedContext = SINGLE,
+    bound: str = "ode",
+    variance: str = "auto",
+    n_terms: int | None = None,
+    n_time_samples: int = 32,
 ) -> dict:
     """Mean NLL in nats per dimension (and bits per dimension for discrete data) of ``data`` under
     the probability-flow ODE of ``sde`` and ``score_fn``, with standard errors (module docstring).
@@ -118,11 +135,23 @@ def evaluate_nll(
             the per-point results are gathered once at the end (no collective during the adaptive
             solves, whose step counts differ between processes), so every process returns the
             numbers one process would.
-    Returns: a JSON-ready dict: ``n_points``, ``dim`` (``D``), ``divergence`` (resolved),
+        bound: ``"ode"`` (the exact NLL of the probability-flow ODE), ``"vlb"`` (DDPM's discrete
+            variational bound of a discrete-time SDE, :func:`~sde_diffusion.likelihood.discrete_vlb`:
+            ``-log P(x)`` of the data on their ``levels`` by the discretized decoder, no
+            dequantization, so ``n_dequant`` must be 1) or ``"elbo"`` (the continuous-time bound,
+            :func:`~sde_diffusion.likelihood.continuous_elbo`, of the dequantized data). For
+            ``"vlb"``, ``nll_nats_per_dim`` is that of the density ``P(x) / (w / K)^D`` on the bins,
+            ``bpd - log2(K / w)`` in nats: on one scale with the other two.
+        variance: the VLB's reverse variances: ``"auto"`` (learned when the model learned them,
+            else ``"small"``), ``"small"``, ``"large"`` or ``"learned"``.
+        n_terms: the VLB's steps per point: None for all ``T``, else the unbiased stratified estimate.
+        n_time_samples: the ELBO's network calls per point.
+    Returns: a JSON-ready dict: ``bound``, ``n_points``, ``dim`` (``D``), ``divergence`` (resolved),
         ``nll_nats_per_dim`` and ``nll_stderr``; ``bpd`` and ``bpd_stderr`` (None for continuous
         data); ``data_nll_nats_per_dim`` and ``data_nll_stderr`` (None without ``density``);
         ``nfe`` (score evaluations per solve, averaged over batches), ``nfe_total``,
-        ``n_solves`` and ``seconds`` (wall time of the solves, the gathering included). Standard errors are None for one point.
+        ``n_solves`` and ``seconds`` (wall time of the solves, the gathering included); ``variance``,
+        ``n_terms`` (vlb) and ``n_time_samples`` (elbo) for the bounds. Standard errors are None for one point.
     """
     check_data(data, "data")
     if divergence not in ("auto", *DIVERGENCES):
@@ -130,6 +159,11 @@ def evaluate_nll(
     if (levels is None) != (interval_width is None):
         raise ValueError("levels and interval_width describe discrete data together: give both or neither")
     _check_counts(n_points, batch_size, n_dequant, seed, levels)
+    if bound not in BOUNDS:
+        raise ValueError(f"bound must be one of {BOUNDS} (ode: exact NLL; vlb: DDPM's bound; elbo: the continuous-time bound), got {bound!r}")
+    if bound == "vlb" and n_dequant != 1:
+        raise ValueError("bound=vlb scores the discrete data themselves (the discretized decoder), without dequantization: leave n_dequant=1")
+    variance = resolve_variance(variance, score_fn)
     if n_points is not None and n_points > data.shape[0]:
         raise ValueError(f"n_points={n_points} but the data hold {data.shape[0]} points; lower n_points or use null for all")
     x_all = data if n_points is None else data[:n_points]
@@ -148,26 +182,33 @@ def evaluate_nll(
     with tqdm(total=len(x_all), disable=not (progress and shard.is_main), desc="NLL", unit="pt", leave=False) as bar:
         for b, x in batches:
             generator = torch.Generator(device=x.device).manual_seed(derive_seed(seed, b))
-            y = x if levels is None or interval is None else dequantize(x, levels, interval, n_dequant=n_dequant, generator=generator)
-            out = log_likelihood(
-                sde,
-                score_fn,
-                y,
-                eps=eps,
-                method=method,
-                rtol=rtol,
-                atol=atol,
-                divergence=divergence,
-                n_probes=n_probes,
-                probe=probe,
-                backend=backend,
-                generator=generator,
-            )
-            nll_b = nats_per_dim(out.logp, dim).reshape(n_dequant, -1).mean(0)  # draw-major rows
-            bpd_b = None if levels is None or interval is None else bits_per_dim(out.logp, dim, levels, interval, n_dequant=n_dequant)
-            mine[b] = (nll_b.cpu(), None if bpd_b is None else bpd_b.cpu(), out.nfe)
+            if bound == "vlb":
+                nll_b, bpd_b, nfe_b = _vlb_batch(sde, score_fn, x, dim, levels, interval, variance, n_terms, generator)
+            else:
+                y = x if levels is None or interval is None else dequantize(x, levels, interval, n_dequant=n_dequant, generator=generator)
+                if bound == "elbo":
+                    logp, nfe_b = -continuous_elbo(score_fn, sde, y, eps=eps, n_time_samples=n_time_samples, generator=generator), n_time_samples
+                else:
+                    out = log_likelihood(
+                        sde,
+                        score_fn,
+                        y,
+                        eps=eps,
+                        method=method,
+                        rtol=rtol,
+                        atol=atol,
+                        divergence=divergence,
+                        n_probes=n_probes,
+                        probe=probe,
+                        backend=backend,
+                        generator=generator,
+                    )
+                    logp, nfe_b = out.logp, out.nfe
+                nll_b = nats_per_dim(logp, dim).reshape(n_dequant, -1).mean(0)  # draw-major rows
+                bpd_b = None if levels is None or interval is None else bits_per_dim(logp, dim, levels, interval, n_dequant=n_dequant)
+            mine[b] = (nll_b.cpu(), None if bpd_b is None else bpd_b.cpu(), nfe_b)
             bar.update(sum(sizes[b : b + shard.world_size]))
-            bar.set_postfix(nll=f"{torch.cat([v[0] for v in mine.values()]).mean().item():.4f}", nfe=out.nfe)
+            bar.set_postfix(nll=f"{torch.cat([v[0] for v in mine.values()]).mean().item():.4f}", nfe=nfe_b)
     merged = {b: v for part in all_gather_objects(mine, shard) for b, v in part.items()}
     seconds = time.perf_counter() - start
     ordered = [merged[b] for b in sorted(merged)]
@@ -180,7 +221,10 @@ def evaluate_nll(
     data_mean, data_se = (
         _mean_and_stderr(nats_per_dim(density.log_prob(x_all.cpu().double()), dim)) if density is not None else (None, None)
     )
+    extra: dict = {"variance": variance, "n_terms": n_terms} if bound == "vlb" else {"n_time_samples": n_time_samples} if bound == "elbo" else {}
     return {
+        "bound": bound,
+        **extra,
         "n_points": int(x_all.shape[0]),
         "dim": dim,
         "divergence": divergence,
@@ -195,3 +239,15 @@ def evaluate_nll(
         "n_solves": len(nfe),
         "seconds": seconds,
     }
+
+
+def _vlb_batch(sde, score_fn, x, dim, levels, interval, variance, n_terms, generator) -> tuple[Tensor, Tensor | None, int]:
+    """Per-point ``(nll nats/dim, bpd or None, NFE)`` of one batch by the discrete VLB: ``-log P`` of
+    discrete data (``bpd``) and its density on the bins, ``bpd ln 2 - log(K / w)``; continuous data
+    have a Gaussian decoder and a density bound directly."""
+    total = discrete_vlb(score_fn, sde, x, variance=variance, levels=levels, interval=interval or (-1.0, 1.0), n_terms=n_terms, generator=generator)
+    nfe = sde.discrete.T if n_terms is None else int(n_terms)
+    if levels is None or interval is None:
+        return (total / dim).to(x.dtype), None, nfe
+    bpd = total / (dim * math.log(2.0))
+    return ((bpd - dequantization_offset(levels, interval)) * math.log(2.0)).to(x.dtype), bpd.to(x.dtype), nfe

@@ -11,6 +11,7 @@ from .base import SamplerOutput
 from .controllable import MASK_REGIONS, NoisedKnown, inpaint, inpainting_mask, sdedit
 from .correctors import AnnealedLangevinCorrector, Corrector, LangevinCorrector, NoCorrector
 from .ddim import DDIMStep, ddim
+from .ddpm import DDPMStep, ddpm
 from .dpm_solver import DPMSolverMultistep, DPMSolverSDE, DPMSolverSinglestep2S, dpm_solver_2s, dpm_solver_pp, dpm_solver_sde
 from .draw import DrawnSamples, draw_samples, sample_in_batches
 from .driver import Prediction, Solve, Step, sample_on_grid
@@ -44,6 +45,8 @@ __all__ = [
     "ode_decode",
     "ddim",
     "DDIMStep",
+    "ddpm",
+    "DDPMStep",
     "heun",
     "edm_sde",
     "EDMStep",

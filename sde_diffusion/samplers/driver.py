@@ -46,11 +46,13 @@ LOWER_ORDER_FINAL_BELOW = 15
 @dataclass
 class Prediction:
     """The model's three predictions at ``(x, t)``, consistent with each other: ``x0`` and
-    ``eps`` ``(B, *dims)`` (None without a kernel) and ``score`` ``(B, *dims)``."""
+    ``eps`` ``(B, *dims)`` (None without a kernel) and ``score`` ``(B, *dims)``; ``variance``, the
+    learned variance interpolation ``v`` ``(B, *dims)`` when it was asked for."""
 
     x0: Tensor | None
     eps: Tensor | None
     score: Tensor
+    variance: Tensor | None = None
 
 
 class Solve:
@@ -81,27 +83,39 @@ class Solve:
         m, s = self.sde.kernel(torch.as_tensor(t, dtype=torch.float64))
         return m.to(like), s.to(like)
 
-    def predict(self, x: Tensor, t: float | Tensor, kernel: tuple[Tensor, Tensor] | None = None) -> Prediction:
+    def predict(self, x: Tensor, t: float | Tensor, kernel: tuple[Tensor, Tensor] | None = None, *, variance: bool = False) -> Prediction:
         """One score evaluation at ``(x, t)`` as a :class:`Prediction`, corrected by the ``x0`` hook.
 
         ``kernel``: ``(m(t), s(t))`` when the caller has them (grid times), else they are computed.
+        ``variance``: also return the model's learned variance interpolation (the model is called as
+        ``score_fn(x, t, variance=True)``, :class:`~sde_diffusion.scores.LearnedVarianceParameterization`).
         """
         t_batch = batch_time(t, x)
-        score = self.score(x, t_batch)
+        interp = None
+        if variance:
+            try:
+                score, interp = self.score(x, t_batch, variance=True)
+            except TypeError:
+                raise ValueError(
+                    "variance='learned' needs a model with learned variances (model=unet_learned_variance or "
+                    "mlp_learned_variance); use variance='large' or 'small'"
+                ) from None
+        else:
+            score = self.score(x, t_batch)
         if not self.sde.has_kernel:
-            return Prediction(None, None, score)
+            return Prediction(None, None, score, interp)
         m, s = kernel if kernel is not None else self.kernel_at(t_batch[0], x)
         x0 = (x + s**2 * score) / m
         if self.x0_correction is None:
-            return Prediction(x0, -s * score, score)
+            return Prediction(x0, -s * score, score, interp)
         x0 = self.x0_correction(x0, x, t_batch)
         eps = (x - m * x0) / s
-        return Prediction(x0, eps, -eps / s)
+        return Prediction(x0, eps, -eps / s, interp)
 
-    def predict_at(self, x: Tensor, i: int) -> Prediction:
+    def predict_at(self, x: Tensor, i: int, *, variance: bool = False) -> Prediction:
         """:meth:`predict` at the grid time ``ts[i]``, with the tabulated kernel."""
         kernel = (self.m[i], self.s[i]) if self.m is not None and self.s is not None else None
-        return self.predict(x, self.ts[i], kernel)
+        return self.predict(x, self.ts[i], kernel, variance=variance)
 
     def model_score(self, x: Tensor, t: Tensor) -> Tensor:
         """The score as a plain ``score(x, t)`` for steps written with it (predictors, correctors):
