@@ -25,7 +25,7 @@ This module depends on no SDE class: wrappers call the SDE's methods (``kernel``
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, overload
 
 import torch
 from torch import Tensor, nn
@@ -217,6 +217,10 @@ class GuidedScore:
             )
         return self.labels.to(x.device)
 
+    @overload
+    def __call__(self, x: Tensor, t: Tensor, variance: Literal[False] = False) -> Tensor: ...
+    @overload
+    def __call__(self, x: Tensor, t: Tensor, variance: Literal[True]) -> tuple[Tensor, Tensor]: ...
     def __call__(self, x: Tensor, t: Tensor, variance: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """``x``: ``(B, *dims)``; ``t``: scalar or ``(B,)``. Returns the guided score ``(B, *dims)``;
         with ``variance=True`` (a model with learned variances) also the conditional model's variance

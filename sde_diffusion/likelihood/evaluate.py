@@ -45,6 +45,7 @@ def resolve_variance(variance: str, score_fn) -> str:
         return variance
     return "learned" if getattr(score_fn, "learns_variance", False) else "small"
 
+
 EXACT_DIVERGENCE_MAX_DIM = 16
 """``divergence="auto"`` takes the exact trace up to this many dimensions, Hutchinson above."""
 
@@ -160,9 +161,13 @@ def evaluate_nll(
         raise ValueError("levels and interval_width describe discrete data together: give both or neither")
     _check_counts(n_points, batch_size, n_dequant, seed, levels)
     if bound not in BOUNDS:
-        raise ValueError(f"bound must be one of {BOUNDS} (ode: exact NLL; vlb: DDPM's bound; elbo: the continuous-time bound), got {bound!r}")
+        raise ValueError(
+            f"bound must be one of {BOUNDS} (ode: exact NLL; vlb: DDPM's bound; elbo: the continuous-time bound), got {bound!r}"
+        )
     if bound == "vlb" and n_dequant != 1:
-        raise ValueError("bound=vlb scores the discrete data themselves (the discretized decoder), without dequantization: leave n_dequant=1")
+        raise ValueError(
+            "bound=vlb scores the discrete data themselves (the discretized decoder), without dequantization: leave n_dequant=1"
+        )
     variance = resolve_variance(variance, score_fn)
     if n_points is not None and n_points > data.shape[0]:
         raise ValueError(f"n_points={n_points} but the data hold {data.shape[0]} points; lower n_points or use null for all")
@@ -187,7 +192,10 @@ def evaluate_nll(
             else:
                 y = x if levels is None or interval is None else dequantize(x, levels, interval, n_dequant=n_dequant, generator=generator)
                 if bound == "elbo":
-                    logp, nfe_b = -continuous_elbo(score_fn, sde, y, eps=eps, n_time_samples=n_time_samples, generator=generator), n_time_samples
+                    logp, nfe_b = (
+                        -continuous_elbo(score_fn, sde, y, eps=eps, n_time_samples=n_time_samples, generator=generator),
+                        n_time_samples,
+                    )
                 else:
                     out = log_likelihood(
                         sde,
@@ -221,7 +229,9 @@ def evaluate_nll(
     data_mean, data_se = (
         _mean_and_stderr(nats_per_dim(density.log_prob(x_all.cpu().double()), dim)) if density is not None else (None, None)
     )
-    extra: dict = {"variance": variance, "n_terms": n_terms} if bound == "vlb" else {"n_time_samples": n_time_samples} if bound == "elbo" else {}
+    extra: dict = (
+        {"variance": variance, "n_terms": n_terms} if bound == "vlb" else {"n_time_samples": n_time_samples} if bound == "elbo" else {}
+    )
     return {
         "bound": bound,
         **extra,
@@ -245,7 +255,9 @@ def _vlb_batch(sde, score_fn, x, dim, levels, interval, variance, n_terms, gener
     """Per-point ``(nll nats/dim, bpd or None, NFE)`` of one batch by the discrete VLB: ``-log P`` of
     discrete data (``bpd``) and its density on the bins, ``bpd ln 2 - log(K / w)``; continuous data
     have a Gaussian decoder and a density bound directly."""
-    total = discrete_vlb(score_fn, sde, x, variance=variance, levels=levels, interval=interval or (-1.0, 1.0), n_terms=n_terms, generator=generator)
+    total = discrete_vlb(
+        score_fn, sde, x, variance=variance, levels=levels, interval=interval or (-1.0, 1.0), n_terms=n_terms, generator=generator
+    )
     nfe = sde.discrete.T if n_terms is None else int(n_terms)
     if levels is None or interval is None:
         return (total / dim).to(x.dtype), None, nfe

@@ -101,7 +101,9 @@ class HybridLoss:
     held-out values are comparable between runs. ``state_dict`` holds the sampler's history.
     """
 
-    def __init__(self, vlb_weight: float = 0.001, importance: bool = False, levels: int | None = None, interval: tuple[float, float] = (-1.0, 1.0)):
+    def __init__(
+        self, vlb_weight: float = 0.001, importance: bool = False, levels: int | None = None, interval: tuple[float, float] = (-1.0, 1.0)
+    ):
         self.vlb_weight = check_range("vlb_weight", vlb_weight, low=0)
         self.sampler = LossAwareStepSampler() if importance else None
         if levels is not None:

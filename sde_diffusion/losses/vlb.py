@@ -43,7 +43,9 @@ def _log1mexp(a: Tensor) -> Tensor:
     return torch.where(a > -math.log(2.0), torch.log(-torch.expm1(a)), torch.log1p(-torch.exp(a)))
 
 
-def discretized_gaussian_log_prob(x: Tensor, mean: Tensor, log_var: Tensor, levels: int, interval: tuple[float, float] = (-1.0, 1.0)) -> Tensor:
+def discretized_gaussian_log_prob(
+    x: Tensor, mean: Tensor, log_var: Tensor, levels: int, interval: tuple[float, float] = (-1.0, 1.0)
+) -> Tensor:
     """``log P(x)`` per element under ``N(mean, e^log_var)`` discretized to ``K = levels`` values.
 
     The values are the data's levels ``low + k w / K`` (``k = 0 .. K - 1``, ``w = high - low``; the

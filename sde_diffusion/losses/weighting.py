@@ -49,7 +49,9 @@ def discrete_chain(sde: SDE, what: str):
     or a ValueError naming ``what`` needs it."""
     chain = getattr(sde, "discrete", None)
     if chain is None:
-        raise ValueError(f"{what} needs a discrete-time SDE (sde=ddpm or sde=ddpm_cosine: DDPMSDE); {type(sde).__name__} has no discrete chain")
+        raise ValueError(
+            f"{what} needs a discrete-time SDE (sde=ddpm or sde=ddpm_cosine: DDPMSDE); {type(sde).__name__} has no discrete chain"
+        )
     return chain
 
 

@@ -37,7 +37,9 @@ class DDPMStep(Step):
 
     def __init__(self, variance: str = "large"):
         if variance not in VARIANCES:
-            raise ValueError(f"variance must be one of {VARIANCES} (large: beta, small: beta_tilde, learned: the network's), got {variance!r}")
+            raise ValueError(
+                f"variance must be one of {VARIANCES} (large: beta, small: beta_tilde, learned: the network's), got {variance!r}"
+            )
         self.variance = variance
 
     def start(self, solve: Solve) -> None:

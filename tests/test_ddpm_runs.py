@@ -1,0 +1,145 @@
+"""DDPM through the toolkit's runs: the hybrid loss's importance-sampling state is checkpointed and
+resumes exactly, the configs the issue names compose and run end to end, ``sde-eval bound=vlb|elbo``
+records what the bounds compute, and ``sampler.n_steps`` sets any sampler's grid."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+
+import sde_diffusion as sd
+from analytic import gaussian
+from sde_diffusion._seeding import derive_seed
+from sde_diffusion.config import ConfigError, build_sampler
+from sde_diffusion.likelihood.evaluate import evaluate_nll
+from sde_diffusion.sdes.discrete import DiscreteSchedule, linear_betas
+from sde_diffusion.training import load_checkpoint
+
+SHORT = DiscreteSchedule(linear_betas(10, 0.01, 0.3))
+
+
+class _Crash(Exception):
+    pass
+
+
+def _trainer(run_dir, resume=False):
+    torch.manual_seed(0)
+    sde = sd.DDPMSDE(SHORT)
+    model = sd.LearnedVarianceParameterization(sd.TimeMLP([2], hidden_dim=16, n_layers=2, learn_variance=True), sde)
+    options = sd.TrainOptions(steps=30, batch_size=64, lr=1e-2, warmup_steps=5, checkpoint_every=10, log_every=10, progress=False, resume=resume)
+    data = torch.randn(256, 2, generator=torch.Generator().manual_seed(1))
+    return sd.Trainer(model, sde, data, options, loss_fn=sd.HybridLoss(importance=True), run_dir=run_dir, seed=3)
+
+
+def test_the_hybrid_loss_with_importance_sampling_resumes_exactly(tmp_path):
+    """The loss-aware sampler's history is part of the run's state: a run that crashes after a
+    checkpoint and resumes draws the same steps with the same weights as one that never stopped.
+    (Without the history in the checkpoint the resumed run would sample uniformly again.)"""
+    full = _trainer(tmp_path / "full")
+    full.fit()
+    p = full.loss_fn.sampler.probabilities(SHORT.T)
+    assert (p - 1 / SHORT.T).abs().max() > 1e-3  # importance sampling was active, not uniform
+
+    crashed = _trainer(tmp_path / "crash")
+    crashed.on_step.append(lambda tr: (_ for _ in ()).throw(_Crash()) if tr.step == 25 else None)
+    with pytest.raises(_Crash):
+        crashed.fit()
+    assert "loss" in load_checkpoint(tmp_path / "crash" / "checkpoints" / "last.pt")
+    resumed = _trainer(tmp_path / "crash", resume=True)
+    assert resumed.step == 20
+    resumed.fit()
+    for name, value in full.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[name]), name
+    assert torch.equal(full.loss_fn.sampler.losses, resumed.loss_fn.sampler.losses)
+    assert torch.equal(full.loss_fn.sampler.seen, resumed.loss_fn.sampler.seen)
+
+
+def _compose(overrides):
+    with initialize_config_module(config_module="sde_diffusion.conf", version_base=None):
+        return compose(config_name="config", overrides=overrides)
+
+
+def test_sampler_n_steps_sets_the_grid_of_any_sampler():
+    sde = sd.DDPMSDE()
+    for sampler, n in (("ddpm", 7), ("ddim", 9), ("dpm_solver", 5)):
+        _, grid = build_sampler(_compose([f"sampler={sampler}", f"sampler.n_steps={n}"]))
+        ts = grid(sde, dtype=torch.float64)
+        assert len(ts) == (n if sampler == "ddpm" else n + 1)  # the DDPM grid lists the chain's n steps
+    _, grid = build_sampler(_compose(["sampler=ddpm"]))
+    assert len(grid(sde, dtype=torch.float64)) == 1000
+    with pytest.raises(ConfigError, match="n_steps"):
+        build_sampler(_compose(["sampler=ddpm", "sampler.grid._target_=sde_diffusion.samplers.ddim", "sampler.n_steps=3"]))
+
+
+def test_bounds_refuse_what_they_cannot_compute():
+    dist = gaussian(2)
+    x = dist.sample(8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    vp = sd.VPSDE()
+    with pytest.raises(ValueError, match="sde=ddpm"):
+        evaluate_nll(vp, dist.score_fn(vp), x, bound="vlb")
+    with pytest.raises(ValueError, match="bound must be one of"):
+        evaluate_nll(vp, dist.score_fn(vp), x, bound="kl")
+    ddpm = sd.DDPMSDE(SHORT)
+    with pytest.raises(ValueError, match="learned variances"):
+        evaluate_nll(ddpm, dist.score_fn(ddpm), x, bound="vlb", variance="learned")
+    digits = torch.randint(0, 17, (8, 2)).double() * 2 / 17 - 1
+    with pytest.raises(ValueError, match="n_dequant=1"):
+        evaluate_nll(ddpm, dist.score_fn(ddpm), digits, bound="vlb", levels=17, interval_width=2.0, n_dequant=2)
+
+
+def test_vlb_of_discrete_data_is_reported_on_the_dequantized_scale():
+    """For data on K levels the VLB bounds -log P(x) itself: bpd = VLB / (D ln 2), and the reported
+    nats/dim are those of the density P / (w/K)^D on the bins, (bpd - log2(K / w)) ln 2, as the ODE's."""
+    ddpm, dist = sd.DDPMSDE(SHORT), gaussian(2)
+    x = torch.randint(0, 17, (64, 2), generator=torch.Generator().manual_seed(0)).double() * 2 / 17 - 1
+    out = evaluate_nll(ddpm, dist.score_fn(ddpm), x, bound="vlb", levels=17, interval_width=2.0, batch_size=64)
+    vlb = sd.discrete_vlb(dist.score_fn(ddpm), ddpm, x, variance="small", levels=17, interval=(-1.0, -1.0 + 2.0), generator=torch.Generator().manual_seed(derive_seed(0, 0)))
+    bpd = vlb / (2 * math.log(2))
+    assert out["bound"] == "vlb" and out["variance"] == "small" and out["nfe"] == SHORT.T
+    assert out["bpd"] == pytest.approx(bpd.mean().item(), rel=1e-9)
+    assert out["bpd_stderr"] == pytest.approx((bpd.std() / 8).item(), rel=1e-9)
+    assert out["nll_nats_per_dim"] == pytest.approx((out["bpd"] - math.log2(17 / 2)) * math.log(2), rel=1e-9)
+
+
+def _cli(module: str, *args: str, cwd) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+def test_a_ddpm_run_with_learned_variances_trains_samples_and_reports_each_bound(tmp_path):
+    """sde=ddpm loss=ddpm_hybrid model=mlp_learned_variance sampler=ddpm end to end; then sde-eval
+    writes one record per bound whose numbers are those of the library calls on the loaded run."""
+    run_dir = tmp_path / "run"
+    proc = _cli(
+        "sde_diffusion.cli.train", "sde=ddpm", "loss=ddpm_hybrid", "model=mlp_learned_variance", "sampler=ddpm",
+        "sampler.n_steps=20", "sampler.fn.variance=learned", "train.steps=30", "train.progress=false",
+        "n_samples=50", "eval_points=32", f"hydra.run.dir={run_dir}", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "50 samples by ddpm (20 NFE" in proc.stdout
+    for bound, extra in (("vlb", ["n_terms=10"]), ("elbo", ["n_time_samples=8"]), ("ode", [])):
+        proc = _cli(
+            "sde_diffusion.cli.eval", f"run_dir={run_dir}", "n_points=40", "batch_size=40", "progress=false", f"bound={bound}",
+            *extra, f"hydra.run.dir={tmp_path / bound}", cwd=tmp_path,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.splitlines()[-1].startswith(f"sde-eval: {dict(vlb='VLB', elbo='ELBO', ode='NLL')[bound]} ")
+    records = json.loads((run_dir / "eval.json").read_text())
+    assert [r["bound"] for r in records] == ["vlb", "elbo", "ode"]
+    vlb, elbo, _ = records
+    assert (vlb["variance"], vlb["n_terms"], vlb["nfe"], elbo["n_time_samples"], elbo["nfe"]) == ("learned", 10, 10, 8, 8)
+    trained = sd.load_run(run_dir, "cpu")
+    x = trained.data.test[:40]
+    gen = torch.Generator().manual_seed(derive_seed(0, 0))
+    direct = sd.discrete_vlb(trained.score_model, trained.sde, x, variance="learned", n_terms=10, generator=gen) / 2
+    assert vlb["nll_nats_per_dim"] == pytest.approx(direct.mean().item(), rel=1e-5)
+    gen = torch.Generator().manual_seed(derive_seed(0, 0))
+    direct = sd.continuous_elbo(trained.score_model, trained.sde, x, eps=1e-5, n_time_samples=8, generator=gen) / 2
+    assert elbo["nll_nats_per_dim"] == pytest.approx(direct.mean().item(), rel=1e-5)
