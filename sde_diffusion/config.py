@@ -190,6 +190,26 @@ class Experiment:
     grid: Callable
 
 
+def _try_once(loss_fn: Callable, grid: Callable, score_model: nn.Module, sde: SDE, data: Dataset) -> None:
+    """Evaluate the loss on two training points and build the sampler's grid, so that a loss, model,
+    SDE or grid that do not fit together (``loss=ddpm_simple`` on a VP SDE, ``loss=ddpm_hybrid``
+    without a learned-variance model) fail here in one line, before the run starts. The network runs
+    in eval mode (no dropout draws: the global random stream stays as it was)."""
+    training = score_model.training
+    score_model.eval()
+    try:
+        with torch.no_grad():
+            loss_fn(score_model, sde, data.train[:2], generator=torch.Generator().manual_seed(0))
+    except ValueError as err:
+        raise ConfigError(f"loss: {one_line(err)}") from None
+    finally:
+        score_model.train(training)
+    try:
+        grid(sde, dtype=torch.float64)
+    except ValueError as err:
+        raise ConfigError(f"sampler.grid: {one_line(err)}") from None
+
+
 def build_experiment(cfg: DictConfig) -> Experiment:
     """Validate and build the whole run; fails fast with a :class:`ConfigError`, before any training."""
     try:
@@ -205,4 +225,5 @@ def build_experiment(cfg: DictConfig) -> Experiment:
     data = build_dataset(cfg)
     torch.manual_seed(seed)  # the network's initial weights follow the run's seed
     score_model = build_score_model(cfg, sde, data.data_shape)
+    _try_once(loss_fn, grid, score_model, sde, data)
     return Experiment(device, sde, data, score_model, loss_fn, options, optimizer, lr_schedule, sampler, grid)

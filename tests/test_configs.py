@@ -50,7 +50,8 @@ def test_every_toy_data_option_builds(option):
 
 @pytest.mark.parametrize("option", GROUPS["loss"])
 def test_every_loss_builds_and_returns_per_sample_values(option):
-    cfg = _compose([f"loss={option}", *SMALL])
+    companions = {"ddpm_simple": ["sde=ddpm"], "ddpm_hybrid": ["sde=ddpm", "model=mlp_learned_variance"]}  # what they need
+    cfg = _compose([f"loss={option}", *companions.get(option, []), *SMALL])
     sde = build_sde(cfg)
     model = build_score_model(cfg, sde, (2,))
     loss = build_loss(cfg)(model, sde, torch.randn(8, 2), generator=torch.Generator().manual_seed(0))
@@ -59,7 +60,7 @@ def test_every_loss_builds_and_returns_per_sample_values(option):
 
 @pytest.mark.parametrize("option", GROUPS["sampler"])
 def test_every_sampler_builds_and_samples(option):
-    cfg = _compose([f"sampler={option}"])
+    cfg = _compose([f"sampler={option}", *(["sde=ddpm"] if option == "ddpm" else [])])  # DDPM's grid is the chain's steps
     sde = build_sde(cfg)
     fn, grid = build_sampler(cfg)
     ts = grid(sde, dtype=torch.float64)

@@ -92,7 +92,7 @@ def model_prediction(score_fn, sde: SDE, x: Tensor, t: Tensor, variance: str) ->
         except TypeError:
             raise ValueError(
                 "variance='learned' needs a model with learned variances (model=unet_learned_variance or "
-                "mlp_learned_variance: LearnedVarianceParameterization); use variance='small' or 'large'"
+                "mlp_learned_variance: LearnedVarianceParameterization); where a variance is chosen (sampler=ddpm, bound=vlb), small and large need none"
             ) from None
     else:
         score, v = score_fn(x, t), None

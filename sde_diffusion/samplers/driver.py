@@ -98,7 +98,7 @@ class Solve:
             except TypeError:
                 raise ValueError(
                     "variance='learned' needs a model with learned variances (model=unet_learned_variance or "
-                    "mlp_learned_variance); use variance='large' or 'small'"
+                    "mlp_learned_variance); variance='large' and 'small' need none"
                 ) from None
         else:
             score = self.score(x, t_batch)
