@@ -19,6 +19,7 @@ from analytic import gaussian
 from sde_diffusion._seeding import derive_seed
 from sde_diffusion.config import ConfigError, build_sampler
 from sde_diffusion.likelihood.evaluate import evaluate_nll
+from sde_diffusion.losses.vlb import step_terms
 from sde_diffusion.sdes.discrete import DiscreteSchedule, linear_betas
 from sde_diffusion.training import load_checkpoint
 
@@ -143,3 +144,29 @@ def test_a_ddpm_run_with_learned_variances_trains_samples_and_reports_each_bound
     gen = torch.Generator().manual_seed(derive_seed(0, 0))
     direct = sd.continuous_elbo(trained.score_model, trained.sde, x, eps=1e-5, n_time_samples=8, generator=gen) / 2
     assert elbo["nll_nats_per_dim"] == pytest.approx(direct.mean().item(), rel=1e-5)
+
+
+def test_the_hybrid_loss_with_the_discretized_decoder_has_finite_gradients():
+    """The decoder's CDF differences are taken in float64 with each branch of the tail choice fed only
+    inputs it can take: at step 1 with an untrained U-Net (means far from most pixels, log-variances
+    interpolated between log beta_1 and log beta_tilde_2), no 0 * inf = NaN reaches the gradient."""
+    torch.manual_seed(0)
+    sde = sd.DDPMSDE()
+    net = sd.UNet([1, 8, 8], channels=8, channel_mult=[1, 2], n_res_blocks=1, learn_variance=True)
+    torch.nn.init.normal_(net.out[-1].weight, std=0.3)  # a non-zero start: extreme means and variances
+    model = sd.LearnedVarianceParameterization(net, sde)
+    x0 = torch.randint(0, 17, (16, 1, 8, 8), generator=torch.Generator().manual_seed(1)).float() * 2 / 17 - 1
+    loss = sd.HybridLoss(levels=17)
+    chain = sde.discrete
+    t = torch.ones(16) / chain.T
+    m, s = sde.kernel(t)
+    x1 = m[:, None, None, None] * x0 + s[:, None, None, None] * torch.randn_like(x0)
+    eps, v = model(x1, t, variance=True)
+    eps = -s[:, None, None, None] * eps
+    i = torch.ones(16, dtype=torch.long)
+    terms = step_terms(chain, x0, x1, i, eps.detach(), chain.reverse_log_variance(i, "learned", v), 17)
+    terms.sum().backward()
+    assert torch.isfinite(terms).all() and all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
+    net.zero_grad()
+    loss(model, sde, x0, generator=torch.Generator().manual_seed(0)).mean().backward()
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)

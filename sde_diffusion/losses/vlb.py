@@ -39,8 +39,17 @@ def normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) ->
 
 
 def _log1mexp(a: Tensor) -> Tensor:
-    """``log(1 - exp(a))`` for ``a <= 0``, accurate at both ends (Maechler 2012)."""
-    return torch.where(a > -math.log(2.0), torch.log(-torch.expm1(a)), torch.log1p(-torch.exp(a)))
+    """``log(1 - exp(a))`` for ``a < 0``, accurate at both ends (Maechler 2012), finite with finite
+    gradients everywhere: ``a`` is capped at -1e-30 (a mass that rounds to zero counts as 1e-30 of
+    its CDF, which only loosens the bound) and each branch of the ``where`` sees only inputs it can
+    take, so the branch not taken cannot put ``0 * inf = NaN`` into the gradient."""
+    a = a.clamp(max=-1e-30)
+    near_zero = a > -math.log(2.0)
+    return torch.where(
+        near_zero,
+        torch.log(-torch.expm1(torch.where(near_zero, a, -1.0))),
+        torch.log1p(-torch.exp(torch.where(near_zero, -1.0, a))),
+    )
 
 
 def discretized_gaussian_log_prob(
@@ -52,17 +61,21 @@ def discretized_gaussian_log_prob(
     convention of :mod:`sde_diffusion.data`). Level ``k`` gets the Gaussian mass between the midpoints
     to its neighbours, the lowest level everything below and the highest everything above, so the
     ``K`` probabilities sum to 1 (Ho et al. 2020, Eq. 13, with the bins centred on the levels). Each
-    mass is a difference of normal CDFs taken on the side of the mean where it does not cancel.
+    mass is a difference of normal CDFs taken on the side of the mean where it does not cancel,
+    computed in float64 (returned in ``x``'s dtype); gradients are finite for every input.
     """
+    dtype = x.dtype
+    x, mean, log_var = x.double(), mean.double(), log_var.double()
     low, high = (float(v) for v in interval)
     step = (high - low) / levels
-    k = ((x - low) / step).round()
+    k = ((x - low) / step).round().clamp(0, levels - 1)
+    centre = low + k * step  # the level itself in float64: float32 data are off by ~1e-8, and so would the bins be
     std = torch.exp(0.5 * log_var)
-    lo = torch.where(k <= 0, -_FAR, (x - 0.5 * step - mean) / std)
-    hi = torch.where(k >= levels - 1, _FAR, (x + 0.5 * step - mean) / std)
+    lo = torch.where(k <= 0, -_FAR, (centre - 0.5 * step - mean) / std)
+    hi = torch.where(k >= levels - 1, _FAR, (centre + 0.5 * step - mean) / std)
     left = torch.special.log_ndtr(hi) + _log1mexp(torch.special.log_ndtr(lo) - torch.special.log_ndtr(hi))
     right = torch.special.log_ndtr(-lo) + _log1mexp(torch.special.log_ndtr(-hi) - torch.special.log_ndtr(-lo))
-    return torch.where(lo > 0, right, left)
+    return torch.where(lo > 0, right, left).to(dtype)
 
 
 def gaussian_log_prob(x: Tensor, mean: Tensor, log_var: Tensor) -> Tensor:
