@@ -28,10 +28,6 @@ from ..sdes.discrete import DiscreteSchedule
 
 VARIANCES = ("large", "small", "learned")
 
-_FAR = 1e4
-"""Standardised bin edge that stands for infinity in the decoder's outer bins: Phi(-1e4) is 0 in
-float64, and unlike an infinite edge it keeps the masked gradient finite (no 0 * inf = NaN)."""
-
 
 def normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) -> Tensor:
     """``KL(N(mean1, e^logvar1) || N(mean2, e^logvar2))`` per element (broadcast), in nats."""
@@ -71,11 +67,12 @@ def discretized_gaussian_log_prob(
     k = ((x - low) / step).round().clamp(0, levels - 1)
     centre = low + k * step  # the level itself in float64: float32 data are off by ~1e-8, and so would the bins be
     std = torch.exp(0.5 * log_var)
-    lo = torch.where(k <= 0, -_FAR, (centre - 0.5 * step - mean) / std)
-    hi = torch.where(k >= levels - 1, _FAR, (centre + 0.5 * step - mean) / std)
+    lo, hi = (centre - 0.5 * step - mean) / std, (centre + 0.5 * step - mean) / std  # standardised bin edges
     left = torch.special.log_ndtr(hi) + _log1mexp(torch.special.log_ndtr(lo) - torch.special.log_ndtr(hi))
     right = torch.special.log_ndtr(-lo) + _log1mexp(torch.special.log_ndtr(-hi) - torch.special.log_ndtr(-lo))
-    return torch.where(lo > 0, right, left).to(dtype)
+    inner = torch.where(lo > 0, right, left)
+    # the outer levels take the whole tails: Phi(hi) below, 1 - Phi(lo) = Phi(-lo) above
+    return torch.where(k <= 0, torch.special.log_ndtr(hi), torch.where(k >= levels - 1, torch.special.log_ndtr(-lo), inner)).to(dtype)
 
 
 def gaussian_log_prob(x: Tensor, mean: Tensor, log_var: Tensor) -> Tensor:
