@@ -16,6 +16,7 @@ from hydra import compose, initialize_config_module
 
 import sde_diffusion as sd
 from analytic import gaussian
+from sde_diffusion._noise import PerSampleNoise
 from sde_diffusion._seeding import derive_seed
 from sde_diffusion.config import ConfigError, build_sampler
 from sde_diffusion.likelihood.evaluate import evaluate_nll
@@ -170,3 +171,18 @@ def test_the_hybrid_loss_with_the_discretized_decoder_has_finite_gradients():
     net.zero_grad()
     loss(model, sde, x0, generator=torch.Generator().manual_seed(0)).mean().backward()
     assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
+
+
+def test_ddim_runs_on_the_discrete_chain_and_at_eta_1_is_ddpm_with_beta_tilde():
+    """On the chain's own strided steps, DDIM with eta = 1 is DDPM's ancestral step with the posterior
+    variance beta_tilde (Song, Meng, Ermon 2021, Sec. 4.1): with the same noise both samplers draw the
+    same samples; eta = 0 is deterministic on the same grid."""
+    sde, dist = sd.DDPMSDE(), gaussian(2)
+    ts = sd.discrete_time_grid(sde, 50, dtype=torch.float64)
+    x_T = sde.prior_sample((64, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ddpm = sd.ddpm(sde, dist.score_fn(sde), x_T, ts, variance="small", generator=PerSampleNoise(5, torch.arange(64)))
+    ddim = sd.ddim(sde, dist.score_fn(sde), x_T, ts, eta=1.0, denoise_to_zero=True, generator=PerSampleNoise(5, torch.arange(64)))
+    torch.testing.assert_close(ddim.samples, ddpm.samples, rtol=0, atol=1e-10)
+    assert ddpm.nfe == ddim.nfe == 50
+    a, b = (sd.ddim(sde, dist.score_fn(sde), x_T, ts, eta=0.0, generator=torch.Generator().manual_seed(s)).samples for s in (1, 2))
+    assert torch.equal(a, b)
