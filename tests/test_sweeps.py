@@ -129,7 +129,7 @@ def test_summary_shows_the_swept_overrides_and_main_metrics_and_the_csv_keeps_al
 
 def test_default_columns_include_bpd_and_eval_metrics_when_a_run_has_them(tmp_path):
     _fake_sweep(tmp_path, extra_metrics={"held_out_bpd": 3.1})
-    (tmp_path / "0" / "eval.json").write_text(json.dumps([{"nll_nats_per_dim": 2.0, "bpd": 2.9, "n_points": 9}]))
+    (tmp_path / "0" / "eval.json").write_text(json.dumps([{"bound": "vlb", "nll_nats_per_dim": 2.0, "bpd": 2.9, "n_points": 9}]))
     _, shown = summarize(tmp_path)
     assert [c for c in shown if c in DEFAULT_METRICS] == list(DEFAULT_METRICS)
     assert "eval.n_points" not in shown

@@ -44,6 +44,7 @@ DEFAULT_METRICS = (
     "sliced_w2_vs_held_out",
     "nfe",
     "train_seconds",
+    "eval.bound",
     "eval.nll_nats_per_dim",
     "eval.bpd",
 )
