@@ -34,6 +34,7 @@ from .losses import (
     ImportanceLikelihoodWeighting,
     LikelihoodWeighting,
     NoiseWeighting,
+    classifier_loss,
     denoising_score_matching,
     sliced_score_matching,
 )
@@ -44,8 +45,10 @@ from .models import (
     LearnedVarianceParameterization,
     ScoreParameterization,
     SinusoidalEmbedding,
+    TimeClassifierMLP,
     TimeMLP,
     UNet,
+    UNetClassifier,
     VelocityParameterization,
     VPredictionParameterization,
 )
@@ -77,6 +80,7 @@ from .samplers import (
     tweedie_denoise,
     unipc,
 )
+from .scores import ClassifierGuidedScore, GuidedScore
 from .sdes import (
     DDPMSDE,
     EDMSDE,
@@ -135,6 +139,11 @@ __all__ = [
     "FlowMatchingWeighting",
     "DiscreteStepWeighting",
     "HybridLoss",
+    "classifier_loss",
+    "TimeClassifierMLP",
+    "UNetClassifier",
+    "ClassifierGuidedScore",
+    "GuidedScore",
     "LearnedVarianceParameterization",
     "GaussianMixture",
     "Dataset",

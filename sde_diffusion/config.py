@@ -87,9 +87,17 @@ def build_dataset(cfg: DictConfig) -> Dataset:
     return data
 
 
-def build_score_model(cfg: DictConfig, sde: SDE, data_shape: tuple[int, ...]) -> nn.Module:
-    """The raw network from ``model.net`` wrapped by ``model.parameterization`` into ``score(x, t)``."""
-    net = _build(cfg, "model.net", data_shape=list(data_shape))
+def build_score_model(cfg: DictConfig, sde: SDE, data_shape: tuple[int, ...], n_classes: int | None = None) -> nn.Module:
+    """The raw network from ``model.net`` wrapped by ``model.parameterization`` into ``score(x, t)``.
+    ``model.net.n_classes=auto`` takes the data's number of classes ``n_classes``."""
+    extra = {}
+    if OmegaConf.select(cfg, "model.net.n_classes", default=None) == "auto":
+        if n_classes is None:
+            raise ConfigError(
+                "model.net.n_classes=auto takes the data's number of classes, but the data have no labels; use labelled data (data=digits)"
+            )
+        extra["n_classes"] = int(n_classes)
+    net = _build(cfg, "model.net", data_shape=list(data_shape), **extra)
     wrap = _build(cfg, "model.parameterization")
     try:
         return wrap(net=net, sde=sde)
@@ -197,9 +205,11 @@ def _try_once(loss_fn: Callable, grid: Callable, score_model: nn.Module, sde: SD
     in eval mode (no dropout draws: the global random stream stays as it was)."""
     training = score_model.training
     score_model.eval()
+    labelled = getattr(score_model, "n_classes", None) is not None and data.train_labels is not None
+    model = (lambda x, t, **kw: score_model(x, t, data.train_labels[:2], **kw)) if labelled else score_model  # as the Trainer calls it
     try:
         with torch.no_grad():
-            loss_fn(score_model, sde, data.train[:2], generator=torch.Generator().manual_seed(0))
+            loss_fn(model, sde, data.train[:2], generator=torch.Generator().manual_seed(0))
     except ValueError as err:
         raise ConfigError(f"loss: {one_line(err)}") from None
     finally:
@@ -224,6 +234,6 @@ def build_experiment(cfg: DictConfig) -> Experiment:
     sampler, grid = build_sampler(cfg)
     data = build_dataset(cfg)
     torch.manual_seed(seed)  # the network's initial weights follow the run's seed
-    score_model = build_score_model(cfg, sde, data.data_shape)
+    score_model = build_score_model(cfg, sde, data.data_shape, data.n_classes)
     _try_once(loss_fn, grid, score_model, sde, data)
     return Experiment(device, sde, data, score_model, loss_fn, options, optimizer, lr_schedule, sampler, grid)

@@ -154,6 +154,19 @@ class _PlainLogFormatter(ticker.LogFormatter):
         return f"{x:.4g}" if super().__call__(x, pos) else ""
 
 
+def accuracy_curve(times, accuracy, path: str | Path, *, chance: float | None = None, title: str = "") -> Path:
+    """Save a PNG of a classifier's held-out accuracy (``(M,)``) against the noise level ``t``
+    (``(M,)``), with the chance level as a dashed line when given."""
+    fig, ax = plt.subplots(figsize=(6, 3.5), layout="constrained")
+    ax.plot([float(t) for t in times], [float(a) for a in accuracy], marker="o", label="held-out accuracy")
+    if chance is not None:
+        ax.axhline(chance, linestyle="--", color="grey", label=f"chance {chance:.2f}")
+    ax.set(xlabel="t (noise level)", ylabel="accuracy", ylim=(0, 1.02), title=title or "classifier accuracy on noised held-out data")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save_tight(fig, Path(path))
+
+
 def _tile_images(images: torch.Tensor, n_cols: int, value_range: tuple[float, float], pad: int = 1) -> torch.Tensor:
     """Tile ``(N, C, H, W)`` images row-major into one ``(C, rows (H + pad) + pad, n_cols (W + pad) + pad)``
     picture with values in ``[0, 1]``: ``(x - lo) / (hi - lo)`` clipped, on a white background."""

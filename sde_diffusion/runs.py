@@ -65,7 +65,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "auto") -> Traine
     dev = resolve_device(str(device))
     sde = build_sde(cfg)
     data = build_dataset(cfg)
-    model = build_score_model(cfg, sde, data.data_shape)
+    model = build_score_model(cfg, sde, data.data_shape, data.n_classes)
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt", map_location=dev)
     ema = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
     model.load_state_dict(ema)

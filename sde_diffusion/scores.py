@@ -17,6 +17,8 @@ evaluations, and classifier-free guidance.
   forms agree), ``score(x, t) = (1 + w) s(x, t, y) - w s(x, t, null)``. The conditional model is
   anything called as ``model(x, t, y)`` with an integer ``n_classes = K``: labels ``0 .. K - 1`` are
   classes and ``K`` is the null label the model was trained on under label dropout.
+- :class:`ClassifierGuidedScore`: classifier guidance (Dhariwal & Nichol 2021),
+  ``score(x, t) + w grad_x log p_phi(y | x, t)`` with a noisy-data classifier.
 
 This module depends on no SDE class: wrappers call the SDE's methods (``kernel``, ``drift``,
 ``diffusion``, ``has_kernel``) and nothing else.
@@ -168,6 +170,27 @@ class CountingScore:
 
 
 # ---------------------------------------------------------------------------------- guidance
+def labels_for_batch(labels: Tensor, x: Tensor, who: str) -> Tensor:
+    """``(B,)`` labels for a batch ``x``: one label for every sample (0-d), or exactly one per sample."""
+    if labels.dim() == 0:
+        return labels.to(x.device).expand(x.shape[0])
+    if labels.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"{who} holds {labels.shape[0]} labels but got a batch of {x.shape[0]} samples; "
+            f"draw all labelled samples in one batch, or give one int label for every sample"
+        )
+    return labels.to(x.device)
+
+
+def _check_labels(labels: int | Tensor, high: int, what: str) -> Tensor:
+    labels = torch.as_tensor(labels)
+    if labels.dtype != torch.int64 or labels.dim() > 1:
+        raise ValueError(f"labels must be an int or an int64 tensor of shape (B,), got {labels.dtype} of shape {tuple(labels.shape)}")
+    if bool(((labels < 0) | (labels > high)).any()):
+        raise ValueError(f"labels must lie in 0..{high} ({what}), got values from {int(labels.min())} to {int(labels.max())}")
+    return labels
+
+
 def check_guidance(w) -> float:
     """Return the guidance weight ``w`` as a float if it is a finite number ``>= 0``, else raise."""
     return check_range("guidance weight w", w, low=0, hint="0: purely conditional; 1 to 4 is typical")
@@ -195,27 +218,14 @@ class GuidedScore:
                 f"(e.g. model.net.n_classes=10) and train it on labelled data"
             )
         guidance = check_guidance(guidance)
-        labels = torch.as_tensor(labels)
-        if labels.dtype != torch.int64 or labels.dim() > 1:
-            raise ValueError(f"labels must be an int or an int64 tensor of shape (B,), got {labels.dtype} of shape {tuple(labels.shape)}")
-        if bool(((labels < 0) | (labels > n_classes)).any()):
-            raise ValueError(
-                f"labels must lie in 0..{n_classes} ({n_classes} is the null label), got values from {int(labels.min())} to {int(labels.max())}"
-            )
+        labels = _check_labels(labels, n_classes, f"{n_classes} is the null label")
         self.model = model
         self.labels = labels
         self.guidance = guidance
         self.null_label = n_classes
 
     def _labels_for(self, x: Tensor) -> Tensor:
-        if self.labels.dim() == 0:
-            return self.labels.to(x.device).expand(x.shape[0])
-        if self.labels.shape[0] != x.shape[0]:
-            raise ValueError(
-                f"GuidedScore holds {self.labels.shape[0]} labels but got a batch of {x.shape[0]} samples; "
-                f"draw all labelled samples in one batch, or give one int label for every sample"
-            )
-        return self.labels.to(x.device)
+        return labels_for_batch(self.labels, x, type(self).__name__)
 
     @overload
     def __call__(self, x: Tensor, t: Tensor, variance: Literal[False] = False) -> Tensor: ...
@@ -241,3 +251,50 @@ class GuidedScore:
     def __repr__(self) -> str:
         labels = self.labels.item() if self.labels.dim() == 0 else f"<{self.labels.shape[0]} labels>"
         return f"GuidedScore(labels={labels}, guidance={self.guidance})"
+
+
+class ClassifierGuidedScore:
+    """Classifier guidance (Dhariwal & Nichol 2021, Alg. 1 and Sec. 4, written for scores):
+    ``score(x, t) = s(x, t) + w grad_x log p_phi(y | x, t)`` for fixed labels ``y``.
+
+    Args:
+        score_fn: any ``score(x, t)``: a model, or a :class:`GuidedScore` (classifier-free guidance;
+            the two combine by adding their guidance terms).
+        classifier: ``log_prob(x, t, y) -> (B,)``, the log-probability of the labels under a noisy-data
+            classifier (:class:`~sde_diffusion.models.UNetClassifier`,
+            :class:`~sde_diffusion.models.TimeClassifierMLP`, or the exact one of a Gaussian mixture,
+            ``GaussianMixture.classifier(sde)``), differentiable in ``x``.
+        labels: an int for every sample, or int64 ``(B,)``, in ``0 .. n_classes - 1``.
+        scale: ``w >= 0``; ``w = 1`` with the exact classifier gives the exact conditional score
+            ``grad log p_t(x | y)`` (Bayes' rule), larger ``w`` sharpens it; ``w = 0`` is ``score_fn``
+            itself (the classifier is not called).
+
+    The gradient is taken with autograd inside the call (samplers run without gradients), one
+    classifier forward and backward per evaluation; the samplers' NFE counts the call once.
+    """
+
+    def __init__(self, score_fn: ScoreFn, classifier: Callable[[Tensor, Tensor, Tensor], Tensor], labels: int | Tensor, scale: float = 1.0):
+        self.scale = check_range("classifier guidance scale w", scale, low=0, hint="0: no guidance; 1: the classifier's posterior")
+        n_classes = getattr(classifier, "n_classes", None)
+        self.labels = _check_labels(labels, n_classes - 1 if isinstance(n_classes, int) else 2**62, "the classifier's classes")
+        self.score_fn = score_fn
+        self.classifier = classifier
+
+    def classifier_gradient(self, x: Tensor, t: Tensor) -> Tensor:
+        """``grad_x log p_phi(y | x, t)`` ``(B, *dims)`` (each sample's log-probability depends on
+        its own ``x`` only, so the gradient of the sum is the per-sample gradient)."""
+        t = batch_time(t, x)
+        with torch.enable_grad():
+            x_in = x.detach().requires_grad_(True)
+            log_p = self.classifier(x_in, t, labels_for_batch(self.labels, x, type(self).__name__))
+            (grad,) = torch.autograd.grad(log_p.sum(), x_in)
+        return grad
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        if self.scale == 0.0:
+            return self.score_fn(x, t)
+        return self.score_fn(x, t) + self.scale * self.classifier_gradient(x, t)
+
+    def __repr__(self) -> str:
+        labels = self.labels.item() if self.labels.dim() == 0 else f"<{self.labels.shape[0]} labels>"
+        return f"ClassifierGuidedScore(labels={labels}, scale={self.scale})"

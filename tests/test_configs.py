@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from hydra import compose, initialize_config_module
@@ -50,10 +52,12 @@ def test_every_toy_data_option_builds(option):
 
 @pytest.mark.parametrize("option", GROUPS["loss"])
 def test_every_loss_builds_and_returns_per_sample_values(option):
-    companions = {"ddpm_simple": ["sde=ddpm"], "ddpm_hybrid": ["sde=ddpm", "model=mlp_learned_variance"]}  # what they need
+    companions = {"ddpm_simple": ["sde=ddpm"], "ddpm_hybrid": ["sde=ddpm", "model=mlp_learned_variance"], "classifier": ["model=classifier_mlp"]}
     cfg = _compose([f"loss={option}", *companions.get(option, []), *SMALL])
     sde = build_sde(cfg)
-    model = build_score_model(cfg, sde, (2,))
+    model = build_score_model(cfg, sde, (2,), n_classes=3)
+    if option == "classifier":  # trained on labelled data: the Trainer passes each sample's label
+        model = functools.partial(model, y=torch.arange(8) % 3)
     loss = build_loss(cfg)(model, sde, torch.randn(8, 2), generator=torch.Generator().manual_seed(0))
     assert loss.shape == (8,) and torch.isfinite(loss).all()
 
@@ -108,9 +112,10 @@ def test_sampler_options_reach_the_driver(overrides, kind):
 @pytest.mark.parametrize("option", GROUPS["model"])
 def test_every_model_builds(option):
     cfg = _compose([f"model={option}"])
-    shape = (2,) if option == "mlp" else (1, 8, 8)
-    model = build_score_model(cfg, build_sde(cfg), shape)
-    assert model(torch.randn(3, *shape), torch.rand(3)).shape == (3, *shape)
+    shape = (2,) if "mlp" in option else (1, 8, 8)
+    model = build_score_model(cfg, build_sde(cfg), shape, n_classes=10)
+    out = (3, 10) if option.startswith("classifier") else (3, *shape)  # a classifier's logits, else the score
+    assert model(torch.randn(3, *shape), torch.rand(3)).shape == out
 
 
 def test_train_defaults_build():

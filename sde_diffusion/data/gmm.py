@@ -112,6 +112,21 @@ class GaussianMixture:
         comp_scores = -torch.einsum("bke,kde->bkd", scaled, vec)
         return (resp[..., None] * comp_scores).sum(1).reshape(x.shape)
 
+    def class_log_prob(self, x: Tensor, y: Tensor, t: float | Tensor | None = None, sde: SDE | None = None) -> Tensor:
+        """Exact ``log p_t(y | x)`` ``(B,)`` with the components as classes: the log responsibility of
+        component ``y`` ``(B,)`` (int64) under the noised marginal ``p_t`` (the data's without ``sde``)."""
+        log_joint, _, _ = self._component_terms(x, t, sde)
+        return torch.log_softmax(log_joint, dim=1).gather(1, y.to(x.device)[:, None])[:, 0]
+
+    def classifier(self, sde: SDE):
+        """The exact noisy-data classifier as ``log_prob(x, t, y) -> (B,)``, the form classifier
+        guidance takes (:class:`~sde_diffusion.scores.ClassifierGuidedScore`)."""
+
+        def log_prob(x: Tensor, t: Tensor, y: Tensor) -> Tensor:
+            return self.class_log_prob(x, y, t, sde)
+
+        return log_prob
+
     def responsibilities(self, x: Tensor) -> Tensor:
         """Posterior component probabilities under ``p_0``, shape ``(B, K)``."""
         log_joint, _, _ = self._component_terms(x, None, None)

@@ -1,5 +1,6 @@
 """Score-matching losses (per-sample values) and time weightings."""
 
+from .classification import classifier_loss, noisy_accuracy
 from .ddpm import HybridLoss, LossAwareStepSampler
 from .score_matching import denoising_score_matching, sliced_score_matching
 from .weighting import DiscreteStepWeighting, FlowMatchingWeighting, ImportanceLikelihoodWeighting, LikelihoodWeighting, NoiseWeighting
@@ -13,5 +14,7 @@ __all__ = [
     "FlowMatchingWeighting",
     "DiscreteStepWeighting",
     "HybridLoss",
+    "classifier_loss",
+    "noisy_accuracy",
     "LossAwareStepSampler",
 ]

@@ -26,3 +26,7 @@ __all__ = [
 from .unet import UNet  # noqa: E402
 
 __all__ += ["UNet"]
+
+from .classifier import TimeClassifierMLP, UNetClassifier, as_classifier  # noqa: E402
+
+__all__ += ["TimeClassifierMLP", "UNetClassifier", "as_classifier"]

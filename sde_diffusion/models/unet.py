@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import cast
 
 import torch
@@ -101,25 +101,13 @@ class UNet(nn.Module):
         def block(c_in: int, c_out: int, res: int) -> ResAttnBlock:
             return ResAttnBlock(c_in, c_out, emb_dim, dropout, attention=res in attention)
 
-        # encoder: per level n_res_blocks blocks, then a stride-2 convolution (except the last level);
-        # every output is kept for a skip connection
-        self.inp = conv3x3(data_shape[0], channels)
-        ch, skips = channels, [channels]
-        self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
-        for level, mult in enumerate(channel_mult):
-            blocks = nn.ModuleList()
-            for _ in range(n_res_blocks):
-                blocks.append(block(ch, channels * mult, resolutions[level]))
-                ch = channels * mult
-                skips.append(ch)
-            self.down.append(blocks)
-            if level < n_levels - 1:
-                self.downsample.append(conv3x3(ch, ch, stride=2))
-                skips.append(ch)
-        # middle: residual block, attention, residual block (DDPM), at the lowest resolution
-        self.mid = nn.ModuleList(
-            [ResAttnBlock(ch, ch, emb_dim, dropout, attention=True), ResAttnBlock(ch, ch, emb_dim, dropout, attention=False)]
+        def middle(c: int, attend: bool) -> ResAttnBlock:
+            return ResAttnBlock(c, c, emb_dim, dropout, attention=attend)
+
+        self.inp, self.down, self.downsample, self.mid, skips = build_encoder(
+            data_shape[0], channels, channel_mult, n_res_blocks, resolutions, block, middle
         )
+        ch = skips[-1]
         # decoder: per level n_res_blocks + 1 blocks, each eating one skip, then upsampling
         self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
         for level in reversed(range(n_levels)):
@@ -158,23 +146,65 @@ class UNet(nn.Module):
         if tuple(x.shape[1:]) != self.data_shape:
             raise ValueError(f"UNet was built for images of shape {self.data_shape}, got input of shape {tuple(x.shape)}")
         emb = self.embed(batch_time(t, x), y)
-        h = self.inp(x)
-        skips = [h]
-        for level, blocks in enumerate(self.down):
-            for blk in cast(nn.ModuleList, blocks):  # self.down and self.up hold one ModuleList per level
-                h = blk(h, emb)
-                skips.append(h)
-            if level < len(self.downsample):
-                h = self.downsample[level](h)
-                skips.append(h)
-        for blk in self.mid:
-            h = blk(h, emb)
+        h, skips = run_encoder(self, x, emb)
         for level, blocks in enumerate(self.up):
             for blk in cast(nn.ModuleList, blocks):
                 h = blk(torch.cat([h, skips.pop()], dim=1), emb)
             if level < len(self.upsample):
                 h = self.upsample[level](h)
         return self.out(h)
+
+
+def build_encoder(
+    in_channels: int,
+    channels: int,
+    channel_mult: Sequence[int],
+    n_res_blocks: int,
+    resolutions: Sequence[int],
+    block: Callable[[int, int, int], nn.Module],
+    middle: Callable[[int, bool], nn.Module],
+) -> tuple[nn.Conv2d, nn.ModuleList, nn.ModuleList, nn.ModuleList, list[int]]:
+    """The U-Net's encoder and middle, shared by :class:`UNet` and the noisy-data classifier.
+
+    Per level ``n_res_blocks`` blocks ``block(c_in, c_out, resolution)``, then a stride-2 convolution
+    (except after the last level); the middle is ``middle(c, attention=True)`` then
+    ``middle(c, False)`` (DDPM: a residual block with attention and one without), at the lowest
+    resolution. Modules are created in the order of the forward pass (so are their initial weights). Returns ``(inp, down, downsample, mid, skips)``; ``skips``
+    lists the channels of every kept feature map (the decoder's skip connections), the last being
+    the middle's channel count.
+    """
+    inp = conv3x3(in_channels, channels)
+    ch, skips = channels, [channels]
+    down, downsample = nn.ModuleList(), nn.ModuleList()
+    for level, mult in enumerate(channel_mult):
+        blocks = nn.ModuleList()
+        for _ in range(n_res_blocks):
+            blocks.append(block(ch, channels * mult, resolutions[level]))
+            ch = channels * mult
+            skips.append(ch)
+        down.append(blocks)
+        if level < len(channel_mult) - 1:
+            downsample.append(conv3x3(ch, ch, stride=2))
+            skips.append(ch)
+    mid = nn.ModuleList([middle(ch, True), middle(ch, False)])
+    return inp, down, downsample, mid, skips
+
+
+def run_encoder(net: nn.Module, x: Tensor, emb: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """Run ``net.inp``, ``net.down``, ``net.downsample`` and ``net.mid`` (:func:`build_encoder`) on
+    ``x`` ``(B, C, H, W)`` with the embedding ``emb``; returns the middle's output and the skips."""
+    h = net.inp(x)
+    skips = [h]
+    for level, blocks in enumerate(net.down):
+        for blk in cast(nn.ModuleList, blocks):
+            h = blk(h, emb)
+            skips.append(h)
+        if level < len(net.downsample):
+            h = net.downsample[level](h)
+            skips.append(h)
+    for blk in net.mid:
+        h = blk(h, emb)
+    return h, skips
 
 
 def _level_resolutions(data_shape: tuple[int, int, int], n_levels: int) -> list[int]:

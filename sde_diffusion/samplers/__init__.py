@@ -6,7 +6,7 @@ per-sample noise to all of them.
 """
 
 from .._noise import PerSampleNoise
-from ..scores import CountingScore, GuidedScore, check_guidance
+from ..scores import ClassifierGuidedScore, CountingScore, GuidedScore, check_guidance
 from .base import SamplerOutput
 from .controllable import MASK_REGIONS, NoisedKnown, inpaint, inpainting_mask, sdedit
 from .correctors import AnnealedLangevinCorrector, Corrector, LangevinCorrector, NoCorrector
@@ -77,6 +77,7 @@ __all__ = [
     "DrawnSamples",
     "sample_in_batches",
     "GuidedScore",
+    "ClassifierGuidedScore",
     "check_guidance",
     "thresholding",
     "StaticThreshold",
