@@ -205,8 +205,8 @@ def _try_once(loss_fn: Callable, grid: Callable, score_model: nn.Module, sde: SD
     in eval mode (no dropout draws: the global random stream stays as it was)."""
     training = score_model.training
     score_model.eval()
-    labelled = getattr(score_model, "n_classes", None) is not None and data.train_labels is not None
-    model = (lambda x, t, **kw: score_model(x, t, data.train_labels[:2], **kw)) if labelled else score_model  # as the Trainer calls it
+    labels = data.train_labels[:2] if data.train_labels is not None and getattr(score_model, "n_classes", None) is not None else None
+    model = score_model if labels is None else (lambda x, t, **kw: score_model(x, t, labels, **kw))  # as the Trainer calls it
     try:
         with torch.no_grad():
             loss_fn(model, sde, data.train[:2], generator=torch.Generator().manual_seed(0))

@@ -81,6 +81,8 @@ class SampleAppConfig:
     t0: float = MISSING
     class_label: int | None = MISSING
     guidance: float = MISSING
+    classifier_dir: str | None = MISSING
+    classifier_scale: float = MISSING
 
 
 @dataclass

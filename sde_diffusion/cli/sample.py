@@ -38,7 +38,7 @@ from ..runs import load_run
 from ..samplers.base import SamplerOutput
 from ..samplers.controllable import MASK_REGIONS, inpaint, inpainting_mask, sdedit
 from ..samplers.draw import DrawnSamples, draw_samples, sample_in_batches, stream_seed
-from ..scores import GuidedScore, ScoreFn, check_guidance
+from ..scores import ClassifierGuidedScore, GuidedScore, ScoreFn, check_guidance
 from ._common import (
     check_composes,
     check_group_choices,
@@ -77,28 +77,62 @@ def _nfe_text(nfe: Tensor) -> str:
     return f"{lo} NFE" if lo == hi else f"{lo}-{hi} NFE (mean {nfe.double().mean():.1f})"
 
 
-def _score(cfg: DictConfig, model) -> ScoreFn:
-    """The run's EMA score model; for ``class_label`` on a class-conditional run, the guided score."""
+def _score(cfg: DictConfig, trained) -> ScoreFn:
+    """The run's EMA score model; for ``class_label`` on a class-conditional run, the guided score
+    (classifier-free guidance); with ``classifier_dir``, classifier guidance on top."""
+    model = trained.score_model
     label = cfg.get("class_label")
     try:
         w = check_guidance(cfg.get("guidance", 0.0))
     except ValueError as err:
         raise ConfigError(f"guidance: {err}") from None
+    classifier_dir = cfg.get("classifier_dir")
     if label is None:
-        if w:
+        if w or classifier_dir is not None:
+            what = f"guidance={w}" if w else "classifier_dir"
             raise ConfigError(
-                f"guidance={w} steers the samples towards a class: set class_label=<class> too (class_label=null samples the unconditional model)"
+                f"{what} steers the samples towards a class: set class_label=<class> too (class_label=null samples the unconditional model)"
             )
         return model
     n_classes = getattr(model, "n_classes", None)
-    if n_classes is None:
+    if n_classes is None and classifier_dir is None:
         raise ConfigError(
-            f"class_label={label} needs a class-conditional run (trained with model.net.n_classes on labelled data); "
-            f"this run's model is unconditional, use class_label=null"
+            f"class_label={label} needs a class-conditional run (trained with model.net.n_classes on labelled data) or a "
+            f"classifier (classifier_dir=<a sde-train task=classifier run>); this run's model is unconditional, use class_label=null"
         )
+    if n_classes is not None:
+        if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < n_classes:
+            raise ConfigError(f"class_label must be an integer in 0..{n_classes - 1} or null, got {label!r}")
+        score: ScoreFn = GuidedScore(model, label, w)
+    elif w:
+        raise ConfigError(
+            f"guidance={w} (classifier-free) needs a class-conditional run; this one is unconditional: use guidance=0 with classifier_dir"
+        )
+    else:
+        score = model
+    return score if classifier_dir is None else _classifier_guided(cfg, trained, score, label)
+
+
+def _classifier_guided(cfg: DictConfig, trained, score: ScoreFn, label) -> ScoreFn:
+    """``score`` with classifier guidance by the classifier run in ``classifier_dir`` at ``classifier_scale``."""
+    classifier_run = load_run(Path(str(cfg.classifier_dir)).expanduser(), trained.device)
+    classifier = classifier_run.score_model
+    if not getattr(classifier, "is_classifier", False):
+        raise ConfigError(
+            f"classifier_dir={cfg.classifier_dir} holds a score model, not a classifier: train one with sde-train task=classifier"
+        )
+    if repr(classifier_run.sde) != repr(trained.sde):
+        raise ConfigError(
+            f"the classifier was trained on x_t of {classifier_run.sde!r} but the score model uses {trained.sde!r}; "
+            f"train the classifier with the score model's sde"
+        )
+    n_classes = int(getattr(classifier, "n_classes", 0))
     if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < n_classes:
-        raise ConfigError(f"class_label must be an integer in 0..{n_classes - 1} or null, got {label!r}")
-    return GuidedScore(model, label, w)
+        raise ConfigError(f"class_label must be an integer in 0..{n_classes - 1} (the classifier's classes), got {label!r}")
+    try:
+        return ClassifierGuidedScore(score, classifier, label, cfg.get("classifier_scale", 1.0))
+    except ValueError as err:
+        raise ConfigError(f"classifier_scale: {err}") from None
 
 
 def _inpainting_mask(cfg: DictConfig, sampler, sampler_name: str, data_shape: tuple[int, ...]) -> Tensor:
@@ -156,8 +190,14 @@ def _draw(cfg: DictConfig, trained, score: ScoreFn, sampler_name: str, n: int, b
 
 def _task_text(task: str, extra: dict, score: ScoreFn) -> str:
     words = {"sample": "", "inpaint": f", inpainting {extra.get('mask')}", "sdedit": f", SDEdit from t0={extra.get('t0')}"}[task]
+    classifier = score if isinstance(score, ClassifierGuidedScore) else None
+    score = classifier.score_fn if classifier is not None else score
     if isinstance(score, GuidedScore):
         words += f", class {int(score.labels)}, guidance {score.guidance:g}"
+    if classifier is not None:
+        words += (
+            f"{'' if isinstance(score, GuidedScore) else f', class {int(classifier.labels)}'}, classifier guidance {classifier.scale:g}"
+        )
     return words
 
 
@@ -171,7 +211,7 @@ def run(cfg: DictConfig, out_dir: Path, *, sampler_name: str = "sampler") -> dic
     if not run_dir.is_dir():
         raise ConfigError(f"run_dir={run_dir} is not a directory; pass the directory sde-train wrote")
     trained = load_run(run_dir, cfg.device)
-    score = _score(cfg, trained.score_model)
+    score = _score(cfg, trained)
     say(f"{PROG}: {cfg.task} with {sampler_name} from step {trained.step} of {trained.run_dir} on {trained.device}, {thread_text(threads)}")
     try:
         drawn, inputs, mask, extra = _draw(cfg, trained, score, sampler_name, n, batch_size, seed, progress)
@@ -217,6 +257,8 @@ def run(cfg: DictConfig, out_dir: Path, *, sampler_name: str = "sampler") -> dic
         **extra,
         "class_label": cfg.get("class_label"),
         "guidance": float(cfg.get("guidance", 0.0)),
+        "classifier_dir": cfg.get("classifier_dir"),
+        "classifier_scale": float(cfg.get("classifier_scale", 1.0)) if cfg.get("classifier_dir") else None,
         "sampler": sampler_name,
         "n_samples": n,
         "batch_size": batch_size,

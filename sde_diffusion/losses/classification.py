@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -37,7 +39,7 @@ NOISE_LEVELS = (1e-3, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 @torch.no_grad()
 def noisy_accuracy(
-    classifier, sde: SDE, x0: Tensor, labels: Tensor, times: tuple[float, ...] | Tensor, *, batch_size: int = 1000, seed: int = 0
+    classifier, sde: SDE, x0: Tensor, labels: Tensor, times: Sequence[float] | Tensor, *, batch_size: int = 1000, seed: int = 0
 ) -> Tensor:
     """The classifier's accuracy on ``x_t`` drawn from ``x0`` ``(N, *dims)`` at each time of ``times``
     ``(M,)``: the fraction whose arg-max logit is the label ``labels`` ``(N,)``. Returns ``(M,)``

@@ -135,7 +135,7 @@ class UNetClassifier(_Classifier):
         )
 
     def logits(self, x: Tensor, t: Tensor) -> Tensor:
-        h, _ = run_encoder(self, x, self.time_mlp(self.time_embedding(t)))
+        h, _ = run_encoder(self.inp, self.down, self.downsample, self.mid, x, self.time_mlp(self.time_embedding(t)))
         return self.head(h)
 
 

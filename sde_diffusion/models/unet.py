@@ -146,7 +146,7 @@ class UNet(nn.Module):
         if tuple(x.shape[1:]) != self.data_shape:
             raise ValueError(f"UNet was built for images of shape {self.data_shape}, got input of shape {tuple(x.shape)}")
         emb = self.embed(batch_time(t, x), y)
-        h, skips = run_encoder(self, x, emb)
+        h, skips = run_encoder(self.inp, self.down, self.downsample, self.mid, x, emb)
         for level, blocks in enumerate(self.up):
             for blk in cast(nn.ModuleList, blocks):
                 h = blk(torch.cat([h, skips.pop()], dim=1), emb)
@@ -190,19 +190,21 @@ def build_encoder(
     return inp, down, downsample, mid, skips
 
 
-def run_encoder(net: nn.Module, x: Tensor, emb: Tensor) -> tuple[Tensor, list[Tensor]]:
-    """Run ``net.inp``, ``net.down``, ``net.downsample`` and ``net.mid`` (:func:`build_encoder`) on
-    ``x`` ``(B, C, H, W)`` with the embedding ``emb``; returns the middle's output and the skips."""
-    h = net.inp(x)
+def run_encoder(
+    inp: nn.Module, down: nn.ModuleList, downsample: nn.ModuleList, mid: nn.ModuleList, x: Tensor, emb: Tensor
+) -> tuple[Tensor, list[Tensor]]:
+    """Run the encoder and middle of :func:`build_encoder` on ``x`` ``(B, C, H, W)`` with the
+    embedding ``emb``; returns the middle's output and the skips."""
+    h = inp(x)
     skips = [h]
-    for level, blocks in enumerate(net.down):
+    for level, blocks in enumerate(down):
         for blk in cast(nn.ModuleList, blocks):
             h = blk(h, emb)
             skips.append(h)
-        if level < len(net.downsample):
-            h = net.downsample[level](h)
+        if level < len(downsample):
+            h = downsample[level](h)
             skips.append(h)
-    for blk in net.mid:
+    for blk in mid:
         h = blk(h, emb)
     return h, skips
 
