@@ -290,10 +290,18 @@ class ClassifierGuidedScore:
             (grad,) = torch.autograd.grad(log_p.sum(), x_in)
         return grad
 
-    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
-        if self.scale == 0.0:
-            return self.score_fn(x, t)
-        return self.score_fn(x, t) + self.scale * self.classifier_gradient(x, t)
+    @overload
+    def __call__(self, x: Tensor, t: Tensor, variance: Literal[False] = False) -> Tensor: ...
+    @overload
+    def __call__(self, x: Tensor, t: Tensor, variance: Literal[True]) -> tuple[Tensor, Tensor]: ...
+    def __call__(self, x: Tensor, t: Tensor, variance: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """The guided score ``(B, *dims)``; with ``variance=True`` (a model with learned variances,
+        for ``sampler=ddpm``), also the model's variance interpolation, which guidance leaves as it is."""
+        out = self.score_fn(x, t, variance=True) if variance else self.score_fn(x, t)  # type: ignore[call-arg]
+        score, interp = out if variance else (out, None)
+        if self.scale != 0.0:
+            score = score + self.scale * self.classifier_gradient(x, t)
+        return (score, interp) if interp is not None else score
 
     def __repr__(self) -> str:
         labels = self.labels.item() if self.labels.dim() == 0 else f"<{self.labels.shape[0]} labels>"

@@ -460,3 +460,24 @@ def test_classifier_loss_rejects_an_unlabelled_classifier():
     x0 = torch.randn(8, 2, generator=gen(0))
     with pytest.raises(ValueError, match="one log-probability per sample"):
         sd.classifier_loss(clf, sd.VPSDE(), x0, generator=gen(1))
+
+
+def test_guidance_keeps_a_learned_variance_for_the_ddpm_sampler():
+    """With variance=True the guided call returns the guided score and the model's own variance
+    interpolation, so sampler=ddpm with learned variances takes classifier guidance; a DDPM chain with
+    the exact classifier (scale 1) on the exact score lands on the class."""
+    dist, sde = mixture(2), sd.DDPMSDE()
+    exact = dist.score_fn(sde)
+
+    def model(x, t, variance=False):
+        return (exact(x, t), torch.full_like(x, 0.25)) if variance else exact(x, t)
+
+    guided = sd.ClassifierGuidedScore(model, dist.classifier(sde), 2, 1.0)
+    x = torch.randn(5, 2, dtype=torch.float64)
+    t = torch.full((5,), 0.4, dtype=torch.float64)
+    score, v = guided(x, t, variance=True)
+    torch.testing.assert_close(score, guided(x, t), rtol=0, atol=0)
+    assert torch.equal(v, torch.full_like(x, 0.25))
+    x_T = sde.prior_sample((3000, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    out = sd.ddpm(sde, guided, x_T, sd.discrete_time_grid(sde, 200, dtype=torch.float64), variance="learned", generator=torch.Generator().manual_seed(1))
+    assert (out.samples.mean(0) - dist.means[2]).abs().max() < 0.05
