@@ -247,14 +247,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     )
 
     summary = {
-        "steps": result.steps,
-        "steps_run": result.steps_run,
-        "resumed_from_step": result.resumed_from,
-        "train_seconds": round(result.seconds, 3),
-        "steps_per_sec": round(result.steps_per_sec, 2),
-        "threads": threads,
-        "final_train_loss": result.last_loss,
-        "evaluated_weights": "ema",
+        **_training_summary(result, threads),
         "ema_decay_last_step": trainer.ema.last_decay,
         "held_out_loss_ema": held_out_loss,
         "held_out_loss_raw": held_out_loss_raw,
@@ -282,6 +275,20 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         f"{samples.shape[0]} samples by {sampler_name} ({nfe} NFE, {sample_sec:.1f} s), sliced W2 to held-out data {sw2:.4f}; wrote {run_dir}"
     )
     return summary
+
+
+def _training_summary(result, threads) -> dict:
+    """The summary's training part, shared by both tasks."""
+    return {
+        "steps": result.steps,
+        "steps_run": result.steps_run,
+        "resumed_from_step": result.resumed_from,
+        "train_seconds": round(result.seconds, 3),
+        "steps_per_sec": round(result.steps_per_sec, 2),
+        "threads": threads,
+        "final_train_loss": result.last_loss,
+        "evaluated_weights": "ema",
+    }
 
 
 def _classifier_summary(cfg: DictConfig, exp, trainer: Trainer, result, threads, run_dir: Path) -> dict:
@@ -313,14 +320,7 @@ def _classifier_summary(cfg: DictConfig, exp, trainer: Trainer, result, threads,
     )
     summary = {
         "task": "classifier",
-        "steps": result.steps,
-        "steps_run": result.steps_run,
-        "resumed_from_step": result.resumed_from,
-        "train_seconds": round(result.seconds, 3),
-        "steps_per_sec": round(result.steps_per_sec, 2),
-        "threads": threads,
-        "final_train_loss": result.last_loss,
-        "evaluated_weights": "ema",
+        **_training_summary(result, threads),
         "held_out_cross_entropy": cross_entropy,
         "held_out_accuracy_times": times,
         "held_out_accuracy": accuracy,

@@ -55,24 +55,17 @@ def discrete_chain(sde: SDE, what: str):
     return chain
 
 
-class DiscreteStepWeighting:
+class DiscreteStepWeighting(NoiseWeighting):
     """DDPM's simple loss ``|| eps - eps_theta(sqrt(abar_i) x0 + sqrt(1 - abar_i) eps, i) ||^2`` with the
     step ``i`` uniform in ``{1, ..., T}`` (Ho et al. 2020, Eq. 14 and Alg. 1), on a discrete-time SDE
     (:class:`~sde_diffusion.sdes.DDPMSDE`): ``t = i / T``, where the SDE's kernel is the chain's.
-    ``lambda = s^2`` as :class:`NoiseWeighting`; ``eps`` (the loss's lower time limit) plays no part."""
-
-    needs_kernel = True
+    The weight is :class:`NoiseWeighting`'s ``lambda = s^2``; ``eps`` (the loss's lower time limit)
+    plays no part."""
 
     def sample_time(self, sde: SDE, batch: int, eps: float, *, generator=None, device=None, dtype=None) -> Tensor:
         T = discrete_chain(sde, "DiscreteStepWeighting (loss=ddpm_simple)").T
         i = torch.randint(1, T + 1, (batch,), generator=generator, device=device)
         return i.to(dtype or torch.get_default_dtype()) / T
-
-    def weight(self, sde: SDE, t: Tensor, eps: float) -> Tensor:
-        return sde.kernel(t)[1] ** 2
-
-    def weight_over_variance(self, sde: SDE, t: Tensor, eps: float) -> float:
-        return 1.0
 
     def __repr__(self) -> str:
         return "DiscreteStepWeighting()"
