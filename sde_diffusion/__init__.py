@@ -3,7 +3,7 @@
 ``import sde_diffusion as sd`` gives the public API below; everything else is private.
 """
 
-from . import distributed
+from . import degradations, distributed
 from .data import (
     TOY_NAMES,
     Checkerboard,
@@ -36,6 +36,7 @@ from .losses import (
     NoiseWeighting,
     classifier_loss,
     denoising_score_matching,
+    restoration_loss,
     sliced_score_matching,
 )
 from .models import (
@@ -62,6 +63,7 @@ from .samplers import (
     NoPredictor,
     ReverseDiffusionPredictor,
     SamplerOutput,
+    cold_sample,
     ddim,
     ddpm,
     dpm_solver_2s,
@@ -140,6 +142,9 @@ __all__ = [
     "DiscreteStepWeighting",
     "HybridLoss",
     "classifier_loss",
+    "restoration_loss",
+    "cold_sample",
+    "degradations",
     "TimeClassifierMLP",
     "UNetClassifier",
     "ClassifierGuidedScore",

@@ -2,6 +2,7 @@
 
 from .classification import classifier_loss, noisy_accuracy
 from .ddpm import HybridLoss, LossAwareStepSampler
+from .restoration import restoration_loss
 from .score_matching import denoising_score_matching, sliced_score_matching
 from .weighting import DiscreteStepWeighting, FlowMatchingWeighting, ImportanceLikelihoodWeighting, LikelihoodWeighting, NoiseWeighting
 
@@ -16,5 +17,6 @@ __all__ = [
     "HybridLoss",
     "classifier_loss",
     "noisy_accuracy",
+    "restoration_loss",
     "LossAwareStepSampler",
 ]

@@ -8,6 +8,7 @@ per-sample noise to all of them.
 from .._noise import PerSampleNoise
 from ..scores import ClassifierGuidedScore, CountingScore, GuidedScore, check_guidance
 from .base import SamplerOutput
+from .cold import cold_sample
 from .controllable import MASK_REGIONS, NoisedKnown, inpaint, inpainting_mask, sdedit
 from .correctors import AnnealedLangevinCorrector, Corrector, LangevinCorrector, NoCorrector
 from .ddim import DDIMStep, ddim
@@ -35,6 +36,7 @@ __all__ = [
     "SamplerOutput",
     "CountingScore",
     "sample_on_grid",
+    "cold_sample",
     "Step",
     "Solve",
     "Prediction",
