@@ -55,6 +55,8 @@ class TrainAppConfig:
     optim: Any = MISSING
     lr_schedule: Any = MISSING
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    degradation: Any = None  # cold diffusion's D(x, t) (experiment=digits_cold), free-form by _target_
+    cold: Any = None  # cold diffusion's sampling settings: steps, noise, t_starts
     seed: int = MISSING
     device: str = MISSING
     n_samples: int = MISSING

@@ -52,13 +52,19 @@ def test_every_toy_data_option_builds(option):
 
 @pytest.mark.parametrize("option", GROUPS["loss"])
 def test_every_loss_builds_and_returns_per_sample_values(option):
-    companions = {"ddpm_simple": ["sde=ddpm"], "ddpm_hybrid": ["sde=ddpm", "model=mlp_learned_variance"], "classifier": ["model=classifier_mlp"]}
+    companions = {
+        "ddpm_simple": ["sde=ddpm"],
+        "ddpm_hybrid": ["sde=ddpm", "model=mlp_learned_variance"],
+        "classifier": ["model=classifier_mlp"],
+        "restoration": ["degradation=blur"],  # cold diffusion: images
+    }
     cfg = _compose([f"loss={option}", *companions.get(option, []), *SMALL])
     sde = build_sde(cfg)
-    model = build_score_model(cfg, sde, (2,), n_classes=3)
+    shape = (1, 8, 8) if option == "restoration" else (2,)
+    model = build_score_model(cfg, sde, shape, n_classes=3)
     if option == "classifier":  # trained on labelled data: the Trainer passes each sample's label
         model = functools.partial(model, y=torch.arange(8) % 3)
-    loss = build_loss(cfg)(model, sde, torch.randn(8, 2), generator=torch.Generator().manual_seed(0))
+    loss = build_loss(cfg)(model, sde, torch.randn(8, *shape), generator=torch.Generator().manual_seed(0))
     assert loss.shape == (8,) and torch.isfinite(loss).all()
 
 

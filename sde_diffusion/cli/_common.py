@@ -215,3 +215,19 @@ def sliced_w2_to_held_out(samples: torch.Tensor, held_out: torch.Tensor) -> floa
     points (in the data's training units), with fixed projections, so the two apps agree."""
     n = min(samples.shape[0], held_out.shape[0])
     return sliced_wasserstein(samples[:n].float().cpu(), held_out[:n].float().cpu(), generator=torch.Generator().manual_seed(0))
+
+
+def require_score_run(trained, prog: str) -> None:
+    """Refuse a run whose model is not a score model: a classifier (``task=classifier``) or a cold
+    diffusion restorer (``experiment=digits_cold``), whose outputs are not scores."""
+    model = trained.score_model
+    if getattr(model, "is_classifier", False):
+        raise ConfigError(
+            f"{trained.run_dir} holds a classifier (task=classifier), not a score model: use it as {prog} classifier_dir=... of a score run"
+            if prog == "sde-sample"
+            else f"{trained.run_dir} holds a classifier (task=classifier), not a score model; its summary.json holds its accuracy"
+        )
+    if getattr(model, "is_restorer", False):
+        raise ConfigError(
+            f"{trained.run_dir} holds a cold diffusion restorer, not a score model; its samples and restoration errors are in the run directory (samples_*.png, summary.json)"
+        )

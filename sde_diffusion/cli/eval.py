@@ -34,7 +34,18 @@ from .._atomic import write_atomically
 from ..config import ConfigError
 from ..likelihood.evaluate import evaluate_nll
 from ..runs import load_run
-from ._common import check_composes, fail, override_key, refusals, say, set_threads, show_progress, thread_text, torchrun_session
+from ._common import (
+    check_composes,
+    fail,
+    override_key,
+    refusals,
+    require_score_run,
+    say,
+    set_threads,
+    show_progress,
+    thread_text,
+    torchrun_session,
+)
 
 PROG = "sde-eval"
 RESULTS = "eval.json"
@@ -100,6 +111,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     ctx = distributed.current()
     device = f"cuda:{ctx.local_rank}" if ctx.active and str(cfg.device) in ("auto", "cuda") and torch.cuda.is_available() else cfg.device
     trained = load_run(run_dir, device)
+    require_score_run(trained, PROG)
     data = trained.data
     if ctx.is_main:
         procs = f" x {ctx.world_size} processes" if ctx.active else ""

@@ -46,6 +46,7 @@ from ._common import (
     group_options,
     override_key,
     refusals,
+    require_score_run,
     say,
     set_threads,
     show_progress,
@@ -211,6 +212,7 @@ def run(cfg: DictConfig, out_dir: Path, *, sampler_name: str = "sampler") -> dic
     if not run_dir.is_dir():
         raise ConfigError(f"run_dir={run_dir} is not a directory; pass the directory sde-train wrote")
     trained = load_run(run_dir, cfg.device)
+    require_score_run(trained, PROG)
     score = _score(cfg, trained)
     say(f"{PROG}: {cfg.task} with {sampler_name} from step {trained.step} of {trained.run_dir} on {trained.device}, {thread_text(threads)}")
     try:

@@ -2,7 +2,7 @@
 
 from .classification import classifier_loss, noisy_accuracy
 from .ddpm import HybridLoss, LossAwareStepSampler
-from .restoration import restoration_loss
+from .restoration import RestorationLoss, restoration_loss
 from .score_matching import denoising_score_matching, sliced_score_matching
 from .weighting import DiscreteStepWeighting, FlowMatchingWeighting, ImportanceLikelihoodWeighting, LikelihoodWeighting, NoiseWeighting
 
@@ -18,5 +18,6 @@ __all__ = [
     "classifier_loss",
     "noisy_accuracy",
     "restoration_loss",
+    "RestorationLoss",
     "LossAwareStepSampler",
 ]

@@ -20,3 +20,22 @@ def restoration_loss(restore, degradation, x0: Tensor, *, norm: str = "l1", gene
         x_t = degradation(x0, t)
     residual = (restore(x_t, t) - x0).reshape(x0.shape[0], -1)
     return residual.abs().sum(dim=1) if norm == "l1" else residual.pow(2).sum(dim=1)
+
+
+class RestorationLoss:
+    """``loss_fn(restore, sde, x0, generator=...) -> (B,)``: :func:`restoration_loss` under
+    ``degradation``, in the Trainer's loss signature. The degradation is the forward process of a cold
+    diffusion run, so the SDE the Trainer passes plays no part."""
+
+    def __init__(self, degradation, norm: str = "l1"):
+        if not callable(degradation):
+            raise ValueError(f"degradation must be a callable D(x, t), e.g. sde_diffusion.degradations.GaussianBlur(), got {degradation!r}")
+        if norm not in ("l1", "l2"):
+            raise ValueError(f"norm must be 'l1' or 'l2', got {norm!r}")
+        self.degradation, self.norm = degradation, norm
+
+    def __call__(self, restore, sde, x0: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        return restoration_loss(restore, self.degradation, x0, norm=self.norm, generator=generator)
+
+    def __repr__(self) -> str:
+        return f"RestorationLoss({self.degradation!r}, norm={self.norm!r})"

@@ -30,3 +30,7 @@ __all__ += ["UNet"]
 from .classifier import TimeClassifierMLP, UNetClassifier, as_classifier  # noqa: E402
 
 __all__ += ["TimeClassifierMLP", "UNetClassifier", "as_classifier"]
+
+from .restorer import Restorer, as_restorer  # noqa: E402
+
+__all__ += ["Restorer", "as_restorer"]
