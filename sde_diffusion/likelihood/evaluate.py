@@ -1,5 +1,6 @@
 """Mean negative log-likelihood of a data set with standard errors: the evaluation behind ``sde-eval``
-and the held-out NLL of ``sde-train``.
+and the held-out NLL of ``sde-train``; by the probability-flow ODE, or bounded from above by DDPM's
+VLB or the continuous-time ELBO (``bound``, :mod:`.bounds`), with the same per-point bookkeeping.
 
 Each point ``x_i`` gets one number, its NLL per dimension averaged over the randomness spent on it:
 
