@@ -111,6 +111,7 @@ class EvalAppConfig:
     variance: str = MISSING
     n_terms: int | None = MISSING
     n_time_samples: int = MISSING
+    elbo_eps: Any = MISSING  # a time or "auto"
 
 
 SCHEMAS = {"train_schema": TrainAppConfig, "sample_schema": SampleAppConfig, "eval_schema": EvalAppConfig}

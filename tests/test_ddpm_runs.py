@@ -186,3 +186,19 @@ def test_ddim_runs_on_the_discrete_chain_and_at_eta_1_is_ddpm_with_beta_tilde():
     assert ddpm.nfe == ddim.nfe == 50
     a, b = (sd.ddim(sde, dist.score_fn(sde), x_T, ts, eta=0.0, generator=torch.Generator().manual_seed(s)).samples for s in (1, 2))
     assert torch.equal(a, b)
+
+
+def test_the_elbo_of_discrete_data_uses_the_discretized_decoder_a_third_of_a_bin_wide():
+    """bound=elbo on data on K levels scores them as they are, with the decoder discretized to the
+    levels at the time where s/m = w / 3K (elbo_eps=auto); bound=elbo_dequantized dequantizes and
+    uses the Gaussian decoder at eps, as the ODE sees the data."""
+    vp, dist = sd.VPSDE(), gaussian(2)
+    x = torch.randint(0, 17, (64, 2), generator=torch.Generator().manual_seed(0)).double() * 2 / 17 - 1
+    out = evaluate_nll(vp, dist.score_fn(vp), x, bound="elbo", levels=17, interval_width=2.0, batch_size=64, n_time_samples=8)
+    m, s = vp.kernel(torch.tensor(out["elbo_eps"], dtype=torch.float64))
+    assert float(s / m) == pytest.approx(2 / (3 * 17), rel=1e-6)
+    gen = torch.Generator().manual_seed(derive_seed(0, 0))
+    direct = sd.continuous_elbo(dist.score_fn(vp), vp, x, eps=out["elbo_eps"], n_time_samples=8, levels=17, interval=(-1.0, 1.0), generator=gen)
+    assert out["bpd"] == pytest.approx((direct / (2 * math.log(2))).mean().item(), rel=1e-9)
+    deq = evaluate_nll(vp, dist.score_fn(vp), x, bound="elbo_dequantized", levels=17, interval_width=2.0, batch_size=64, n_time_samples=8)
+    assert deq["elbo_eps"] == 1e-5 and deq["bound"] == "elbo_dequantized"

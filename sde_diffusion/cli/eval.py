@@ -51,9 +51,14 @@ PROG = "sde-eval"
 RESULTS = "eval.json"
 SPLITS = ("test", "train")
 SETTINGS = ("bound", "batch_size", "divergence", "n_probes", "n_dequant", "rtol", "atol", "method", "eps", "seed", "backend")
-BOUND_SETTINGS = {"vlb": ("variance", "n_terms"), "elbo": ("n_time_samples",), "ode": ()}
-"""The settings of each bound beyond SETTINGS, passed and recorded only with it."""
 """Config keys passed to :func:`evaluate_nll` as they are, and recorded with each result."""
+BOUND_SETTINGS = {
+    "vlb": ("variance", "n_terms"),
+    "elbo": ("n_time_samples", "elbo_eps"),
+    "elbo_dequantized": ("n_time_samples", "elbo_eps"),
+    "ode": (),
+}
+"""The settings of each bound beyond SETTINGS, passed and recorded only with it."""
 
 
 def _check_options(cfg: DictConfig) -> None:
@@ -159,7 +164,7 @@ def _pm(value: float, stderr: float | None, unit: str) -> str:
 
 
 def _summary_line(r: dict) -> str:
-    name = {"ode": "NLL", "vlb": "VLB", "elbo": "ELBO"}[r["bound"]]
+    name = {"ode": "NLL", "vlb": "VLB", "elbo": "ELBO", "elbo_dequantized": "ELBO (dequantized)"}[r["bound"]]
     parts = [f"{name} {_pm(r['nll_nats_per_dim'], r['nll_stderr'], 'nats/dim')}"]
     if r["bpd"] is not None:
         parts.append(_pm(r["bpd"], r["bpd_stderr"], "bits/dim"))
