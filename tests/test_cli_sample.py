@@ -217,6 +217,9 @@ def test_image_grid_rejects_bad_input(tmp_path, kwargs, message):
 @pytest.mark.parametrize("sampler", group_options()["sampler"])
 def test_every_sampler_composes_and_its_grid_can_be_overridden(sampler):
     fn, grid = build_sampler(_compose(f"sampler={sampler}", "sampler.grid.n_steps=50"))
+    if sampler == "ddpm":  # the chain's own steps: n_steps times of a discrete-time SDE
+        assert callable(fn) and grid(sd.DDPMSDE()).shape == (50,)
+        return
     assert callable(fn) and grid(sd.VPSDE()).shape == (51,)
 
 

@@ -248,7 +248,7 @@ def test_sde_sample_takes_hydra_overrides_and_reports_the_trainings_quality_numb
 def test_sde_sample_help_lists_only_its_own_group(tmp_path):
     proc = _app("sde-sample", ["--help"], cwd=tmp_path)
     assert proc.returncode == 0
-    assert "ddim, dpm_solver" in proc.stdout and "sde: " not in proc.stdout and "data: " not in proc.stdout
+    assert "ddim, ddpm, dpm_solver" in proc.stdout and "sde: " not in proc.stdout and "data: " not in proc.stdout
     assert "--cfg job" in proc.stdout and list(tmp_path.iterdir()) == []
 
 

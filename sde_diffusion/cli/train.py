@@ -424,7 +424,14 @@ def _main(cfg: DictConfig) -> None:
             sys.exit(130)
 
 
+def _task_alias(argv: list[str]) -> list[str]:
+    """``task=<name>`` is sde-train's name for the ``train_task`` config group (``task`` itself is a
+    plain key of sde-sample, and Hydra would read a group of that name as an override of it)."""
+    return [("train_task=" + a.split("=", 1)[1]) if a.startswith("task=") else a for a in argv]
+
+
 def main() -> None:
+    sys.argv[1:] = _task_alias(sys.argv[1:])
     check_group_choices(PROG, sys.argv[1:])
     sys.argv[1:] = _resume.prepare(PROG, sys.argv[1:])
     check_composes(PROG, "config", sys.argv[1:])
