@@ -11,9 +11,10 @@ A. Guidance (VP SDE of the default config, beta 0.1..20):
 
   - score model: ``experiment=digits`` (class-conditional U-Net, eps loss, label dropout 0.1, so the
     null label 10 gives the unconditional score);
-  - noisy-data classifier p(y | x_t, t): ``task=classifier data=digits model=classifier_unet`` (the
-    U-Net's encoder and middle, average pooling; cross-entropy on x_t of the same VP SDE, t ~ U(1e-5, 1),
-    the task's defaults: batch 256, lr 1e-3, warm-up 500 (--quick 50), no label dropout); its held-out
+  - noisy-data classifier p(y | x_t, t): ``train_task=classifier data=digits model=classifier_unet``
+    (``sde-train task=classifier ...``: the U-Net's encoder and middle, average pooling; cross-entropy
+    on x_t of the same VP SDE, t ~ U(1e-5, 1), the task's defaults: batch 256, lr 1e-3, warm-up 500
+    (--quick 50), no label dropout); its held-out
     accuracy at each time of sde_diffusion.losses.classification.NOISE_LEVELS by ``noisy_accuracy``
     (one draw of x_t per held-out digit and time, seed SEED);
   - sampling: PER_CLASS samples of each label 0..9 (--quick QUICK_PER_CLASS) by DPM-Solver++(2M)
@@ -48,11 +49,14 @@ B. Cold diffusion (Bansal et al. 2022), ``experiment=digits_cold degradation=blu
   - restoration of the 297 held-out digits degraded to t in T_STARTS: MSE per pixel (mean over digits
     +- its s.e.) and PSNR = 10 log10(peak^2 / MSE) with peak = max - min of the held-out digits (as
     sde-train's summary), beside two references: the degraded input itself and one direct restorer
-    call R(D(x_0, t), t); the paired difference MSE(Alg. 2) - MSE(Alg. 1) +- its s.e. over digits;
+    call R(D(x_0, t), t); the paired differences MSE(Alg. 2) - MSE(Alg. 1) and MSE(Alg. 2) - MSE(direct)
+    +- their s.e. over digits; where every digit gives the same output (the mask at t = 1: D(x_0, 1) = 0
+    for all), the findings say that the comparison is one image against another;
   - generation: COLD_SAMPLES samples (--quick QUICK_COLD_SAMPLES) from D(x_0, 1) of random training
     digits plus N(0, cold.noise^2) noise (cold.noise = 0.05), with both algorithms from the same
     starts: sliced W2 to the held-out digits (mean over SW2_SUBSETS random held-out subsets of the
-    sample size; floor: random training subsets), diversity (mean pairwise distance of all samples;
+    sample size; floor: random training subsets; the difference Alg. 2 - Alg. 1 paired over the
+    subsets, with its sd over them), diversity (mean pairwise distance of all samples;
     held-out reference), and, as a sharpness proxy, the clean classifier's mean max probability and
     mean entropy (nats) of its predicted class probabilities, and the entropy (bits, at most
     log2 10 = 3.32) of the histogram of predicted classes (mode coverage).
@@ -241,11 +245,17 @@ def cold_restoration(restorer, degradation, test: torch.Tensor, n_steps: int, pe
             per_image[algorithm] = sd.cold_sample(restorer, degradation, x_t, n_steps, algorithm=algorithm, t_start=t).samples
             seconds[algorithm] = time.perf_counter() - start
         mse = {k: (v - test).pow(2).reshape(test.shape[0], -1).mean(1).double() for k, v in per_image.items()}
+        # the largest over pixels of the outputs' standard deviation over digits: 0 when every digit gives the same image
+        spread = {k: v.reshape(test.shape[0], -1).std(0).max().item() for k, v in per_image.items()}
         diff = mse["improved"] - mse["naive"]
+        vs_direct = mse["improved"] - mse["direct R(x_t, t)"]
         out[str(t)] = {
             **{k: {"mse": v.mean().item(), "mse_stderr": (v.std() / math.sqrt(len(v))).item(),
-                   "psnr": 10 * math.log10(peak**2 / v.mean().item()), "seconds": seconds.get(k)} for k, v in mse.items()},
+                   "psnr": 10 * math.log10(peak**2 / v.mean().item()), "output_spread": spread[k], "seconds": seconds.get(k)}
+               for k, v in mse.items()},
             "improved_minus_naive_mse": diff.mean().item(), "improved_minus_naive_stderr": (diff.std() / math.sqrt(len(diff))).item(),
+            "improved_minus_direct_mse": vs_direct.mean().item(),
+            "improved_minus_direct_stderr": (vs_direct.std() / math.sqrt(len(vs_direct))).item(),
         }  # fmt: skip
         out[str(t)]["_images"] = per_image  # for the figure; popped before the JSON
     return out
@@ -266,7 +276,10 @@ def cold_generation(restorer, degradation, data, n: int, n_steps: int, noise: fl
         images[algorithm] = x
         w2 = [sw2(x, ref) for ref in ho_refs] if finite else [float("nan")]
         rows[algorithm] = {"sliced_w2": float(np.mean(w2)), "sliced_w2_subset_sd": float(np.std(w2, ddof=1)) if len(w2) > 1 else 0.0,
-                           "diversity": mean_pairwise(x), **sharpness(clf, x), "finite": finite, "seconds": seconds}  # fmt: skip
+                           "sliced_w2_per_subset": w2, "diversity": mean_pairwise(x), **sharpness(clf, x), "finite": finite,
+                           "seconds": seconds}  # fmt: skip
+    d = np.asarray(rows["improved"]["sliced_w2_per_subset"]) - np.asarray(rows["naive"]["sliced_w2_per_subset"])
+    rows["improved_minus_naive_sliced_w2"] = {"mean": float(d.mean()), "subset_sd": float(d.std(ddof=1)) if len(d) > 1 else 0.0}
     return rows, images
 
 
@@ -317,7 +330,7 @@ def _verdict(d: float, se: float, up: str = "yes", down: str = "no (lower)") -> 
     return up if d > 2 * se else (down if d < -2 * se else "not resolved (within 2 s.e.)")
 
 
-def guidance_findings(rows: dict, div_ref: float) -> tuple[list[str], dict]:
+def guidance_findings(rows: dict, div_ref: float, clf_acc: float, floor: float) -> tuple[list[str], dict]:
     lines, summary = [], {}
     for method, scales in (("cfg", CFG_SCALES), ("classifier", CLS_SCALES)):
         series = [rows[method][str(s)] for s in scales]
@@ -358,6 +371,22 @@ def guidance_findings(rows: dict, div_ref: float) -> tuple[list[str], dict]:
         + f". Best accuracy with both {best_both:.3f}, best with either alone {best_single:.3f}. Does combining help over CFG "
         f"w = {BOTH_CFG:g}? **{help_text}**."
     )
+    flat = [(m, float(k), r) for m, by_scale in rows.items() for k, r in by_scale.items()]
+    n = round(max(r["accuracy"] * (1 - r["accuracy"]) / r["accuracy_stderr"] ** 2 for _, _, r in flat if r["accuracy_stderr"] > 0))
+    at_ceiling = [(m, k) for m, k, r in flat if r["accuracy"] >= clf_acc]
+    perfect = [(m, k) for m, k, r in flat if r["accuracy"] == 1.0]
+    best_w2 = min(flat, key=lambda x: x[2]["sliced_w2"])
+    summary["ceiling"] = {"rows_at_or_above_clean_accuracy": len(at_ceiling), "rows_perfect": len(perfect), "rows": len(flat)}
+    summary["lowest_sliced_w2"] = {"method": best_w2[0], "scale": best_w2[1], "sliced_w2": best_w2[2]["sliced_w2"], "floor": floor}
+    lines.append(
+        f"- **Ceiling.** {len(at_ceiling)} of {len(flat)} rows reach an accuracy at or above the clean classifier's own held-out "
+        f"accuracy ({clf_acc:.3f}), {len(perfect)} are perfect: beyond that the accuracy cannot separate the methods (a perfect row's "
+        f"binomial s.e. of 0 is no uncertainty; with no error in {n} samples the error rate is below 3/{n} = {3 / n:.3f} at 95 %). "
+        f"The fidelity/diversity trade-off shows instead: every guided family loses within-class diversity as its scale grows (held-out "
+        f"digits {div_ref:.3f}), and the lowest sliced W2 of all rows is {best_w2[2]['sliced_w2']:.4f} ({METHOD_NAMES[best_w2[0]]} = "
+        f"{best_w2[1]:g}; floor {floor:.4f}). Classifier guidance at s = 0 is the unconditional model, whose 'within-label' diversity "
+        "mixes classes."
+    )
     lines.append(
         "- The s.e. of a difference is that of independent estimates; the rows share their prior noise (paired), "
         "so it is conservative. The clean-data logistic regression judging the samples is not the guiding classifier."
@@ -365,7 +394,7 @@ def guidance_findings(rows: dict, div_ref: float) -> tuple[list[str], dict]:
     return lines, summary
 
 
-def cold_findings(cold: dict) -> tuple[list[str], dict]:
+def cold_findings(cold: dict, floor: float) -> tuple[list[str], dict]:
     lines, summary = [], {}
     for deg, r in cold.items():
         parts, summary[deg] = [], {}
@@ -380,16 +409,31 @@ def cold_findings(cold: dict) -> tuple[list[str], dict]:
                 "stderr": se,
                 "verdict": verdict,
             }
-            parts.append(
-                f"t = {t:g}: PSNR {x['naive']['psnr']:.2f} → {x['improved']['psnr']:.2f} dB, ΔMSE {d:+.5f} ± {se:.5f} (**{verdict}**)"
+            dd, sed = x["improved_minus_direct_mse"], x["improved_minus_direct_stderr"]
+            verdict_direct = _verdict(-dd, sed, up="Alg. 2 better", down="the direct call better")
+            summary[deg][str(t)].update(mse_diff_vs_direct=dd, stderr_vs_direct=sed, verdict_vs_direct=verdict_direct)
+            text = (
+                f"t = {t:g}: PSNR {x['naive']['psnr']:.2f} → {x['improved']['psnr']:.2f} dB, ΔMSE {d:+.5f} ± {se:.5f} (**{verdict}**; "
+                f"against one direct call R(D(x, t), t), {x['direct R(x_t, t)']['psnr']:.2f} dB: {verdict_direct})"
             )
+            if max(x["naive"]["output_spread"], x["improved"]["output_spread"]) < 1e-4:
+                summary[deg][str(t)]["one_output"] = True
+                text += (
+                    " — here every digit gives the same output image (the input D(x, t) is the same for all), so the comparison is "
+                    "one image against another and its s.e. over digits says nothing about the algorithms"
+                )
+            parts.append(text)
         g = r["generation"]
+        gd = g["improved_minus_naive_sliced_w2"]
+        gen_verdict = _verdict(-gd["mean"], gd["subset_sd"], up="Alg. 2 closer", down="Alg. 1 closer")
         summary[deg]["generation_sw2"] = {a: g[a]["sliced_w2"] for a in ("naive", "improved")}
+        summary[deg]["generation_verdict"] = gen_verdict
         lines.append(
             f"- **Cold diffusion, {deg}.** Does Alg. 2 restore better than Alg. 1? "
             + "; ".join(parts)
-            + f". Generation: sliced W2 {g['naive']['sliced_w2']:.4f} (Alg. 1) vs {g['improved']['sliced_w2']:.4f} (Alg. 2) "
-            f"(subset sd {g['naive']['sliced_w2_subset_sd']:.4f} / {g['improved']['sliced_w2_subset_sd']:.4f}), clean-classifier max "
+            + f". Generation: sliced W2 {g['naive']['sliced_w2']:.4f} (Alg. 1) vs {g['improved']['sliced_w2']:.4f} (Alg. 2), paired "
+            f"difference {gd['mean']:+.4f} (sd {gd['subset_sd']:.4f} over the held-out subsets): **{gen_verdict}** to the held-out "
+            f"digits (floor {floor:.4f}); clean-classifier max "
             f"probability {g['naive']['max_prob']:.3f} vs {g['improved']['max_prob']:.3f}, predicted-class entropy "
             f"{g['naive']['class_hist_entropy_bits']:.2f} vs {g['improved']['class_hist_entropy_bits']:.2f} bits."
         )
@@ -481,15 +525,15 @@ def main() -> None:
                 f"Alg. 1 {x['naive']['psnr']:.2f}, Alg. 2 {x['improved']['psnr']:.2f} dB "
                 f"(ΔMSE {x['improved_minus_naive_mse']:+.5f} ± {x['improved_minus_naive_stderr']:.5f})")  # fmt: skip
         generation, gen_images = cold_generation(restorer, degradation, cexp_d.data, n_cold, n_steps, noise, clf, ho_refs)
-        for a, g in generation.items():
+        for a, g in ((a, generation[a]) for a in ("naive", "improved")):
             log(f"  {deg} generation {a:8s}: sliced W2 {g['sliced_w2']:.4f}, diversity {g['diversity']:.4f}, max prob {g['max_prob']:.3f}, "
                 f"class entropy {g['class_hist_entropy_bits']:.2f} bits, {g['seconds']:.1f} s")  # fmt: skip
         cold_images[deg] = ({t: restoration[str(t)].pop("_images") for t in T_STARTS}, gen_images)
         cold[deg] = {"training": info, "degradation": repr(degradation), "cold_steps": n_steps, "noise": noise, "peak": peak,
                      "restoration": restoration, "generation": generation}  # fmt: skip
 
-    g_lines, g_summary = guidance_findings(guidance, div_ref)
-    c_lines, c_summary = cold_findings(cold)
+    g_lines, g_summary = guidance_findings(guidance, div_ref, clf_acc, floor)
+    c_lines, c_summary = cold_findings(cold, cold_floor)
     wall = time.perf_counter() - start
 
     # ------------------------------------------------------------------------------------ output
@@ -631,7 +675,7 @@ def main() -> None:
             f"| {deg} | {a} | {g['sliced_w2']:.4f} ± {g['sliced_w2_subset_sd']:.4f} | {g['diversity']:.3f} | {g['max_prob']:.3f} | "
             f"{g['entropy_nats']:.3f} | {g['class_hist_entropy_bits']:.2f} | {g['seconds']:.1f} |"
             for deg in DEGRADATIONS
-            for a, g in cold[deg]["generation"].items()
+            for a, g in ((a, cold[deg]["generation"][a]) for a in ("naive", "improved"))
         ],  # fmt: skip
         "",
         "In the figure, masked pixels (value 0) are mid-grey; the rows from t = 1 of the mask start from the same all-zero image.",
