@@ -3,7 +3,8 @@
 ``import sde_diffusion as sd`` gives the public API below; everything else is private.
 """
 
-from . import degradations, distributed
+from . import conditioning, degradations, distributed, image_metrics
+from .conditioning import ConditionedScore, Conditioning, SuperResolution
 from .data import (
     TOY_NAMES,
     Checkerboard,
@@ -79,6 +80,7 @@ from .samplers import (
     predictor_corrector,
     probability_flow_sampler,
     sample_on_grid,
+    super_resolve,
     torchsde_sampler,
     tweedie_denoise,
     unipc,
@@ -146,7 +148,13 @@ __all__ = [
     "restoration_loss",
     "RestorationLoss",
     "cold_sample",
+    "super_resolve",
     "degradations",
+    "conditioning",
+    "image_metrics",
+    "Conditioning",
+    "ConditionedScore",
+    "SuperResolution",
     "TimeClassifierMLP",
     "UNetClassifier",
     "ClassifierGuidedScore",

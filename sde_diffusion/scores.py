@@ -10,7 +10,8 @@ evaluations, and classifier-free guidance.
   ``net(x, t, y)`` (e.g. :class:`~sde_diffusion.models.UNet` with ``n_classes``) pass through:
   ``forward(x, t, y)`` hands the ``(B,)`` int64 labels to the network, ``forward(x, t)`` calls
   ``net(x, t)`` (the null label for a conditional network), so a wrapped model is still a plain
-  ``score(x, t)``.
+  ``score(x, t)``. Image-conditioned networks take ``cond=`` (a
+  :class:`~sde_diffusion.conditioning.Conditioning`) the same way.
 - :class:`CountingScore` counts evaluations (the samplers' NFE).
 - :class:`GuidedScore`: classifier-free guidance (Ho & Salimans 2022, "Classifier-Free Diffusion
   Guidance", Eq. 6, written for scores: the map ``eps = -s(t) score`` is linear, so the eps and score
@@ -36,6 +37,7 @@ from ._checks import check_range
 from ._shapes import batch_time, expand_like
 
 if TYPE_CHECKING:
+    from .conditioning import Conditioning
     from .sdes.base import SDE
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
@@ -64,9 +66,11 @@ class _Parameterization(nn.Module):
         for an unconditional network."""
         return getattr(self.net, "n_classes", None)
 
-    def _net(self, x: Tensor, t: Tensor, y: Tensor | None) -> Tensor:
-        """``net(x, t)`` without labels (so networks without a ``y`` argument work), else ``net(x, t, y)``."""
-        return self.net(x, t) if y is None else self.net(x, t, y)
+    def _net(self, x: Tensor, t: Tensor, y: Tensor | None, cond: Conditioning | None = None) -> Tensor:
+        """``net(x, t)`` without labels (so networks without a ``y`` argument work), else ``net(x, t, y)``;
+        a conditioning image and level ``cond`` (image-conditioned networks) go as ``cond=``."""
+        extra = {} if cond is None else {"cond": cond}
+        return self.net(x, t, **extra) if y is None else self.net(x, t, y, **extra)
 
     def _kernel(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         m, s = self.sde.kernel(t)
@@ -78,17 +82,17 @@ class ScoreParameterization(_Parameterization):
 
     needs_kernel = False
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        return self._net(x, batch_time(t, x), y)
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, cond: Conditioning | None = None) -> Tensor:
+        return self._net(x, batch_time(t, x), y, cond)
 
 
 class EpsilonParameterization(_Parameterization):
     """The network predicts the noise: ``score = -net(x, t) / s(t)`` (Ho et al. 2020; Song et al. 2021)."""
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, cond: Conditioning | None = None) -> Tensor:
         t = batch_time(t, x)
         _, s = self._kernel(x, t)
-        return self._net(x, t, y) / -s  # negate the (B, 1, ...) std, not the network's output
+        return self._net(x, t, y, cond) / -s  # negate the (B, 1, ...) std, not the network's output
 
 
 class LearnedVarianceParameterization(_Parameterization):
@@ -106,10 +110,12 @@ class LearnedVarianceParameterization(_Parameterization):
 
     learns_variance = True
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, variance: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    def forward(
+        self, x: Tensor, t: Tensor, y: Tensor | None = None, variance: bool = False, cond: Conditioning | None = None
+    ) -> Tensor | tuple[Tensor, Tensor]:
         t = batch_time(t, x)
         _, s = self._kernel(x, t)
-        out = self._net(x, t, y)
+        out = self._net(x, t, y, cond)
         if out.shape[0] != x.shape[0] or out.shape[1] != 2 * x.shape[1] or out.shape[2:] != x.shape[2:]:
             raise ValueError(
                 f"LearnedVarianceParameterization needs a network with twice the channels of x (learn_variance=true, "
@@ -123,10 +129,10 @@ class LearnedVarianceParameterization(_Parameterization):
 class DataParameterization(_Parameterization):
     """The network predicts the clean data: ``score = -(x - m(t) x0_hat) / s(t)^2`` (x0-prediction)."""
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, cond: Conditioning | None = None) -> Tensor:
         t = batch_time(t, x)
         m, s = self._kernel(x, t)
-        return (m * self._net(x, t, y) - x) / s**2
+        return (m * self._net(x, t, y, cond) - x) / s**2
 
 
 class VPredictionParameterization(_Parameterization):
@@ -135,10 +141,10 @@ class VPredictionParameterization(_Parameterization):
     ``[x_t; v] = [[m, s], [-s, m]] [x0; eps]``: ``eps = (s x_t + m v) / (m^2 + s^2)``, so
     ``score = -eps / s = -(s x_t + m v) / (s (m^2 + s^2))``."""
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, cond: Conditioning | None = None) -> Tensor:
         t = batch_time(t, x)
         m, s = self._kernel(x, t)
-        return -(s * x + m * self._net(x, t, y)) / (s * (m**2 + s**2))
+        return -(s * x + m * self._net(x, t, y, cond)) / (s * (m**2 + s**2))
 
 
 class VelocityParameterization(_Parameterization):
@@ -150,10 +156,10 @@ class VelocityParameterization(_Parameterization):
 
     needs_kernel = False
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, cond: Conditioning | None = None) -> Tensor:
         t = batch_time(t, x)
         g2 = expand_like(self.sde.diffusion(t) ** 2, x)
-        return 2.0 * (self.sde.drift(x, t) - self._net(x, t, y)) / g2
+        return 2.0 * (self.sde.drift(x, t) - self._net(x, t, y, cond)) / g2
 
 
 # ---------------------------------------------------------------------------------- counting

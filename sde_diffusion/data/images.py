@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..conditioning import downsample
 from .arrays import _read_array
 from .dataset import Dataset
 
@@ -202,4 +203,24 @@ def npz_image_dataset(
         train_labels=train_labels,
         test_labels=test_labels,
         n_classes=n_classes,
+    )
+
+
+def low_resolution(dataset: Dataset, factor: int = 2) -> Dataset:
+    """``dataset`` (images ``(N, C, H, W)``) downsampled by ``factor`` (average pooling,
+    :func:`~sde_diffusion.conditioning.downsample`): the data of a cascade's base model, e.g. the
+    digits at 4x4 for ``factor=2``. Splits and labels are kept, row for row, so a base model and a
+    super-resolution model of the same images share their held-out set. The block means of ``K``
+    levels are no longer on the levels, so the result is continuous data (``levels`` None: its
+    likelihood is a density, not bits/dim of discrete data).
+    """
+    if not isinstance(dataset, Dataset) or dataset.train.dim() != 4:
+        raise ValueError(f"low_resolution needs an image Dataset (N, C, H, W), got {getattr(dataset, 'name', type(dataset).__name__)!r}")
+    return Dataset(
+        downsample(dataset.train, factor),
+        downsample(dataset.test, factor),
+        f"{dataset.name} at 1/{factor}" if factor > 1 else dataset.name,
+        train_labels=dataset.train_labels,
+        test_labels=dataset.test_labels,
+        n_classes=dataset.n_classes,
     )

@@ -6,11 +6,13 @@ from collections.abc import Callable, Sequence
 from typing import cast
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._shapes import batch_time
+from ..conditioning import Conditioning
 from .blocks import ResAttnBlock, Upsample, conv3x3, group_norm, zero_init
-from .embeddings import GaussianFourierEmbedding
+from .embeddings import GaussianFourierEmbedding, SinusoidalEmbedding
 
 
 def _positive_int(name: str, value) -> int:
@@ -53,6 +55,12 @@ class UNet(nn.Module):
         learn_variance: double the output channels (``2C``): the prediction, then the variance
             interpolation of :class:`~sde_diffusion.scores.LearnedVarianceParameterization`
             (Nichol & Dhariwal 2021, Sec. 3.1).
+        cond_channels: channels of a conditioning image (SR3, Saharia et al. 2021; cascades, Ho et
+            al. 2022), 0 for none. The image, of any size, is resized to ``H x W`` (nearest
+            neighbour: block copies, which lose nothing of a low-resolution input) and concatenated
+            to ``x`` as input channels; its noise-augmentation level ``(B,)`` is embedded (sinusoidal
+            features of ``1000 level``, an MLP) and added to the time embedding. ``forward`` then
+            needs ``cond``, a :class:`~sde_diffusion.conditioning.Conditioning`.
     """
 
     def __init__(
@@ -66,6 +74,7 @@ class UNet(nn.Module):
         n_classes: int | None = None,
         time_embedding: nn.Module | None = None,
         learn_variance: bool = False,
+        cond_channels: int = 0,
     ):
         super().__init__()
         data_shape = tuple(int(d) for d in data_shape)
@@ -80,6 +89,9 @@ class UNet(nn.Module):
             raise ValueError(f"UNet dropout must lie in [0, 1), got {dropout!r}")
         if n_classes is not None:
             _positive_int("n_classes", n_classes)
+        if isinstance(cond_channels, bool) or not isinstance(cond_channels, int) or cond_channels < 0:
+            raise ValueError(f"UNet cond_channels must be an integer >= 0 (0: no conditioning image), got {cond_channels!r}")
+        self.cond_channels = cond_channels
         self.data_shape = data_shape
         self.n_classes = n_classes
         self.learn_variance = bool(learn_variance)
@@ -105,7 +117,7 @@ class UNet(nn.Module):
             return ResAttnBlock(c, c, emb_dim, dropout, attention=attend)
 
         self.inp, self.down, self.downsample, self.mid, skips = build_encoder(
-            data_shape[0], channels, channel_mult, n_res_blocks, resolutions, block, middle
+            data_shape[0] + cond_channels, channels, channel_mult, n_res_blocks, resolutions, block, middle
         )
         ch = skips[-1]
         # decoder: per level n_res_blocks + 1 blocks, each eating one skip, then upsampling
@@ -119,6 +131,12 @@ class UNet(nn.Module):
             if level > 0:
                 self.upsample.append(Upsample(ch))
         self.out = nn.Sequential(group_norm(ch), nn.SiLU(), zero_init(conv3x3(ch, data_shape[0] * (1 + self.learn_variance))))
+        # built last, so that an unconditioned network's initial weights do not depend on this option
+        self.level_embedding = (
+            nn.Sequential(SinusoidalEmbedding(32), nn.Linear(32, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+            if cond_channels
+            else None
+        )
 
     def embed(self, t: Tensor, y: Tensor | None) -> Tensor:
         """The ``(B, 4 channels)`` conditioning vector: ``MLP(time_embedding(t)) + E[y]``."""
@@ -139,13 +157,19 @@ class UNet(nn.Module):
             )
         return emb + self.class_embedding(y)
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, cond: Conditioning | None = None) -> Tensor:
         """``x`` ``(B, C, H, W)``, ``t`` ``(B,)`` (or a scalar), optional class labels ``y`` ``(B,)``
-        int64 (``None``: the null label for a conditional network). Returns ``(B, C, H, W)``, or
+        int64 (``None``: the null label for a conditional network), and for a network built with
+        ``cond_channels`` the conditioning image and level ``cond``. Returns ``(B, C, H, W)``, or
         ``(B, 2C, H, W)`` with ``learn_variance`` (the prediction, then the variance interpolation)."""
         if tuple(x.shape[1:]) != self.data_shape:
             raise ValueError(f"UNet was built for images of shape {self.data_shape}, got input of shape {tuple(x.shape)}")
         emb = self.embed(batch_time(t, x), y)
+        if self.level_embedding is not None:
+            x, level_emb = self._condition(x, cond)
+            emb = emb + level_emb
+        elif cond is not None:
+            raise ValueError("this UNet was built without cond_channels (no conditioning image); build it with cond_channels to pass cond")
         h, skips = run_encoder(self.inp, self.down, self.downsample, self.mid, x, emb)
         for level, blocks in enumerate(self.up):
             for blk in cast(nn.ModuleList, blocks):
@@ -153,6 +177,26 @@ class UNet(nn.Module):
             if level < len(self.upsample):
                 h = self.upsample[level](h)
         return self.out(h)
+
+    def _condition(self, x: Tensor, cond: Conditioning | None) -> tuple[Tensor, Tensor]:
+        """``x`` with the conditioning image (resized to ``H x W``) as extra channels, and the level's
+        embedding ``(B, 4 channels)``."""
+        if not isinstance(cond, Conditioning):
+            raise ValueError(
+                f"this UNet is conditioned on an image ({self.cond_channels} channels): pass cond=Conditioning(image, level) "
+                f"(sde_diffusion.conditioning; a ConditionedScore binds it for sampling), got {type(cond).__name__}"
+            )
+        image, level = cond
+        if image.dim() != 4 or image.shape[0] != x.shape[0] or image.shape[1] != self.cond_channels:
+            raise ValueError(
+                f"the conditioning image must be ({x.shape[0]}, {self.cond_channels}, h, w) for this batch, got {tuple(image.shape)}"
+            )
+        if level.shape != (x.shape[0],):
+            raise ValueError(f"the conditioning level must have shape ({x.shape[0]},), got {tuple(level.shape)}")
+        if image.shape[-2:] != x.shape[-2:]:
+            image = F.interpolate(image, size=x.shape[-2:], mode="nearest")
+        assert self.level_embedding is not None  # built exactly when cond_channels > 0
+        return torch.cat([x, image.to(x.dtype)], dim=1), self.level_embedding(level.to(x.dtype))
 
 
 def build_encoder(

@@ -14,7 +14,7 @@ from .correctors import AnnealedLangevinCorrector, Corrector, LangevinCorrector,
 from .ddim import DDIMStep, ddim
 from .ddpm import DDPMStep, ddpm
 from .dpm_solver import DPMSolverMultistep, DPMSolverSDE, DPMSolverSinglestep2S, dpm_solver_2s, dpm_solver_pp, dpm_solver_sde
-from .draw import DrawnSamples, draw_samples, sample_in_batches
+from .draw import DrawnSamples, draw_samples, sample_in_batches, super_resolve
 from .driver import Prediction, Solve, Step, sample_on_grid
 from .edm import EDMStep, edm_sde, heun
 from .euler_maruyama import euler_maruyama
@@ -76,6 +76,7 @@ __all__ = [
     "NoCorrector",
     "torchsde_sampler",
     "draw_samples",
+    "super_resolve",
     "DrawnSamples",
     "sample_in_batches",
     "GuidedScore",

@@ -23,14 +23,16 @@ from tqdm.auto import tqdm
 
 from .._noise import PerSampleNoise
 from .._seeding import derive_seed
+from ..conditioning import ConditionedScore, SuperResolution
 from ..scores import ScoreFn
 from ..sdes.base import SDE
 from .base import SamplerOutput
 
 PRIOR_BLOCK = 256
 """Samples per independently seeded block of prior noise."""
-PRIOR, NOISE = 0, 1
-"""Stream numbers of :func:`stream_seed`: the prior draw and the samplers' step noise."""
+PRIOR, NOISE, CONDITIONING = 0, 1, 2
+"""Stream numbers of :func:`stream_seed`: the prior draw, the samplers' step noise and the
+augmentation noise of a conditioning image (:func:`super_resolve`)."""
 
 
 def stream_seed(seed: int, stream: int, index: int) -> int:
@@ -104,6 +106,40 @@ def draw_samples(
         return sampler(sde, score_fn, prior.take(lo, hi).to(device), ts, generator=generator, progress=progress)
 
     return sample_in_batches(batch, n, batch_size=batch_size, seed=seed, device=device, progress=progress)
+
+
+def super_resolve(
+    sde: SDE,
+    score_model: Callable[..., Tensor],
+    sampler: Callable,
+    grid: Callable,
+    conditioner: SuperResolution,
+    low: Tensor,
+    *,
+    batch_size: int,
+    seed: int,
+    labels: Tensor | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    progress: bool = False,
+) -> DrawnSamples:
+    """One high-resolution sample ``(C, f h, f w)`` for each low-resolution image of ``low``
+    ``(N, C, h, w)``: ``sampler`` on :class:`~sde_diffusion.conditioning.ConditionedScore` of the
+    image-conditioned ``score_model``, the conditioning ``conditioner.sampling(low)`` (its fixed
+    augmentation level; noise from per-sample streams ``stream_seed(seed, CONDITIONING, 0)``), prior
+    and step noise seeded as :func:`draw_samples` (sample ``i`` is the same in every batching).
+    ``labels``: optional ``(N,)`` class labels for a class-conditional model as well."""
+    device = torch.device(device)
+    low = low.to(device=device, dtype=dtype)
+    ts = grid(sde, dtype=dtype, device=device)
+    prior = PriorBlocks(sde, conditioner.output_shape(tuple(low.shape[1:])), seed, dtype)
+
+    def batch(lo: int, hi: int, generator: PerSampleNoise):
+        aug = PerSampleNoise(stream_seed(seed, CONDITIONING, 0), torch.arange(lo, hi, device=device))
+        score = ConditionedScore(score_model, conditioner.sampling(low[lo:hi], aug), None if labels is None else labels[lo:hi].to(device))
+        return sampler(sde, score, prior.take(lo, hi).to(device), ts, generator=generator, progress=progress)
+
+    return sample_in_batches(batch, low.shape[0], batch_size=batch_size, seed=seed, device=device, progress=progress)
 
 
 def sample_in_batches(

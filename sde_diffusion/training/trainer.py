@@ -11,7 +11,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Protocol, cast
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from .._seeding import derive_seed
 from .._shapes import check_data
+from ..conditioning import Conditioning
 from ..distributed import SINGLE, DistributedContext, all_reduce_mean
 from ..losses import denoising_score_matching
 from ..sdes.base import SDE
@@ -41,6 +42,13 @@ OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 ScheduleFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 """``lr_schedule(optimizer) -> LRScheduler``, stepped after every optimiser step (see :mod:`.schedules`)."""
+
+
+class Conditioner(Protocol):
+    """Makes a micro-batch's conditioning from its clean rows ``x0`` ``(B, *dims)`` with the
+    micro-batch's generator (:class:`~sde_diffusion.conditioning.SuperResolution`)."""
+
+    def training(self, x0: Tensor, generator: torch.Generator | None = None) -> Conditioning: ...
 
 
 class NonFiniteLossError(RuntimeError):
@@ -93,6 +101,12 @@ class Trainer:
     probability ``options.label_dropout`` (drawn from the same generator, so resume stays exact),
     which trains the unconditional score of classifier-free guidance (Ho & Salimans 2022, Alg. 1).
     The loss sees the plain score ``lambda x, t: score_model(x, t, y)``.
+
+    Image-conditioned training (super-resolution, cascades): give a ``conditioner`` with
+    ``conditioner.training(x0, generator) -> Conditioning`` (e.g.
+    :class:`~sde_diffusion.conditioning.SuperResolution`): each micro-batch's conditioning is made
+    from its clean rows, its augmentation noise drawn from the micro-batch's generator (after label
+    dropout), and the loss sees ``lambda x, t: score_model(x, t, y, cond=cond)``.
     """
 
     def __init__(
@@ -111,7 +125,9 @@ class Trainer:
         dist: DistributedContext = SINGLE,
         optimizer: OptimizerFactory | None = None,
         lr_schedule: ScheduleFactory | None = None,
+        conditioner: Conditioner | None = None,
     ):
+        self.conditioner = conditioner
         self.device = torch.device(device)
         self.model = score_model.to(self.device)
         self.sde = sde
@@ -263,14 +279,17 @@ class Trainer:
     def _score_for(self, idx: Tensor, generator: torch.Generator) -> Callable[[Tensor, Tensor], Tensor]:
         """The score the loss trains on the rows ``data[idx]``: the model itself without labels; with
         labels, ``score(x, t) = model(x, t, y)`` for the rows' labels after label dropout."""
-        if self.labels is None:
+        if self.labels is None and self.conditioner is None:
             return self.net
-        y = self.labels[idx]
-        if self.options.label_dropout > 0:
+        y = None if self.labels is None else self.labels[idx]
+        if y is not None and self.options.label_dropout > 0:
             drop = torch.rand(y.shape, generator=generator, device=self.device) < self.options.label_dropout
             null_label = cast(int, self.model.n_classes)  # labels given: _check_labels found n_classes (K, the null label)
             y = torch.where(drop, null_label, y)
-        return lambda x, t, **kwargs: self.net(x, t, y, **kwargs)
+        if self.conditioner is None:
+            return lambda x, t, **kwargs: self.net(x, t, y, **kwargs)
+        cond = self.conditioner.training(self.data[idx], generator)
+        return lambda x, t, **kwargs: self.net(x, t, y, cond=cond, **kwargs)
 
     def _stop_requested(self, stop: StopRequest) -> int | None:
         """The signal that asks training to stop, agreed by every process (each may have received
@@ -371,8 +390,10 @@ def evaluate_loss(
     loss_fn: LossFn = denoising_score_matching,
     batch_size: int = 4096,
     seed: int = 0,
+    conditioner: Conditioner | None = None,
 ) -> float:
     """Mean per-sample loss of ``score_model`` over ``data`` with a fixed seed (comparable across runs).
+    An image-conditioned model gets each chunk's conditioning from ``conditioner`` as in training.
 
     Runs without building a graph for the parameters; losses that differentiate the score in ``x``
     (sliced score matching) enable gradients for that part themselves."""
@@ -380,5 +401,10 @@ def evaluate_loss(
     gen = torch.Generator(device=device).manual_seed(seed)
     total = 0.0
     for chunk in data.split(batch_size):
-        total += loss_fn(score_model, sde, chunk.to(device), generator=gen).sum().item()
+        chunk = chunk.to(device)
+        model: Callable = score_model
+        if conditioner is not None:
+            cond = conditioner.training(chunk, gen)
+            model = functools.partial(score_model, cond=cond)
+        total += loss_fn(model, sde, chunk, generator=gen).sum().item()
     return total / data.shape[0]
