@@ -22,6 +22,7 @@ from torch import nn
 
 from . import schemas  # noqa: F401  (registers the typed config schemas with Hydra's ConfigStore)
 from ._checks import check_range
+from .conditioning import SuperResolution
 from .data.dataset import Dataset
 from .samplers.thresholding import thresholding
 from .sdes.base import SDE
@@ -196,9 +197,31 @@ class Experiment:
     lr_schedule: Callable | None
     sampler: Callable
     grid: Callable
+    conditioner: SuperResolution | None = None  # the image conditioning of a super-resolution run (SuperResolution), else None
 
 
-def _try_once(loss_fn: Callable, grid: Callable, score_model: nn.Module, sde: SDE, data: Dataset) -> None:
+def build_conditioner(cfg: DictConfig):
+    """``conditioning`` (a super-resolution run's :class:`~sde_diffusion.conditioning.SuperResolution`),
+    or None when the config has none; the network must then take a conditioning image."""
+    if OmegaConf.select(cfg, "conditioning", default=None) is None:
+        if OmegaConf.select(cfg, "model.net.cond_channels", default=0):
+            raise ConfigError(
+                "model.net.cond_channels is set but the config has no conditioning; use experiment=digits_sr or set cond_channels=0"
+            )
+        return None
+    conditioner = _build(cfg, "conditioning")
+    if not callable(getattr(conditioner, "training", None)) or not callable(getattr(conditioner, "sampling", None)):
+        raise ConfigError(
+            f"conditioning: {type(conditioner).__name__} has no training/sampling methods (use sde_diffusion.SuperResolution)"
+        )
+    if not OmegaConf.select(cfg, "model.net.cond_channels", default=0):
+        raise ConfigError(
+            "conditioning is set but the network takes no conditioning image; set model.net.cond_channels to the images' channels"
+        )
+    return conditioner
+
+
+def _try_once(loss_fn: Callable, grid: Callable, score_model: nn.Module, sde: SDE, data: Dataset, conditioner=None) -> None:
     """Evaluate the loss on two training points and build the sampler's grid, so that a loss, model,
     SDE or grid that do not fit together (``loss=ddpm_simple`` on a VP SDE, ``loss=ddpm_hybrid``
     without a learned-variance model) fail here in one line, before the run starts. The network runs
@@ -207,6 +230,12 @@ def _try_once(loss_fn: Callable, grid: Callable, score_model: nn.Module, sde: SD
     score_model.eval()
     labels = data.train_labels[:2] if data.train_labels is not None and getattr(score_model, "n_classes", None) is not None else None
     model = score_model if labels is None else (lambda x, t, **kw: score_model(x, t, labels, **kw))  # as the Trainer calls it
+    if conditioner is not None:
+        try:
+            cond = conditioner.training(data.train[:2], torch.Generator().manual_seed(0))
+        except ValueError as err:
+            raise ConfigError(f"conditioning: {one_line(err)}") from None
+        model = lambda x, t, **kw: score_model(x, t, labels, cond=cond, **kw)  # noqa: E731 (as the Trainer calls it)
     try:
         with torch.no_grad():
             loss_fn(model, sde, data.train[:2], generator=torch.Generator().manual_seed(0))
@@ -233,7 +262,8 @@ def build_experiment(cfg: DictConfig) -> Experiment:
     loss_fn = build_loss(cfg)
     sampler, grid = build_sampler(cfg)
     data = build_dataset(cfg)
+    conditioner = build_conditioner(cfg)
     torch.manual_seed(seed)  # the network's initial weights follow the run's seed
     score_model = build_score_model(cfg, sde, data.data_shape, data.n_classes)
-    _try_once(loss_fn, grid, score_model, sde, data)
-    return Experiment(device, sde, data, score_model, loss_fn, options, optimizer, lr_schedule, sampler, grid)
+    _try_once(loss_fn, grid, score_model, sde, data, conditioner)
+    return Experiment(device, sde, data, score_model, loss_fn, options, optimizer, lr_schedule, sampler, grid, conditioner)

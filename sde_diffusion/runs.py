@@ -14,7 +14,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from .config import ConfigError, build_dataset, build_score_model, build_sde, resolve_device
+from .conditioning import SuperResolution
+from .config import ConfigError, build_conditioner, build_dataset, build_score_model, build_sde, resolve_device
 from .data.dataset import Dataset
 from .sdes.base import SDE
 from .training import load_checkpoint
@@ -33,6 +34,7 @@ class TrainedRun:
     score_model: nn.Module
     step: int
     device: torch.device
+    conditioner: SuperResolution | None = None  # a super-resolution run's image conditioning
 
 
 def _anchor_relative_data_path(cfg: DictConfig, run_dir: Path) -> None:
@@ -69,4 +71,4 @@ def load_run(run_dir: str | Path, device: str | torch.device = "auto") -> Traine
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt", map_location=dev)
     ema = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
     model.load_state_dict(ema)
-    return TrainedRun(run_dir, cfg, sde, data, model.to(dev).eval(), int(state["step"]), dev)
+    return TrainedRun(run_dir, cfg, sde, data, model.to(dev).eval(), int(state["step"]), dev, build_conditioner(cfg))

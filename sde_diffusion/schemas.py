@@ -57,6 +57,8 @@ class TrainAppConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     degradation: Any = None  # cold diffusion's D(x, t) (experiment=digits_cold), free-form by _target_
     cold: Any = None  # cold diffusion's sampling settings: steps, noise, t_starts
+    conditioning: Any = None  # image conditioning (experiment=digits_sr): SuperResolution by _target_
+    cascade: Any = None  # experiment=digits_cascade: sr_dir, the super-resolution run that follows this base model
     seed: int = MISSING
     device: str = MISSING
     n_samples: int = MISSING
@@ -85,6 +87,7 @@ class SampleAppConfig:
     guidance: float = MISSING
     classifier_dir: str | None = MISSING
     classifier_scale: float = MISSING
+    low_res: str | None = MISSING
 
 
 @dataclass

@@ -32,18 +32,21 @@ from torch import Tensor
 
 from .._checks import check_range
 from .._noise import PerSampleNoise
-from ..config import ConfigError, build_sampler, on_driver
-from ..plotting import plot_samples
+from ..conditioning import downsample
+from ..config import ConfigError, build_sampler, on_driver, one_line
+from ..plotting import image_grid, plot_samples
 from ..runs import load_run
 from ..samplers.base import SamplerOutput
 from ..samplers.controllable import MASK_REGIONS, inpaint, inpainting_mask, sdedit
-from ..samplers.draw import DrawnSamples, draw_samples, sample_in_batches, stream_seed
+from ..samplers.draw import DrawnSamples, draw_samples, sample_in_batches, stream_seed, super_resolve
 from ..scores import ClassifierGuidedScore, GuidedScore, ScoreFn, check_guidance
 from ._common import (
+    cascade_sr_dir,
     check_composes,
     check_group_choices,
     fail,
     group_options,
+    load_sr_run,
     override_key,
     refusals,
     require_score_run,
@@ -51,6 +54,7 @@ from ._common import (
     set_threads,
     show_progress,
     sliced_w2_to_held_out,
+    super_resolve_with,
     thread_text,
 )
 
@@ -169,11 +173,31 @@ def _draw(cfg: DictConfig, trained, score: ScoreFn, sampler_name: str, n: int, b
     mask (else None) and the task's words for the title and summary."""
     sampler, grid = build_sampler(cfg)
     task, sde, data = cfg.get("task"), trained.sde, trained.data
+    if trained.conditioner is not None and task != "sample":
+        raise ConfigError(
+            f"task={task} needs an unconditional score model; this run super-resolves (task=sample, optionally low_res=<npz>)"
+        )
+    if task == "sample" and trained.conditioner is not None:  # a super-resolution run: from low-resolution inputs
+        low, source = _low_res_inputs(cfg, trained, n)
+        drawn = super_resolve(
+            sde, score, sampler, grid, trained.conditioner, low, batch_size=batch_size, seed=seed, device=trained.device, progress=progress
+        )
+        return drawn, low, None, {"low_res": source}
     if task == "sample":
         drawn = draw_samples(
             sde, score, sampler, grid, data.data_shape, n, batch_size=batch_size, seed=seed, device=trained.device, progress=progress
         )
-        return drawn, None, None, {}
+        sr_dir = cascade_sr_dir(trained.config)
+        if sr_dir is None:
+            return drawn, None, None, {}
+        # a cascade's base run: its samples super-resolved by the run in cascade.sr_dir, with that run's sampler
+        sr = load_sr_run(sr_dir, trained.device, data.data_shape)
+        base = drawn.samples.float()
+        up = super_resolve_with(sr, base, batch_size=batch_size, seed=seed, progress=progress)
+        combined = DrawnSamples(
+            up.samples, drawn.nfe + up.nfe, [a + b for a, b in zip(drawn.batch_nfe, up.batch_nfe, strict=True)], drawn.seconds + up.seconds
+        )
+        return combined, base, None, {"cascade_sr_dir": str(sr.run_dir), "held_out": sr.data.test}
     if task not in TASKS:
         raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
     inputs = data.test[torch.arange(n) % data.test.shape[0]]  # sample i edits held-out point i mod N_test
@@ -189,8 +213,41 @@ def _draw(cfg: DictConfig, trained, score: ScoreFn, sampler_name: str, n: int, b
     return _edit(fn, inputs, batch_size, seed, trained.device, progress), inputs, None, {"t0": float(t0)}
 
 
+def _low_res_inputs(cfg: DictConfig, trained, n: int) -> tuple[Tensor, str]:
+    """The ``n`` low-resolution images a super-resolution run starts from: ``low_res=<file.npz>``
+    (its array ``low_res``, or its only array; ``(N, C, h, w)`` in the data's units; image ``i mod N``
+    for sample ``i``), else the held-out images downsampled (held-out image ``i mod N_test``)."""
+    path = cfg.get("low_res")
+    factor = trained.conditioner.factor
+    if path is None:
+        test = trained.data.test
+        return downsample(test[torch.arange(n) % test.shape[0]], factor), "held-out images, downsampled"
+    path = Path(str(path)).expanduser()
+    try:
+        with np.load(path) as arrays:
+            keys = list(arrays.keys())
+            key = "low_res" if "low_res" in keys else (keys[0] if len(keys) == 1 else None)
+            if key is None:
+                raise ConfigError(f"low_res={path} holds {keys}: name the low-resolution array 'low_res'")
+            low = torch.from_numpy(np.asarray(arrays[key], dtype=np.float32))
+    except (OSError, ValueError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"low_res={path} cannot be read as .npz ({one_line(err)})") from None
+    want = trained.data.data_shape
+    shape = (want[0], want[1] // factor, want[2] // factor)
+    if low.dim() != 4 or tuple(low.shape[1:]) != shape or not bool(torch.isfinite(low).all()):
+        raise ConfigError(
+            f"low_res={path} must hold finite images (N, {', '.join(map(str, shape))}) for this x{factor} run, got {tuple(low.shape)}"
+        )
+    return low[torch.arange(n) % low.shape[0]], str(path)
+
+
 def _task_text(task: str, extra: dict, score: ScoreFn) -> str:
-    words = {"sample": "", "inpaint": f", inpainting {extra.get('mask')}", "sdedit": f", SDEdit from t0={extra.get('t0')}"}[task]
+    if "low_res" in extra:
+        return f", super-resolved from {extra['low_res']}"
+    cascade = ", cascade: base samples super-resolved" if "cascade_sr_dir" in extra else ""
+    words = cascade + {"sample": "", "inpaint": f", inpainting {extra.get('mask')}", "sdedit": f", SDEdit from t0={extra.get('t0')}"}[task]
     classifier = score if isinstance(score, ClassifierGuidedScore) else None
     score = classifier.score_fn if classifier is not None else score
     if isinstance(score, GuidedScore):
@@ -223,6 +280,7 @@ def run(cfg: DictConfig, out_dir: Path, *, sampler_name: str = "sampler") -> dic
         raise ConfigError(f"sampler={sampler_name}: {err}") from None
 
     task = cfg.task
+    held_out = extra.pop("held_out", trained.data.test)  # a cascade compares with the high-resolution data
     samples = drawn.samples.float()
     arrays = {
         "samples": samples.numpy(),
@@ -242,15 +300,24 @@ def run(cfg: DictConfig, out_dir: Path, *, sampler_name: str = "sampler") -> dic
     words = _task_text(task, extra, score)
     title = f"{trained.data.name}: {type(trained.sde).__name__}, {sampler_name} ({nfe}){words}"
     units = "standardized units" if trained.data.scale is not None else None
-    plot = plot_samples(samples, trained.data.test, out_dir / "samples.png", title=title, units=units)
-    if inputs is not None:
+    plot = plot_samples(samples, held_out, out_dir / "samples.png", title=title, units=units)
+    if inputs is not None and inputs.shape[1:] != samples.shape[1:]:  # low-resolution inputs or base samples
+        value_range = (float(held_out.min()), float(held_out.max()))
+        image_grid(
+            inputs,
+            out_dir / "inputs.png",
+            value_range=value_range,
+            max_images=min(64, inputs.shape[0]),
+            title=f"{trained.data.name}: inputs{words}",
+        )
+    elif inputs is not None:
         test = trained.data.test
         blank = 0.5 * (float(test.min()) + float(test.max()))  # regions to inpaint show as mid-grey
         shown = inputs if mask is None else torch.where(mask, inputs, blank)
         plot_samples(shown, test, out_dir / "inputs.png", title=f"{trained.data.name}: inputs{words}", units=units)
     n_bad = int((~torch.isfinite(samples.reshape(n, -1))).any(dim=1).sum())
     # sde-train's quality number: equal to its summary's for the same sampler, seed and n_samples
-    sw2 = sliced_w2_to_held_out(samples, trained.data.test) if task == "sample" else None
+    sw2 = sliced_w2_to_held_out(samples, held_out) if task == "sample" else None
 
     summary = {
         "run_dir": str(trained.run_dir),

@@ -19,24 +19,29 @@ from omegaconf import DictConfig, OmegaConf
 
 from .. import distributed
 from .._checks import check_range
+from ..conditioning import bicubic_upsample, downsample
 from ..config import ConfigError, build_experiment
+from ..image_metrics import super_resolution_scores
 from ..likelihood.evaluate import evaluate_nll
 from ..losses.classification import NOISE_LEVELS, noisy_accuracy
 from ..plotting import accuracy_curve, image_grid, loss_curve, plot_samples
 from ..samplers.cold import ALGORITHMS, cold_sample
-from ..samplers.draw import DrawnSamples, draw_samples
+from ..samplers.draw import DrawnSamples, draw_samples, super_resolve
 from ..scores import GuidedScore, check_guidance
 from ..training import NonFiniteLossError, Trainer, TrainingInterrupted, evaluate_loss, load_checkpoint
 from . import _resume
 from ._common import (
+    cascade_sr_dir,
     check_composes,
     check_group_choices,
     fail,
+    load_sr_run,
     refusals,
     say,
     set_threads,
     show_progress,
     sliced_w2_to_held_out,
+    super_resolve_with,
     thread_text,
     torchrun_session,
 )
@@ -192,6 +197,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     eval_points = _eval_points(cfg)
     guidance = _guidance(cfg, exp.score_model)
     _check_resume_matches(cfg, run_dir)
+    sr_dir = cascade_sr_dir(cfg)  # a cascade's second stage, loaded before training: a wrong one fails at once
+    sr = load_sr_run(sr_dir, exp.device, exp.data.data_shape) if sr_dir is not None else None
     config = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(config, dict)  # the container of a DictConfig is a dict
     trainer = Trainer(
@@ -208,6 +215,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         dist=ctx,
         optimizer=exp.optimizer,
         lr_schedule=exp.lr_schedule,
+        conditioner=exp.conditioner,
     )
     if ctx.is_main:
         if exp.options.resume:  # accepted: record the config it continues with (Hydra was told not to)
@@ -229,6 +237,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         return _classifier_summary(cfg, exp, trainer, result, threads, run_dir)
     if getattr(exp.score_model, "is_restorer", False):
         return _cold_summary(cfg, exp, trainer, result, threads, run_dir)
+    if exp.conditioner is not None:
+        return _sr_summary(cfg, exp, trainer, result, threads, run_dir)
 
     ema, raw = trainer.ema_model.eval(), trainer.model.eval()
     test = exp.data.test
@@ -237,12 +247,27 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     held_out_nll = _held_out_nll(exp, ema, eval_points, int(cfg.seed))
     drawn = _sample(exp, ema, int(cfg.n_samples), int(cfg.seed), exp.options.progress, guidance)
     samples, nfe, sample_sec = drawn.samples.float(), drawn.batch_nfe[0], drawn.seconds
+    cascade: dict = {}
+    if sr is not None:  # the cascade's second stage: the base samples super-resolved
+        _plot(samples, exp, ema, run_dir / "samples_low_res.png", title=f"{exp.data.name}: the cascade's base samples")
+        base, test = samples, sr.data.test
+        up = super_resolve_with(sr, base, batch_size=base.shape[0], seed=int(cfg.seed), progress=exp.options.progress)
+        samples = up.samples.float()
+        cascade = {
+            "cascade_sr_dir": str(sr.run_dir),
+            "cascade_sr_nfe": up.batch_nfe[0],
+            "cascade_sr_seconds": round(up.seconds, 3),
+            "base_sliced_w2_vs_held_out": sliced_w2_to_held_out(base, exp.data.test),
+        }
+        exp.data = sr.data  # plots and the sliced W2 below compare with the high-resolution held-out data
     arrays = {"samples": samples.numpy()}
+    if sr is not None:
+        arrays["samples_low_res"] = base.numpy()
     if exp.data.scale is not None:
         arrays["samples_raw"] = exp.data.unstandardize(samples).numpy()
     np.savez(run_dir / "samples.npz", allow_pickle=True, **arrays)  # numpy's default, named so that mypy
     # does not match **arrays against allow_pickle: bool
-    sw2 = sliced_w2_to_held_out(samples, test)
+    sw2 = sliced_w2_to_held_out(samples, exp.data.test)
     sampler_name = HydraConfig.get().runtime.choices.get("sampler", "sampler")
     _plot(samples, exp, ema, run_dir / "samples.png", title=f"{exp.data.name}: {type(exp.sde).__name__}, {sampler_name} ({nfe} NFE)")
     loss_curve(
@@ -262,6 +287,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         "nfe": nfe,
         "sample_seconds": round(sample_sec, 3),
         "sliced_w2_vs_held_out": sw2,
+        **cascade,
         "n_samples": int(samples.shape[0]),
         "device": str(exp.device),
         "run_dir": str(run_dir),
@@ -353,6 +379,72 @@ def _cold_summary(cfg: DictConfig, exp, trainer: Trainer, result, threads, run_d
         f"{PROG}: {result.steps} steps in {result.seconds:.1f} s; restoring held-out data from t={t_last}: PSNR "
         f"{restoration['naive'][t_last]['psnr']:.2f} dB (Alg. 1) vs {restoration['improved'][t_last]['psnr']:.2f} dB (Alg. 2); "
         f"{n} samples, sliced W2 {sw2['naive']:.4f} (Alg. 1) vs {sw2['improved']:.4f} (Alg. 2); wrote {run_dir}"
+    )
+    return summary
+
+
+def _sr_summary(cfg: DictConfig, exp, trainer: Trainer, result, threads, run_dir: Path) -> dict:
+    """Super-resolution: the held-out images super-resolved from their low-resolution versions (one
+    sample each, the config's sampler), PSNR/SSIM against the truth beside bicubic upsampling, and
+    samples.png (low-res | bicubic | super-resolved | truth)."""
+    ema, conditioner = trainer.ema_model.eval(), exp.conditioner
+    test = exp.data.test
+    held_out_loss = evaluate_loss(ema, exp.sde, test, loss_fn=exp.loss_fn, seed=int(cfg.seed), conditioner=conditioner)
+    n = min(int(cfg.n_samples), test.shape[0])
+    truth = test[:n]
+    low = downsample(truth, conditioner.factor)
+    sampler_name = HydraConfig.get().runtime.choices.get("sampler", "sampler")
+    drawn = super_resolve(
+        exp.sde,
+        ema,
+        exp.sampler,
+        exp.grid,
+        conditioner,
+        low,
+        batch_size=n,
+        seed=int(cfg.seed),
+        device=exp.device,
+        progress=exp.options.progress,
+    )
+    samples = drawn.samples.float()
+    data_range = float(test.max() - test.min())
+    scores = super_resolution_scores(samples, truth, low, conditioner.factor, data_range)
+    np.savez(run_dir / "samples.npz", samples=samples.numpy(), low_res=low.numpy(), truth=truth.numpy())
+    shown = min(n, 16)
+    bicubic = bicubic_upsample(low[:shown], (truth.shape[-2], truth.shape[-1]))
+    nearest = torch.nn.functional.interpolate(low[:shown], size=(truth.shape[-2], truth.shape[-1]), mode="nearest")
+    rows = torch.stack([nearest, bicubic, samples[:shown], truth[:shown]], 1).flatten(0, 1)  # each row: one held-out image
+    image_grid(
+        rows,
+        run_dir / "samples.png",
+        value_range=(float(test.min()), float(test.max())),
+        max_images=rows.shape[0],
+        title=f"{exp.data.name}: x{conditioner.factor} super-resolution ({sampler_name})\neach group of 4: low-res | bicubic | sample | truth",
+    )
+    loss_curve(
+        run_dir / "metrics.jsonl",
+        run_dir / "loss.png",
+        held_out={"held-out loss, EMA weights": held_out_loss},
+        title=f"{exp.data.name}: super-resolution",
+    )
+    summary = {
+        "task": "super_resolution",
+        **_training_summary(result, threads),
+        "conditioning": repr(conditioner),
+        "held_out_loss_ema": held_out_loss,
+        "sampler": sampler_name,
+        "nfe": drawn.batch_nfe[0],
+        "sample_seconds": round(drawn.seconds, 3),
+        "n_images": n,
+        **scores,
+        "device": str(exp.device),
+        "run_dir": str(run_dir),
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    sr, bc = scores["super_resolved"], scores["bicubic"]
+    say(
+        f"{PROG}: {result.steps} steps in {result.seconds:.1f} s; {n} held-out images super-resolved x{conditioner.factor} by {sampler_name}: "
+        f"PSNR {sr['psnr']:.2f} dB, SSIM {sr['ssim']:.3f} (bicubic {bc['psnr']:.2f} dB, {bc['ssim']:.3f}); wrote {run_dir}"
     )
     return summary
 
