@@ -32,12 +32,14 @@ from ..scores import ScoreFn
 from ..sdes.base import SDE
 from .bits import bits_per_dim, dequantization_offset, dequantize, nats_per_dim
 from .bounds import continuous_elbo, discrete_vlb
+from .latent import latent_bound
 from .ode import DIVERGENCES, log_likelihood
 
-BOUNDS = ("ode", "vlb", "elbo", "elbo_dequantized")
+BOUNDS = ("ode", "vlb", "elbo", "elbo_dequantized", "latent")
 """What :func:`evaluate_nll` computes: the probability-flow ODE's exact NLL, DDPM's discrete VLB,
 or the continuous-time ELBO (:mod:`.bounds`): with the discretized decoder on discrete data
-(``elbo``), or with the Gaussian decoder on dequantized data (``elbo_dequantized``)."""
+(``elbo``), or with the Gaussian decoder on dequantized data (``elbo_dequantized``); or, for a
+latent diffusion model, LSGM's bound on the images' NLL (``latent``, :mod:`.latent`)."""
 
 
 def resolve_variance(variance: str, score_fn) -> str:
@@ -107,6 +109,7 @@ def evaluate_nll(
     n_terms: int | None = None,
     n_time_samples: int = 32,
     elbo_eps: float | str = "auto",
+    codec=None,
 ) -> dict:
     """Mean NLL in nats per dimension (and bits per dimension for discrete data) of ``data`` under
     the probability-flow ODE of ``sde`` and ``score_fn``, with standard errors (module docstring).
@@ -152,6 +155,10 @@ def evaluate_nll(
             else ``"small"``), ``"small"``, ``"large"`` or ``"learned"``.
         n_terms: the VLB's steps per point: None for all ``T``, else the unbiased stratified estimate.
         n_time_samples: the ELBO's network calls per point.
+        codec: for ``bound="latent"`` (and only then), the latent diffusion model's
+            :class:`~sde_diffusion.latents.LatentCodec`; ``data`` are then the images, ``score_fn``
+            and ``sde`` the model on the codec's latents, and ``divergence`` is resolved for the
+            latents' dimension. One latent draw per point (and per batch seed).
         elbo_eps: the ELBO's decoder time: a number, or ``"auto"``: for ``bound="elbo"`` on data on
             ``K`` levels the time where ``s(t) / m(t) = w / (3 K)``, a third of a bin (on the 600-step
             digits VP model: 2.16 bits/dim there, against 6.61 at ``eps = 1e-5``, where the barely
@@ -161,7 +168,9 @@ def evaluate_nll(
         data); ``data_nll_nats_per_dim`` and ``data_nll_stderr`` (None without ``density``);
         ``nfe`` (score evaluations per solve, averaged over batches), ``nfe_total``,
         ``n_solves`` and ``seconds`` (wall time of the solves, the gathering included); ``variance``,
-        ``n_terms`` (vlb), ``n_time_samples`` and the resolved ``elbo_eps`` (elbo) for the bounds. Standard errors are None for one point.
+        ``n_terms`` (vlb), ``n_time_samples`` and the resolved ``elbo_eps`` (elbo) for the bounds;
+        ``terms_nats_per_dim`` (latent: the means of ``-log p(x|z)``, ``log q(z|x)`` and ``-log p(z)``
+        per image dimension). Standard errors are None for one point.
     """
     check_data(data, "data")
     if divergence not in ("auto", *DIVERGENCES):
@@ -177,13 +186,17 @@ def evaluate_nll(
         raise ValueError(
             f"bound={bound} scores the discrete data themselves (the discretized decoder), without dequantization: leave n_dequant=1"
         )
+    if (bound == "latent") != (codec is not None):
+        raise ValueError("bound='latent' (LSGM's bound of a latent diffusion model) and codec go together: give both or neither")
+    if bound == "latent" and n_dequant != 1:
+        raise ValueError("bound='latent' scores the images as they are (the decoder is discretized to their levels): leave n_dequant=1")
     variance = resolve_variance(variance, score_fn)
     elbo_eps = _resolve_elbo_eps(elbo_eps, bound, sde, eps, levels, interval_width)
     if n_points is not None and n_points > data.shape[0]:
         raise ValueError(f"n_points={n_points} but the data hold {data.shape[0]} points; lower n_points or use null for all")
     x_all = data if n_points is None else data[:n_points]
     dim = flat_dim(x_all)
-    divergence = resolve_divergence(divergence, dim)
+    divergence = resolve_divergence(divergence, codec.dims if codec is not None else dim)
     # levels and interval_width are both given or both None (checked above); so are levels and interval
     interval: tuple[float, float] | None = None
     if levels is not None and interval_width is not None:
@@ -197,7 +210,15 @@ def evaluate_nll(
     with tqdm(total=len(x_all), disable=not (progress and shard.is_main), desc="NLL", unit="pt", leave=False) as bar:
         for b, x in batches:
             generator = torch.Generator(device=x.device).manual_seed(derive_seed(seed, b))
-            if bound == "vlb" or (bound == "elbo" and levels is not None):
+            parts_b = None
+            if bound == "latent":
+                terms, nfe_b = latent_bound(
+                    codec, sde, score_fn, x, generator=generator, eps=eps, method=method, rtol=rtol, atol=atol,
+                    divergence=divergence, n_probes=n_probes, probe=probe, backend=backend,
+                )  # fmt: skip
+                nll_b, bpd_b = _per_dim(terms["nll"], dim, levels, interval, x.dtype)
+                parts_b = {k: (terms[k] / dim).cpu() for k in ("reconstruction", "log_q", "prior_nll")}
+            elif bound == "vlb" or (bound == "elbo" and levels is not None):
                 nll_b, bpd_b, nfe_b = _discrete_bound_batch(
                     bound, sde, score_fn, x, dim, levels, interval, variance, n_terms, elbo_eps, n_time_samples, generator
                 )
@@ -226,7 +247,7 @@ def evaluate_nll(
                     logp, nfe_b = out.logp, out.nfe
                 nll_b = nats_per_dim(logp, dim).reshape(n_dequant, -1).mean(0)  # draw-major rows
                 bpd_b = None if levels is None or interval is None else bits_per_dim(logp, dim, levels, interval, n_dequant=n_dequant)
-            mine[b] = (nll_b.cpu(), None if bpd_b is None else bpd_b.cpu(), nfe_b)
+            mine[b] = (nll_b.cpu(), None if bpd_b is None else bpd_b.cpu(), nfe_b, parts_b)
             bar.update(sum(sizes[b : b + shard.world_size]))
             bar.set_postfix(nll=f"{torch.cat([v[0] for v in mine.values()]).mean().item():.4f}", nfe=nfe_b)
     merged = {b: v for part in all_gather_objects(mine, shard) for b, v in part.items()}
@@ -241,8 +262,11 @@ def evaluate_nll(
     data_mean, data_se = (
         _mean_and_stderr(nats_per_dim(density.log_prob(x_all.cpu().double()), dim)) if density is not None else (None, None)
     )
+    parts = [v[3] for v in ordered if v[3] is not None]
     extra: dict = (
-        {"variance": variance, "n_terms": n_terms}
+        {"terms_nats_per_dim": {k: torch.cat([p[k] for p in parts]).mean().item() for k in parts[0]}}
+        if parts
+        else {"variance": variance, "n_terms": n_terms}
         if bound == "vlb"
         else {"n_time_samples": n_time_samples, "elbo_eps": elbo_eps}
         if bound.startswith("elbo")
@@ -295,7 +319,14 @@ def _discrete_bound_batch(
             score_fn, sde, x, eps=eps, n_time_samples=n_time_samples, levels=levels, interval=interval, generator=generator
         )
         nfe = int(n_time_samples)
+    return (*_per_dim(total, dim, levels, interval, x.dtype), nfe)
+
+
+def _per_dim(total: Tensor, dim: int, levels, interval, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
+    """``(nll nats/dim, bpd or None)`` of a per-point bound ``total`` in nats on data scored as they
+    are: on discrete data ``-log P`` (``bpd``) and its density on the bins, ``bpd ln 2 - log(K / w)``;
+    on continuous data a density bound."""
     if levels is None or interval is None:
-        return (total / dim).to(x.dtype), None, nfe
+        return (total / dim).to(dtype), None
     bpd = total / (dim * math.log(2.0))
-    return ((bpd - dequantization_offset(levels, interval)) * math.log(2.0)).to(x.dtype), bpd.to(x.dtype), nfe
+    return ((bpd - dequantization_offset(levels, interval)) * math.log(2.0)).to(dtype), bpd.to(dtype)

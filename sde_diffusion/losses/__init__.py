@@ -1,5 +1,6 @@
 """Score-matching losses (per-sample values) and time weightings."""
 
+from .autoencoder import AutoencoderLoss, autoencoder_terms
 from .classification import classifier_loss, noisy_accuracy
 from .ddpm import HybridLoss, LossAwareStepSampler
 from .restoration import RestorationLoss, restoration_loss
@@ -19,5 +20,7 @@ __all__ = [
     "noisy_accuracy",
     "restoration_loss",
     "RestorationLoss",
+    "AutoencoderLoss",
+    "autoencoder_terms",
     "LossAwareStepSampler",
 ]

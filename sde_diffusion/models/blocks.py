@@ -41,7 +41,8 @@ class ResBlock(nn.Module):
 
     ``F = conv(dropout(SiLU(GN(conv(SiLU(GN(x))) + W SiLU(emb)))))``:
     the embedding ``emb`` ``(B, emb_dim)`` (time, plus class) is projected to one bias per channel
-    and added after the first convolution (DDPM). ``skip`` is a 1x1 convolution when the channel
+    and added after the first convolution (DDPM); ``emb_dim=0`` builds an unconditioned block
+    (an autoencoder's), called with ``emb=None``. ``skip`` is a 1x1 convolution when the channel
     count changes. Input ``(B, in_channels, H, W)``, output ``(B, out_channels, H, W)``.
     """
 
@@ -49,15 +50,18 @@ class ResBlock(nn.Module):
         super().__init__()
         self.norm1 = group_norm(in_channels)
         self.conv1 = conv3x3(in_channels, out_channels)
-        self.emb = nn.Linear(emb_dim, out_channels)
+        self.emb = nn.Linear(emb_dim, out_channels) if emb_dim else None
         self.norm2 = group_norm(out_channels)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = zero_init(conv3x3(out_channels, out_channels))
         self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
 
-    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+    def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.emb(F.silu(emb))[:, :, None, None]
+        if self.emb is not None:
+            if emb is None:
+                raise ValueError("this ResBlock was built with an embedding (emb_dim > 0): pass emb (B, emb_dim)")
+            h = h + self.emb(F.silu(emb))[:, :, None, None]
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
         return (self.skip(x) + h) * _SKIP_RESCALE
 
