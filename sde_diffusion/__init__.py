@@ -29,6 +29,7 @@ from .likelihood import (
     nats_per_dim,
 )
 from .losses import (
+    AutoencoderLoss,
     DiscreteStepWeighting,
     FlowMatchingWeighting,
     HybridLoss,
@@ -42,6 +43,7 @@ from .losses import (
     sliced_score_matching,
 )
 from .models import (
+    Autoencoder,
     DataParameterization,
     EpsilonParameterization,
     GaussianFourierEmbedding,
@@ -147,6 +149,8 @@ __all__ = [
     "classifier_loss",
     "restoration_loss",
     "RestorationLoss",
+    "AutoencoderLoss",
+    "Autoencoder",
     "cold_sample",
     "super_resolve",
     "degradations",

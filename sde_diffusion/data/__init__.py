@@ -39,6 +39,14 @@ __all__ = [
     "pinwheel",
 ]
 
-from .images import DIGITS_LEVELS, IMAGE_INTERVAL, digits_dataset, levels_to_interval, low_resolution, npz_image_dataset  # noqa: E402
+from .images import DIGITS_LEVELS, IMAGE_INTERVAL, class_subset, digits_dataset, levels_to_interval, low_resolution, npz_image_dataset  # noqa: E402
 
-__all__ += ["digits_dataset", "npz_image_dataset", "low_resolution", "levels_to_interval", "IMAGE_INTERVAL", "DIGITS_LEVELS"]
+__all__ += [
+    "digits_dataset",
+    "npz_image_dataset",
+    "low_resolution",
+    "class_subset",
+    "levels_to_interval",
+    "IMAGE_INTERVAL",
+    "DIGITS_LEVELS",
+]

@@ -224,3 +224,38 @@ def low_resolution(dataset: Dataset, factor: int = 2) -> Dataset:
         test_labels=dataset.test_labels,
         n_classes=dataset.n_classes,
     )
+
+
+def class_subset(dataset: Dataset, classes: list[int], per_class: int | None = None, seed: int = 0) -> Dataset:
+    """The rows of labelled ``dataset`` whose labels are in ``classes``: at most ``per_class`` training
+    rows of each (a seeded random choice; None keeps all) and every held-out row. Labels keep their
+    values, so a model trained on a subset knows the classes' numbers:
+    ``classes=[0, ..., 8]`` trains without the nines, ``classes=[9] per_class=5`` gives five nines to
+    fine-tune on. ``n_classes`` becomes one more than the largest class kept (9 for ``0 .. 8``), so
+    a model built with ``n_classes=auto`` on the subset has no row for the classes left out."""
+    if dataset.train_labels is None or dataset.test_labels is None or dataset.n_classes is None:
+        raise ValueError(f"class_subset needs labelled data; {dataset.name!r} has no labels")
+    wanted = sorted({int(c) for c in classes})
+    if not wanted or wanted[0] < 0 or wanted[-1] >= dataset.n_classes:
+        raise ValueError(f"classes must be labels in 0..{dataset.n_classes - 1}, got {list(classes)!r}")
+    if per_class is not None and (isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1):
+        raise ValueError(f"per_class must be a positive integer or null (all rows), got {per_class!r}")
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for c in wanted:
+        idx = torch.nonzero(dataset.train_labels == c)[:, 0]
+        idx = idx[torch.randperm(len(idx), generator=gen)][:per_class] if per_class is not None else idx
+        rows.append(idx)
+    train = torch.cat(rows).sort().values
+    test = torch.nonzero(torch.isin(dataset.test_labels, torch.tensor(wanted)))[:, 0]
+    count = "" if per_class is None else f", {per_class} each"
+    return Dataset(
+        dataset.train[train],
+        dataset.test[test],
+        f"{dataset.name} (classes {','.join(map(str, wanted))}{count})",
+        levels=dataset.levels,
+        interval_width=dataset.interval_width,
+        train_labels=dataset.train_labels[train],
+        test_labels=dataset.test_labels[test],
+        n_classes=wanted[-1] + 1,
+    )

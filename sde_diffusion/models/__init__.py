@@ -34,3 +34,7 @@ __all__ += ["TimeClassifierMLP", "UNetClassifier", "as_classifier"]
 from .restorer import Restorer, as_restorer  # noqa: E402
 
 __all__ += ["Restorer", "as_restorer"]
+
+from .autoencoder import Autoencoder, as_autoencoder  # noqa: E402
+
+__all__ += ["Autoencoder", "as_autoencoder"]

@@ -107,6 +107,9 @@ class Trainer:
     :class:`~sde_diffusion.conditioning.SuperResolution`): each micro-batch's conditioning is made
     from its clean rows, its augmentation noise drawn from the micro-batch's generator (after label
     dropout), and the loss sees ``lambda x, t: score_model(x, t, y, cond=cond)``.
+
+    ``row_weights`` ``(N,)`` weight each training row's loss (prior preservation:
+    :func:`sde_diffusion.finetune.prior_weights`); the batch loss is the mean of the weighted values.
     """
 
     def __init__(
@@ -126,8 +129,14 @@ class Trainer:
         optimizer: OptimizerFactory | None = None,
         lr_schedule: ScheduleFactory | None = None,
         conditioner: Conditioner | None = None,
+        row_weights: Tensor | None = None,
     ):
         self.conditioner = conditioner
+        if row_weights is not None and (row_weights.shape != (data.shape[0],) or not bool((row_weights >= 0).all())):
+            raise ValueError(
+                f"row_weights must be ({data.shape[0]},) non-negative weights, one per training row; got shape {tuple(row_weights.shape)}"
+            )
+        self.row_weights = None if row_weights is None else row_weights.to(device=device, dtype=data.dtype)
         self.device = torch.device(device)
         self.model = score_model.to(self.device)
         self.sde = sde
@@ -251,7 +260,8 @@ class Trainer:
             last = a == n_acc - 1
             sync = contextlib.nullcontext() if last or self._ddp is None else self._ddp.no_sync()
             with sync:  # DDP averages gradients across processes on the last micro-batch only
-                micro = self.loss_fn(self._score_for(rows, gen), self.sde, self.data[rows], generator=gen).mean()
+                per_row = self.loss_fn(self._score_for(rows, gen), self.sde, self.data[rows], generator=gen)
+                micro = per_row.mean() if self.row_weights is None else (per_row * self.row_weights[rows]).mean()
                 (micro if n_acc == 1 else micro / n_acc).backward()
             losses.append(micro.detach())
         loss = losses[0] if n_acc == 1 else torch.stack(losses).mean()
