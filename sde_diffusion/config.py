@@ -12,6 +12,7 @@ import inspect
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from hydra.errors import HydraException
@@ -106,7 +107,45 @@ def build_score_model(cfg: DictConfig, sde: SDE, data_shape: tuple[int, ...], n_
         raise ConfigError(f"model.parameterization: {one_line(err)}") from None
 
 
-def build_loss(cfg: DictConfig) -> Callable:
+def build_model(cfg: DictConfig, sde: SDE, data: Dataset) -> nn.Module:
+    """The run's score model: built from ``model`` (:func:`build_score_model`), or, with ``init_from``,
+    the EMA model of that finished run made ready by ``finetune`` (default ``full``) for the data's
+    classes (:mod:`sde_diffusion.finetune`). The run's SDE must be the initial run's."""
+    return build_model_and_finetune(cfg, sde, data)[0]
+
+
+def build_model_and_finetune(cfg: DictConfig, sde: SDE, data: Dataset) -> tuple[nn.Module, Any]:
+    """:func:`build_model` and the fine-tuning mode it applied (None without ``init_from``)."""
+    init_from = OmegaConf.select(cfg, "init_from", default=None)
+    if init_from is None:
+        if OmegaConf.select(cfg, "finetune", default=None) is not None:
+            raise ConfigError("finetune=... adapts a finished run: give init_from=<its run directory> too")
+        return build_score_model(cfg, sde, data.data_shape, data.n_classes), None
+    from .finetune import FullFinetune
+    from .runs import load_run  # runs builds models through this module: imported when needed
+
+    init = load_run(init_from, "cpu")
+    if repr(init.sde) != repr(sde):
+        raise ConfigError(f"init_from={init_from} was trained with {init.sde!r}, but this run's sde is {sde!r}: choose the same sde")
+    if tuple(init.data.data_shape) != tuple(data.data_shape):
+        raise ConfigError(
+            f"init_from={init_from} models data of shape {init.data.data_shape}, but data {data.name!r} has {data.data_shape}"
+        )
+    finetune = _build(cfg, "finetune") if OmegaConf.select(cfg, "finetune", default=None) is not None else FullFinetune()
+    model = init.score_model.train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    try:
+        finetune.apply(model, data.n_classes)
+    except ValueError as err:
+        raise ConfigError(f"finetune: {one_line(err)}") from None
+    return model, finetune
+
+
+def build_loss(cfg: DictConfig, data: Dataset | None = None) -> Callable:
+    """``loss``; ``loss.levels=auto`` (an autoencoder's decoder) takes the data's number of levels."""
+    if OmegaConf.select(cfg, "loss.levels", default=None) == "auto":
+        return _build(cfg, "loss", levels=None if data is None else data.levels)
     return _build(cfg, "loss")
 
 
@@ -198,6 +237,7 @@ class Experiment:
     sampler: Callable
     grid: Callable
     conditioner: SuperResolution | None = None  # the image conditioning of a super-resolution run (SuperResolution), else None
+    finetune: Any = None  # a fine-tuning run's mode (sde_diffusion.finetune), else None
 
 
 def build_conditioner(cfg: DictConfig):
@@ -259,11 +299,11 @@ def build_experiment(cfg: DictConfig) -> Experiment:
     sde = build_sde(cfg)
     options = build_train_options(cfg)
     optimizer, lr_schedule = build_optimizer(cfg), build_lr_schedule(cfg)
-    loss_fn = build_loss(cfg)
     sampler, grid = build_sampler(cfg)
     data = build_dataset(cfg)
+    loss_fn = build_loss(cfg, data)
     conditioner = build_conditioner(cfg)
-    torch.manual_seed(seed)  # the network's initial weights follow the run's seed
-    score_model = build_score_model(cfg, sde, data.data_shape, data.n_classes)
+    torch.manual_seed(seed)  # the network's initial weights (and a fine-tuning run's adapters) follow the run's seed
+    score_model, finetune = build_model_and_finetune(cfg, sde, data)
     _try_once(loss_fn, grid, score_model, sde, data, conditioner)
-    return Experiment(device, sde, data, score_model, loss_fn, options, optimizer, lr_schedule, sampler, grid, conditioner)
+    return Experiment(device, sde, data, score_model, loss_fn, options, optimizer, lr_schedule, sampler, grid, conditioner, finetune)

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from .conditioning import SuperResolution
-from .config import ConfigError, build_conditioner, build_dataset, build_score_model, build_sde, resolve_device
+from .config import ConfigError, build_conditioner, build_dataset, build_model, build_sde, resolve_device
 from .data.dataset import Dataset
 from .sdes.base import SDE
 from .training import load_checkpoint
@@ -37,14 +37,21 @@ class TrainedRun:
     conditioner: SuperResolution | None = None  # a super-resolution run's image conditioning
 
 
-def _anchor_relative_data_path(cfg: DictConfig, run_dir: Path) -> None:
-    """A relative ``data.path`` was relative to where sde-train was launched (``hydra.runtime.cwd``)."""
-    path = OmegaConf.select(cfg, "data.path", default=None)
+RELATIVE_PATH_KEYS = ("data.path", "autoencoder_dir", "cascade.sr_dir", "init_from")
+"""Config keys holding paths that, when relative, were relative to where sde-train was launched."""
+
+
+def _anchor_relative_paths(cfg: DictConfig, run_dir: Path) -> None:
+    """Make the relative paths of :data:`RELATIVE_PATH_KEYS` absolute, from the launch directory
+    ``hydra.runtime.cwd`` of the run, so that the run loads from anywhere."""
     hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
-    if isinstance(path, str) and not Path(path).is_absolute() and hydra_yaml.is_file():
-        launch_dir = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.runtime.cwd", default=None)
-        if launch_dir:
-            cfg.data.path = str(Path(launch_dir) / path)
+    if not hydra_yaml.is_file():
+        return
+    launch_dir = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.runtime.cwd", default=None)
+    for key in RELATIVE_PATH_KEYS:
+        path = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        if launch_dir and isinstance(path, str) and not Path(path).is_absolute():
+            OmegaConf.update(cfg, key, str(Path(launch_dir) / path))
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "auto") -> TrainedRun:
@@ -63,11 +70,11 @@ def load_run(run_dir: str | Path, device: str | torch.device = "auto") -> Traine
     cfg = OmegaConf.load(cfg_path)
     if not isinstance(cfg, DictConfig):
         raise ConfigError(f"{cfg_path} holds a list, not a run config (a mapping); pass the directory sde-train wrote")
-    _anchor_relative_data_path(cfg, run_dir)
+    _anchor_relative_paths(cfg, run_dir)
     dev = resolve_device(str(device))
     sde = build_sde(cfg)
     data = build_dataset(cfg)
-    model = build_score_model(cfg, sde, data.data_shape, data.n_classes)
+    model = build_model(cfg, sde, data)
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt", map_location=dev)
     ema = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
     model.load_state_dict(ema)

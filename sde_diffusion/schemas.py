@@ -59,6 +59,9 @@ class TrainAppConfig:
     cold: Any = None  # cold diffusion's sampling settings: steps, noise, t_starts
     conditioning: Any = None  # image conditioning (experiment=digits_sr): SuperResolution by _target_
     cascade: Any = None  # experiment=digits_cascade: sr_dir, the super-resolution run that follows this base model
+    finetune: Any = None  # with init_from: what trains (LoRAFinetune, EmbeddingFinetune, FullFinetune by _target_)
+    init_from: Any = None  # a finished run to fine-tune
+    autoencoder_dir: Any = None  # experiment=latent_digits: the task=autoencoder run whose latents the model learns
     seed: int = MISSING
     device: str = MISSING
     n_samples: int = MISSING

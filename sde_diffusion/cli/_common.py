@@ -231,6 +231,11 @@ def require_score_run(trained, prog: str) -> None:
         raise ConfigError(
             f"{trained.run_dir} holds a cold diffusion restorer, not a score model; its samples and restoration errors are in the run directory (samples_*.png, summary.json)"
         )
+    if getattr(model, "is_autoencoder", False):
+        raise ConfigError(
+            f"{trained.run_dir} holds an autoencoder (task=autoencoder), not a score model: train a latent diffusion model on it with "
+            f"sde-train experiment=latent_digits autoencoder_dir={trained.run_dir}"
+        )
     if getattr(trained, "conditioner", None) is not None and prog != "sde-sample":
         raise ConfigError(
             f"{trained.run_dir} holds a super-resolution model, whose likelihood is conditional on a low-resolution image; "
@@ -283,3 +288,25 @@ def super_resolve_with(sr, low: torch.Tensor, *, batch_size: int, seed: int, pro
     return super_resolve(
         sr.sde, sr.score_model, sampler, grid, sr.conditioner, low, batch_size=batch_size, seed=seed, device=sr.device, progress=progress
     )
+
+
+def latent_codec(cfg, device):
+    """``(codec, images)`` of a latent diffusion run's ``autoencoder_dir`` (the autoencoder with its
+    scale factor, and the image data set), or None for a run on pixels."""
+    from omegaconf import OmegaConf
+
+    from ..latents import load_codec
+
+    path = OmegaConf.select(cfg, "autoencoder_dir", default=None, throw_on_missing=False)
+    if path is None:
+        return None
+    if not Path(str(path)).expanduser().is_dir():
+        raise ConfigError(f"autoencoder_dir={path} is not a directory; pass a finished sde-train task=autoencoder run")
+    return load_codec(Path(str(path)).expanduser(), device)
+
+
+@torch.no_grad()
+def decode_latents(codec, latents: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """The decoder's mean images of scaled latents ``(N, *latent_shape)``, on the CPU."""
+    device = next(codec.autoencoder.parameters()).device
+    return torch.cat([codec.decode(zb.to(device)).cpu() for zb in latents.split(batch_size)])

@@ -37,6 +37,7 @@ from ..runs import load_run
 from ._common import (
     check_composes,
     fail,
+    latent_codec,
     override_key,
     refusals,
     require_score_run,
@@ -57,6 +58,7 @@ BOUND_SETTINGS = {
     "elbo": ("n_time_samples", "elbo_eps"),
     "elbo_dequantized": ("n_time_samples", "elbo_eps"),
     "ode": (),
+    "latent": (),
 }
 """The settings of each bound beyond SETTINGS, passed and recorded only with it."""
 
@@ -122,11 +124,23 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         procs = f" x {ctx.world_size} processes" if ctx.active else ""
         say(f"{PROG}: {cfg.split} split of step {trained.step} of {trained.run_dir} on {trained.device}, {thread_text(threads)}{procs}")
     settings = {key: cfg[key] for key in SETTINGS + BOUND_SETTINGS.get(cfg.bound, ())}
+    latent = latent_codec(trained.config, trained.device)
+    codec = None
+    if latent is not None:  # a latent diffusion run: LSGM's bound on the images' NLL
+        if cfg.bound not in ("ode", "latent"):
+            raise ConfigError(
+                f"bound={cfg.bound} is for models on pixels; a latent diffusion run is evaluated by bound=latent (LSGM's bound)"
+            )
+        codec, data = latent
+        settings["bound"] = "latent"
+    elif cfg.bound == "latent":
+        raise ConfigError("bound=latent is LSGM's bound of a latent diffusion run (experiment=latent_digits); this run works on pixels")
     try:
         result = evaluate_nll(
             trained.sde,
             trained.score_model,
             getattr(data, cfg.split).to(trained.device),
+            codec=codec,
             levels=data.levels,
             interval_width=data.interval_width,
             n_points=cfg.n_points,
@@ -164,17 +178,17 @@ def _pm(value: float, stderr: float | None, unit: str) -> str:
 
 
 def _summary_line(r: dict) -> str:
-    name = {"ode": "NLL", "vlb": "VLB", "elbo": "ELBO", "elbo_dequantized": "ELBO (dequantized)"}[r["bound"]]
+    name = {"ode": "NLL", "vlb": "VLB", "elbo": "ELBO", "elbo_dequantized": "ELBO (dequantized)", "latent": "LSGM bound"}[r["bound"]]
     parts = [f"{name} {_pm(r['nll_nats_per_dim'], r['nll_stderr'], 'nats/dim')}"]
     if r["bpd"] is not None:
         parts.append(_pm(r["bpd"], r["bpd_stderr"], "bits/dim"))
     text = (
         f"{', '.join(parts)} on {r['n_points']} {r['split']} points of {r['data']} (D={r['dim']}"
-        f"{', ' + r['divergence'] + ' divergence' if r['bound'] == 'ode' else ''}) at step {r['checkpoint_step']}"
+        f"{', ' + r['divergence'] + ' divergence' if r['bound'] in ('ode', 'latent') else ''}) at step {r['checkpoint_step']}"
     )
     if r["data_nll_nats_per_dim"] is not None:
         text += f" (exact data NLL {r['data_nll_nats_per_dim']:.4f})"
-    per = "solve" if r["bound"] == "ode" else "point"
+    per = "solve" if r["bound"] in ("ode", "latent") else "point"
     return text + f"; {r['nfe']:.0f} NFE per {per}, {r['seconds']:.1f} s"
 
 

@@ -44,8 +44,10 @@ from ._common import (
     cascade_sr_dir,
     check_composes,
     check_group_choices,
+    decode_latents,
     fail,
     group_options,
+    latent_codec,
     load_sr_run,
     override_key,
     refusals,
@@ -173,6 +175,8 @@ def _draw(cfg: DictConfig, trained, score: ScoreFn, sampler_name: str, n: int, b
     mask (else None) and the task's words for the title and summary."""
     sampler, grid = build_sampler(cfg)
     task, sde, data = cfg.get("task"), trained.sde, trained.data
+    if task != "sample" and OmegaConf.select(trained.config, "autoencoder_dir", default=None) is not None:
+        raise ConfigError(f"task={task} edits images, but this run's model works on an autoencoder's latents: use task=sample")
     if trained.conditioner is not None and task != "sample":
         raise ConfigError(
             f"task={task} needs an unconditional score model; this run super-resolves (task=sample, optionally low_res=<npz>)"
@@ -187,6 +191,11 @@ def _draw(cfg: DictConfig, trained, score: ScoreFn, sampler_name: str, n: int, b
         drawn = draw_samples(
             sde, score, sampler, grid, data.data_shape, n, batch_size=batch_size, seed=seed, device=trained.device, progress=progress
         )
+        latent = latent_codec(trained.config, trained.device)
+        if latent is not None:  # latent diffusion: decode the latents to images
+            codec, images = latent
+            decoded = DrawnSamples(decode_latents(codec, drawn.samples.float()), drawn.nfe, drawn.batch_nfe, drawn.seconds)
+            return decoded, None, None, {"samples_latent": drawn.samples.float(), "held_out": images.test}
         sr_dir = cascade_sr_dir(trained.config)
         if sr_dir is None:
             return drawn, None, None, {}
@@ -280,7 +289,8 @@ def run(cfg: DictConfig, out_dir: Path, *, sampler_name: str = "sampler") -> dic
         raise ConfigError(f"sampler={sampler_name}: {err}") from None
 
     task = cfg.task
-    held_out = extra.pop("held_out", trained.data.test)  # a cascade compares with the high-resolution data
+    held_out = extra.pop("held_out", trained.data.test)  # a cascade or latent run compares with its final images
+    latents = extra.pop("samples_latent", None)
     samples = drawn.samples.float()
     arrays = {
         "samples": samples.numpy(),
@@ -292,6 +302,8 @@ def run(cfg: DictConfig, out_dir: Path, *, sampler_name: str = "sampler") -> dic
         arrays["samples_raw"] = trained.data.unstandardize(samples).numpy()
     if inputs is not None:
         arrays["inputs"] = inputs.numpy()
+    if latents is not None:
+        arrays["samples_latent"] = latents.numpy()
     if mask is not None:
         arrays["mask"] = mask.numpy()
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -19,10 +19,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from .. import distributed
 from .._checks import check_range
+from .._seeding import derive_seed
 from ..conditioning import bicubic_upsample, downsample
 from ..config import ConfigError, build_experiment
+from ..finetune import prior_weights, trainable_parameters
 from ..image_metrics import super_resolution_scores
+from ..latents import latent_scale
 from ..likelihood.evaluate import evaluate_nll
+from ..losses.autoencoder import autoencoder_terms
 from ..losses.classification import NOISE_LEVELS, noisy_accuracy
 from ..plotting import accuracy_curve, image_grid, loss_curve, plot_samples
 from ..samplers.cold import ALGORITHMS, cold_sample
@@ -34,7 +38,9 @@ from ._common import (
     cascade_sr_dir,
     check_composes,
     check_group_choices,
+    decode_latents,
     fail,
+    latent_codec,
     load_sr_run,
     refusals,
     say,
@@ -199,30 +205,37 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     _check_resume_matches(cfg, run_dir)
     sr_dir = cascade_sr_dir(cfg)  # a cascade's second stage, loaded before training: a wrong one fails at once
     sr = load_sr_run(sr_dir, exp.device, exp.data.data_shape) if sr_dir is not None else None
+    latent = latent_codec(cfg, exp.device)  # a latent diffusion run's autoencoder, which decodes its samples
     config = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(config, dict)  # the container of a DictConfig is a dict
+    train_data, labels, row_weights, prior = exp.data.train, _train_labels(exp), None, {}
+    if exp.finetune is not None and exp.finetune.prior_preservation > 0:
+        train_data, labels, row_weights, prior = _with_prior_samples(exp, train_data, labels, int(cfg.seed))
     trainer = Trainer(
         exp.score_model,
         exp.sde,
-        exp.data.train,
+        train_data,
         exp.options,
         loss_fn=exp.loss_fn,
         run_dir=run_dir,
         device=exp.device,
         seed=int(cfg.seed),
         config=config,
-        labels=_train_labels(exp),
+        labels=labels,
         dist=ctx,
         optimizer=exp.optimizer,
         lr_schedule=exp.lr_schedule,
         conditioner=exp.conditioner,
+        row_weights=row_weights,
     )
     if ctx.is_main:
         if exp.options.resume:  # accepted: record the config it continues with (Hydra was told not to)
             _resume.save_run_config(run_dir, cfg, list(HydraConfig.get().overrides.task))
         procs = f" x {ctx.world_size} processes" if ctx.active else ""
         process = (
-            repr(getattr(exp.loss_fn, "degradation", None)) if getattr(exp.score_model, "is_restorer", False) else type(exp.sde).__name__
+            repr(getattr(exp.loss_fn, "degradation", None))
+            if getattr(exp.score_model, "is_restorer", False)
+            else ("an autoencoder" if getattr(exp.score_model, "is_autoencoder", False) else type(exp.sde).__name__)
         )
         say(
             f"{PROG}: {exp.data.name} with {process} to step {exp.options.steps} on {exp.device}, "
@@ -239,8 +252,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         return _cold_summary(cfg, exp, trainer, result, threads, run_dir)
     if exp.conditioner is not None:
         return _sr_summary(cfg, exp, trainer, result, threads, run_dir)
+    if getattr(exp.score_model, "is_autoencoder", False):
+        return _autoencoder_summary(cfg, exp, trainer, result, threads, run_dir)
 
     ema, raw = trainer.ema_model.eval(), trainer.model.eval()
+    finetuned = _finetune_summary(exp, trainer, run_dir, prior) if exp.finetune is not None else {}
     test = exp.data.test
     held_out_loss = evaluate_loss(ema, exp.sde, test, loss_fn=exp.loss_fn, seed=int(cfg.seed))
     held_out_loss_raw = evaluate_loss(raw, exp.sde, test, loss_fn=exp.loss_fn, seed=int(cfg.seed))
@@ -260,9 +276,20 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             "base_sliced_w2_vs_held_out": sliced_w2_to_held_out(base, exp.data.test),
         }
         exp.data = sr.data  # plots and the sliced W2 below compare with the high-resolution held-out data
+    if latent is not None:  # latent diffusion: the samples are latents; decode them to images
+        codec, images = latent
+        latents = samples
+        samples = decode_latents(codec, latents)
+        cascade = {
+            "autoencoder_dir": str(OmegaConf.select(cfg, "autoencoder_dir")),
+            "latent_sliced_w2_vs_held_out": sliced_w2_to_held_out(latents, exp.data.test),
+        }
+        exp.data = images  # plots and the sliced W2 below compare with the held-out images
     arrays = {"samples": samples.numpy()}
     if sr is not None:
         arrays["samples_low_res"] = base.numpy()
+    if latent is not None:
+        arrays["samples_latent"] = latents.numpy()
     if exp.data.scale is not None:
         arrays["samples_raw"] = exp.data.unstandardize(samples).numpy()
     np.savez(run_dir / "samples.npz", allow_pickle=True, **arrays)  # numpy's default, named so that mypy
@@ -288,6 +315,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         "sample_seconds": round(sample_sec, 3),
         "sliced_w2_vs_held_out": sw2,
         **cascade,
+        **finetuned,
         "n_samples": int(samples.shape[0]),
         "device": str(exp.device),
         "run_dir": str(run_dir),
@@ -307,6 +335,40 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         f"{samples.shape[0]} samples by {sampler_name} ({nfe} NFE, {sample_sec:.1f} s), sliced W2 to held-out data {sw2:.4f}; wrote {run_dir}"
     )
     return summary
+
+
+@torch.no_grad()
+def _with_prior_samples(exp, data: torch.Tensor, labels: torch.Tensor | None, seed: int) -> tuple:
+    """Prior preservation (DreamBooth, Ruiz et al. 2023, Eq. 2): the fine-tuning data followed by
+    ``finetune.prior_samples`` samples the initial model draws (the classes it knew, in turn), with the
+    row weights of ``E_new[L] + lambda E_prior[L]``; and what was drawn, for the summary."""
+    ft, model = exp.finetune, exp.score_model
+    n, known = ft.prior_samples, ft.known_classes
+    prior_labels = None if known is None else torch.arange(n) % known
+    model.eval()  # no dropout while sampling; the adapters are fresh and the new rows unused: the initial model
+    score = model if prior_labels is None else GuidedScore(model, prior_labels, 0.0)
+    drawn = draw_samples(
+        exp.sde, score, exp.sampler, exp.grid, exp.data.data_shape, n, batch_size=n, seed=derive_seed(seed, 7), device=exp.device
+    )
+    model.train()
+    samples = drawn.samples.float().cpu()
+    merged_labels = None if labels is None or prior_labels is None else torch.cat([labels.cpu(), prior_labels])
+    weights = prior_weights(data.shape[0], n, ft.prior_preservation)
+    info = {"prior_samples": n, "prior_classes": known, "prior_nfe": drawn.batch_nfe[0], "prior_seconds": round(drawn.seconds, 3)}
+    say(f"{PROG}: prior preservation: {n} samples of the initial model (classes 0..{(known or 1) - 1}), weight {ft.prior_preservation:g}")
+    return torch.cat([data.cpu(), samples]), merged_labels, weights, info
+
+
+def _finetune_summary(exp, trainer: Trainer, run_dir: Path, prior: dict) -> dict:
+    """A fine-tuning run: what trained, and its small file ``adapters.pt`` (the trained parameters
+    only: LoRA's A and B, new embedding rows) for LoRA and embedding runs."""
+    trained = [name for name, p in trainer.model.named_parameters() if p.requires_grad]
+    out = {"finetune": repr(exp.finetune), "trainable_parameters": trainable_parameters(trainer.model), **prior}
+    if len(trained) < len(list(trainer.model.parameters())):
+        state = {k: v.detach().clone() for k, v in trainer.ema_model.state_dict().items() if k in set(trained)}
+        torch.save(state, run_dir / "adapters.pt")
+        out.update(adapters_file="adapters.pt", adapters_bytes=(run_dir / "adapters.pt").stat().st_size)
+    return out
 
 
 def _training_summary(result, threads) -> dict:
@@ -445,6 +507,51 @@ def _sr_summary(cfg: DictConfig, exp, trainer: Trainer, result, threads, run_dir
     say(
         f"{PROG}: {result.steps} steps in {result.seconds:.1f} s; {n} held-out images super-resolved x{conditioner.factor} by {sampler_name}: "
         f"PSNR {sr['psnr']:.2f} dB, SSIM {sr['ssim']:.3f} (bicubic {bc['psnr']:.2f} dB, {bc['ssim']:.3f}); wrote {run_dir}"
+    )
+    return summary
+
+
+@torch.no_grad()
+def _autoencoder_summary(cfg: DictConfig, exp, trainer: Trainer, result, threads, run_dir: Path) -> dict:
+    """task=autoencoder: held-out reconstruction NLL, KL and the VAE's bound (bits/dim for discrete
+    data), the latents' scale factor (latents.json) and reconstructions (recon.png)."""
+    ae, data, levels = trainer.ema_model.eval(), exp.data, getattr(exp.loss_fn, "levels", None)
+    gen = torch.Generator(device=exp.device).manual_seed(int(cfg.seed))
+    test = data.test.to(exp.device)
+    terms = [autoencoder_terms(ae, xb, levels=levels, generator=gen) for xb in test.split(1000)]
+    recon, kl = (torch.cat([t[k] for t in terms]).double() for k in ("reconstruction", "kl"))
+    d = test[0].numel()
+    scale = latent_scale(ae, data.train.to(exp.device), seed=int(cfg.seed))
+    scale.save(run_dir)
+    shown = test[:32]
+    pairs = torch.stack([shown, ae(shown)], 1).flatten(0, 1)
+    image_grid(pairs.cpu(), run_dir / "recon.png", value_range=(float(test.min()), float(test.max())), max_images=pairs.shape[0],
+               title=f"{data.name}: held-out images and their reconstructions, in pairs")  # fmt: skip
+    loss_curve(run_dir / "metrics.jsonl", run_dir / "loss.png", title=f"{data.name}: autoencoder loss")
+    ln2 = math.log(2)
+    per_dim = (recon + kl) / d
+    summary = {
+        "task": "autoencoder",
+        **_training_summary(result, threads),
+        "loss": repr(exp.loss_fn),
+        "latent_shape": list(scale.latent_shape),
+        "scale_factor": scale.scale_factor,
+        "held_out_reconstruction_nats_per_dim": float(recon.mean() / d),
+        "held_out_kl_nats_per_dim": float(kl.mean() / d),
+        # the decoder's mean clamped to the data's range: a discretized decoder's outer levels take whole tails
+        "held_out_reconstruction_rmse": float((ae(test).clamp(float(test.min()), float(test.max())) - test).pow(2).mean().sqrt()),
+        # the VAE's bound -log P(x) <= E_q[-log p(x|z)] + KL: bits/dim of the discrete data (with the decoder on its levels)
+        "held_out_vae_bound_bpd": float(per_dim.mean() / ln2) if levels else None,
+        "held_out_vae_bound_bpd_stderr": float(per_dim.std() / math.sqrt(len(per_dim)) / ln2) if levels else None,
+        "device": str(exp.device),
+        "run_dir": str(run_dir),
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    bound = f", VAE bound {summary['held_out_vae_bound_bpd']:.3f} bits/dim" if levels else ""
+    say(
+        f"{PROG}: {result.steps} steps in {result.seconds:.1f} s; held-out reconstruction {summary['held_out_reconstruction_nats_per_dim']:.4f} "
+        f"nats/dim (RMSE {summary['held_out_reconstruction_rmse']:.4f}), KL {summary['held_out_kl_nats_per_dim']:.4f} nats/dim{bound}; "
+        f"latents {scale.latent_shape}, scale factor {scale.scale_factor:.4f} (latents.json); wrote {run_dir}"
     )
     return summary
 
