@@ -44,7 +44,12 @@ def test_every_sde_builds_and_has_a_kernel(option):
     assert isinstance(sde, sd.SDE) and sde.has_kernel
 
 
-@pytest.mark.parametrize("option", [o for o in GROUPS["data"] if o not in ("npz", "npz_images", "digits")])
+# image sets and the data derived from them have their own tests (test_images, test_super_resolution,
+# test_latent_diffusion, test_finetune)
+IMAGE_DATA = ("npz", "npz_images", "digits", "digits_low_res", "digits_few", "latents")
+
+
+@pytest.mark.parametrize("option", [o for o in GROUPS["data"] if o not in IMAGE_DATA])
 def test_every_toy_data_option_builds(option):
     data = build_dataset(_compose([f"data={option}", *SMALL]))
     assert data.train.shape == (500, 2) and data.test.shape == (100, 2)
@@ -57,10 +62,11 @@ def test_every_loss_builds_and_returns_per_sample_values(option):
         "ddpm_hybrid": ["sde=ddpm", "model=mlp_learned_variance"],
         "classifier": ["model=classifier_mlp"],
         "restoration": ["degradation=blur"],  # cold diffusion: images
+        "autoencoder": ["model=autoencoder"],  # latent diffusion's autoencoder: images
     }
     cfg = _compose([f"loss={option}", *companions.get(option, []), *SMALL])
     sde = build_sde(cfg)
-    shape = (1, 8, 8) if option == "restoration" else (2,)
+    shape = (1, 8, 8) if option in ("restoration", "autoencoder") else (2,)
     model = build_score_model(cfg, sde, shape, n_classes=3)
     if option == "classifier":  # trained on labelled data: the Trainer passes each sample's label
         model = functools.partial(model, y=torch.arange(8) % 3)
@@ -121,6 +127,9 @@ def test_every_model_builds(option):
     shape = (2,) if "mlp" in option else (1, 8, 8)
     model = build_score_model(cfg, build_sde(cfg), shape, n_classes=10)
     out = (3, 10) if option.startswith("classifier") else (3, *shape)  # a classifier's logits, else the score
+    if option == "autoencoder":  # no time: its forward is the reconstruction
+        assert model(torch.randn(3, *shape)).shape == out
+        return
     assert model(torch.randn(3, *shape), torch.rand(3)).shape == out
 
 

@@ -346,10 +346,12 @@ def test_npz_rejects_bad_test_fraction(tmp_path, fraction):
 
 # ------------------------------------------------------------------------------------- configs
 def test_data_configs_cover_every_source():
-    assert {p.stem for p in CONF_DATA.glob("*.yaml")} == set(sdd.TOY_NAMES) | {"npz", "digits", "npz_images"}
+    assert {p.stem for p in CONF_DATA.glob("*.yaml")} == set(sdd.TOY_NAMES) | {"npz"} | IMAGE_CONFIGS
 
 
-IMAGE_CONFIGS = {"digits", "npz_images"}  # tested in tests/test_images.py
+# tested in tests/test_images.py, test_super_resolution.py (digits_low_res), test_latent_diffusion.py
+# (latents) and test_finetune.py (digits_few)
+IMAGE_CONFIGS = {"digits", "npz_images", "digits_low_res", "digits_few", "latents"}
 
 
 @pytest.mark.parametrize("path", sorted(p for p in CONF_DATA.glob("*.yaml") if p.stem not in IMAGE_CONFIGS), ids=lambda p: p.stem)
