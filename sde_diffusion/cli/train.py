@@ -263,13 +263,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     held_out_nll = _held_out_nll(exp, ema, eval_points, int(cfg.seed))
     drawn = _sample(exp, ema, int(cfg.n_samples), int(cfg.seed), exp.options.progress, guidance)
     samples, nfe, sample_sec = drawn.samples.float(), drawn.batch_nfe[0], drawn.seconds
-    cascade: dict = {}
+    stage: dict = {}  # the summary of a second stage: a cascade's super-resolution or a latent run's decoder
     if sr is not None:  # the cascade's second stage: the base samples super-resolved
         _plot(samples, exp, ema, run_dir / "samples_low_res.png", title=f"{exp.data.name}: the cascade's base samples")
-        base, test = samples, sr.data.test
+        base = samples
         up = super_resolve_with(sr, base, batch_size=base.shape[0], seed=int(cfg.seed), progress=exp.options.progress)
         samples = up.samples.float()
-        cascade = {
+        stage = {
             "cascade_sr_dir": str(sr.run_dir),
             "cascade_sr_nfe": up.batch_nfe[0],
             "cascade_sr_seconds": round(up.seconds, 3),
@@ -280,7 +280,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         codec, images = latent
         latents = samples
         samples = decode_latents(codec, latents)
-        cascade = {
+        stage = {
             "autoencoder_dir": str(OmegaConf.select(cfg, "autoencoder_dir")),
             "latent_sliced_w2_vs_held_out": sliced_w2_to_held_out(latents, exp.data.test),
         }
@@ -314,7 +314,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         "nfe": nfe,
         "sample_seconds": round(sample_sec, 3),
         "sliced_w2_vs_held_out": sw2,
-        **cascade,
+        **stage,
         **finetuned,
         "n_samples": int(samples.shape[0]),
         "device": str(exp.device),
