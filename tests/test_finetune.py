@@ -6,15 +6,13 @@ and the Trainer's step uses them; the apps end to end (adapters.pt, sampling a n
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import json
-import sys
 
 import numpy as np
 import pytest
 import torch
+from apps import run_app
 from torch import nn
 
 import sde_diffusion as sd
@@ -344,25 +342,6 @@ TINY = ["train.batch_size=16", "progress=false", "threads=1", "device=cpu", "n_s
 NINES = ["data=digits_few", "data.classes=[9]", "data.per_class=5", "train.steps=4", *TINY]
 
 
-def _app(module: str, *args: str, cwd) -> tuple[int, str, str]:
-    """Run ``sde-train`` or ``sde-sample`` in this process (as its console entry point does);
-    returns the exit code and what it printed."""
-    from sde_diffusion.cli import sample, train
-
-    main = {"train": train.main, "sample": sample.main}[module]
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        mp.setattr(sys, "argv", [f"sde-{module}", *args])
-        mp.chdir(cwd)
-        try:
-            main()
-        except SystemExit as exit_info:
-            code = exit_info.code if isinstance(exit_info.code, int) else 1
-    torch.set_num_threads(1)
-    return code, out.getvalue(), err.getvalue()
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """A tiny class-conditional U-Net on the digits without nines, and its LoRA, embedding and full
@@ -370,14 +349,14 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("finetune_apps")
     base = ["model=unet", "data=digits_few", "data.classes=[0,1,2,3,4,5,6,7,8]", "data.per_class=null", "model.net.n_classes=auto",
             "model.net.channels=8", "model.net.channel_mult=[1,2]", "model.net.attention_resolutions=[]", "train.steps=10", *TINY]  # fmt: skip
-    code, _, err = _app("train", *base, f"hydra.run.dir={root / 'base'}", cwd=root)
+    code, _, err = run_app("train", *base, f"hydra.run.dir={root / 'base'}", cwd=root)
     assert code == 0, err
     for name, extra in (
         ("lora", ["finetune=lora", "finetune.rank=2"]),
         ("embedding", ["finetune=embedding"]),
         ("full", ["finetune=full", "finetune.prior_preservation=1", "finetune.prior_samples=20"]),
     ):
-        code, _, err = _app("train", f"init_from={root / 'base'}", *extra, *NINES, f"hydra.run.dir={root / name}", cwd=root)
+        code, _, err = run_app("train", f"init_from={root / 'base'}", *extra, *NINES, f"hydra.run.dir={root / name}", cwd=root)
         assert code == 0, (name, err)
     return root
 
@@ -412,12 +391,12 @@ def test_lora_run_saves_only_its_adapters_and_keeps_the_base(runs):
 @pytest.mark.slow
 def test_the_lora_run_samples_the_new_class(runs, tmp_path):
     args = ["class_label=9", "n_samples=4", "batch_size=4", "sampler.grid.n_steps=4", "progress=false", "device=cpu"]
-    code, out, err = _app("sample", f"run_dir={runs / 'lora'}", *args, f"hydra.run.dir={tmp_path / 'nines'}", cwd=tmp_path)
+    code, out, err = run_app("sample", f"run_dir={runs / 'lora'}", *args, f"hydra.run.dir={tmp_path / 'nines'}", cwd=tmp_path)
     assert code == 0, err
     saved = np.load(tmp_path / "nines" / "samples.npz")
     assert saved["samples"].shape == (4, 1, 8, 8) and np.isfinite(saved["samples"]).all()
     assert json.loads((tmp_path / "nines" / "sample_summary.json").read_text())["class_label"] == 9
-    code, _, err = _app("sample", f"run_dir={runs / 'base'}", *args, f"hydra.run.dir={tmp_path / 'base'}", cwd=tmp_path)
+    code, _, err = run_app("sample", f"run_dir={runs / 'base'}", *args, f"hydra.run.dir={tmp_path / 'base'}", cwd=tmp_path)
     assert code == 2 and "0..8" in err, err  # the base model has no nines
 
 
@@ -455,16 +434,16 @@ def test_full_run_with_prior_preservation_reports_its_prior_samples(runs):
 
 @pytest.mark.slow
 def test_finetuning_is_refused_without_a_matching_initial_run(runs, tmp_path):
-    code, _, err = _app("train", "finetune=lora", *NINES, f"hydra.run.dir={tmp_path / 'a'}", cwd=tmp_path)
+    code, _, err = run_app("train", "finetune=lora", *NINES, f"hydra.run.dir={tmp_path / 'a'}", cwd=tmp_path)
     assert code == 2 and "init_from" in err and err.count("\n") == 1, err
-    code, _, err = _app(
+    code, _, err = run_app(
         "train", f"init_from={runs / 'base'}", "sde=ve", "finetune=lora", *NINES, f"hydra.run.dir={tmp_path / 'b'}", cwd=tmp_path
     )
     assert code == 2 and "choose the same sde" in err and "VESDE" in err, err
-    code, _, err = _app("train", f"init_from={runs / 'base'}", "finetune=embedding", *NINES, "data.classes=[3]",
+    code, _, err = run_app("train", f"init_from={runs / 'base'}", "finetune=embedding", *NINES, "data.classes=[3]",
                         f"hydra.run.dir={tmp_path / 'c'}", cwd=tmp_path)  # fmt: skip
     assert code == 2 and "finetune" in err and "new class" in err, err
-    code, _, err = _app("train", f"init_from={runs / 'base'}", "finetune=full", "data=checkerboard", *TINY, "train.steps=2",
+    code, _, err = run_app("train", f"init_from={runs / 'base'}", "finetune=full", "data=checkerboard", *TINY, "train.steps=2",
                         f"hydra.run.dir={tmp_path / 'd'}", cwd=tmp_path)  # fmt: skip
     assert code == 2 and "models data of shape (1, 8, 8)" in err, err
     assert not any((tmp_path / d / "checkpoints").exists() for d in "abcd")

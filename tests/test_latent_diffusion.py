@@ -7,16 +7,14 @@ the codec's densities of scaled latents; class subsets and latent data sets; the
 
 from __future__ import annotations
 
-import contextlib
-import io
 import itertools
 import json
 import math
-import sys
 
 import numpy as np
 import pytest
 import torch
+from apps import run_app
 from torch import nn
 from torch.distributions import Normal
 
@@ -427,41 +425,21 @@ TINY_LATENT = ["experiment=latent_digits", "train.warmup_steps=2", "train.checkp
                "sampler.grid.n_steps=4", "data.draws=1", *TINY]  # fmt: skip
 
 
-def _app(module: str, *args: str, cwd) -> tuple[int, str, str]:
-    """Run ``sde-train``, ``sde-sample`` or ``sde-eval`` in this process (as its console entry point
-    does); returns the exit code and what it printed."""
-    from sde_diffusion.cli import eval as eval_app
-    from sde_diffusion.cli import sample, train
-
-    main = {"train": train.main, "sample": sample.main, "eval": eval_app.main}[module]
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        mp.setattr(sys, "argv", [f"sde-{module}", *args])
-        mp.chdir(cwd)
-        try:
-            main()
-        except SystemExit as exit_info:
-            code = exit_info.code if isinstance(exit_info.code, int) else 1
-    torch.set_num_threads(1)
-    return code, out.getvalue(), err.getvalue()
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """A tiny autoencoder run, a 6-step latent run on it, and a latent run of 3 steps resumed to 6."""
     root = tmp_path_factory.mktemp("latent_apps")
-    code, _, err = _app("train", *TINY_AE, f"hydra.run.dir={root / 'ae'}", cwd=root)
+    code, _, err = run_app("train", *TINY_AE, f"hydra.run.dir={root / 'ae'}", cwd=root)
     assert code == 0, err
-    code, _, err = _app(
+    code, _, err = run_app(
         "train", *TINY_LATENT, f"autoencoder_dir={root / 'ae'}", "train.steps=6", f"hydra.run.dir={root / 'latent'}", cwd=root
     )
     assert code == 0, err
-    code, _, err = _app(
+    code, _, err = run_app(
         "train", *TINY_LATENT, f"autoencoder_dir={root / 'ae'}", "train.steps=3", f"hydra.run.dir={root / 'resumed'}", cwd=root
     )
     assert code == 0, err
-    code, out, err = _app("train", f"hydra.run.dir={root / 'resumed'}", "train.resume=true", "train.steps=6", cwd=root)
+    code, out, err = run_app("train", f"hydra.run.dir={root / 'resumed'}", "train.resume=true", "train.steps=6", cwd=root)
     assert code == 0, err
     assert "resumed from step 3" in out, out
     return root
@@ -562,7 +540,7 @@ def test_a_latent_run_resumes_exactly(runs):
 @pytest.mark.slow
 def test_sde_sample_decodes_a_latent_run(runs, tmp_path):
     args = ["n_samples=6", "batch_size=6", "sampler=dpm_solver", "sampler.grid.n_steps=4", "progress=false", "device=cpu"]
-    code, _, err = _app("sample", f"run_dir={runs / 'latent'}", *args, f"hydra.run.dir={tmp_path / 'out'}", cwd=tmp_path)
+    code, _, err = run_app("sample", f"run_dir={runs / 'latent'}", *args, f"hydra.run.dir={tmp_path / 'out'}", cwd=tmp_path)
     assert code == 0, err
     saved = np.load(tmp_path / "out" / "samples.npz")
     assert saved["samples"].shape == (6, 1, 8, 8) and saved["samples_latent"].shape == (6, 2, 4, 4)
@@ -570,7 +548,7 @@ def test_sde_sample_decodes_a_latent_run(runs, tmp_path):
     with torch.no_grad():
         decoded = codec.decode(torch.from_numpy(saved["samples_latent"]))
     torch.testing.assert_close(torch.from_numpy(saved["samples"]), decoded, rtol=1e-5, atol=1e-5)
-    code, _, err = _app(
+    code, _, err = run_app(
         "sample", f"run_dir={runs / 'latent'}", *args, "task=inpaint", f"hydra.run.dir={tmp_path / 'inpaint'}", cwd=tmp_path
     )
     assert code != 0 and "latents" in err, (code, err)
@@ -579,7 +557,7 @@ def test_sde_sample_decodes_a_latent_run(runs, tmp_path):
 @pytest.mark.slow
 def test_sde_eval_gives_the_lsgm_bound_of_a_latent_run(runs, tmp_path):
     args = ["n_points=8", "rtol=1e-2", "atol=1e-2", "progress=false", "device=cpu", "seed=2"]
-    code, out, err = _app("eval", f"run_dir={runs / 'latent'}", *args, f"hydra.run.dir={tmp_path / 'ev'}", cwd=tmp_path)
+    code, out, err = run_app("eval", f"run_dir={runs / 'latent'}", *args, f"hydra.run.dir={tmp_path / 'ev'}", cwd=tmp_path)
     assert code == 0, err
     assert "LSGM bound" in out and "bits/dim" in out
     (record,) = json.loads((tmp_path / "ev" / "eval.json").read_text())
@@ -595,14 +573,16 @@ def test_sde_eval_gives_the_lsgm_bound_of_a_latent_run(runs, tmp_path):
     # bpd and nats/dim are the same bound: nats/dim = bpd ln 2 - log(K / w)
     assert record["nll_nats_per_dim"] == pytest.approx(record["bpd"] * math.log(2) - math.log(17 / 2), rel=1e-5)
     # another bound of a pixel model is refused for a latent run
-    code, _, err = _app("eval", f"run_dir={runs / 'latent'}", *args, "bound=elbo", f"hydra.run.dir={tmp_path / 'bad'}", cwd=tmp_path)
+    code, _, err = run_app("eval", f"run_dir={runs / 'latent'}", *args, "bound=elbo", f"hydra.run.dir={tmp_path / 'bad'}", cwd=tmp_path)
     assert code == 2 and "bound=latent" in err, err
 
 
 @pytest.mark.slow
 def test_sample_and_eval_refuse_an_autoencoder_run(runs, tmp_path):
     for module, extra in (("sample", ["n_samples=2"]), ("eval", ["n_points=2"])):
-        code, _, err = _app(module, f"run_dir={runs / 'ae'}", *extra, "progress=false", f"hydra.run.dir={tmp_path / module}", cwd=tmp_path)
+        code, _, err = run_app(
+            module, f"run_dir={runs / 'ae'}", *extra, "progress=false", f"hydra.run.dir={tmp_path / module}", cwd=tmp_path
+        )
         lines = [line for line in err.splitlines() if line.strip()]
         assert code == 2 and len(lines) == 1, err
         assert "autoencoder" in lines[0] and "experiment=latent_digits" in lines[0], err
@@ -610,9 +590,9 @@ def test_sample_and_eval_refuse_an_autoencoder_run(runs, tmp_path):
 
 @pytest.mark.slow
 def test_latent_digits_needs_an_autoencoder_run(runs, tmp_path):
-    code, _, err = _app("train", *TINY_LATENT, "train.steps=2", f"hydra.run.dir={tmp_path / 'none'}", cwd=tmp_path)
+    code, _, err = run_app("train", *TINY_LATENT, "train.steps=2", f"hydra.run.dir={tmp_path / 'none'}", cwd=tmp_path)
     assert code != 0 and "autoencoder_dir" in err, (code, err)
-    code, _, err = _app("train", *TINY_LATENT, "train.steps=2", f"autoencoder_dir={runs / 'latent'}", f"hydra.run.dir={tmp_path / 'bad'}",
+    code, _, err = run_app("train", *TINY_LATENT, "train.steps=2", f"autoencoder_dir={runs / 'latent'}", f"hydra.run.dir={tmp_path / 'bad'}",
                         cwd=tmp_path)  # fmt: skip
     assert code == 2 and "not an autoencoder run" in err, (code, err)
     assert not (tmp_path / "bad" / "checkpoints").exists()

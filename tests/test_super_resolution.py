@@ -7,18 +7,16 @@ against loop-based formulas; exact resume; the apps (digits_sr, digits_cascade) 
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import json
 import math
-import sys
 from functools import partial
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from apps import run_app
 from scipy import stats
 
 import sde_diffusion as sd
@@ -582,32 +580,13 @@ TINY = ["train.steps=12", "train.batch_size=16", "progress=false", "threads=1", 
 TINY_SR = [*TINY, "model.net.channel_mult=[1,2]", "model.net.attention_resolutions=[]"]
 
 
-def _app(module: str, *args: str, cwd) -> tuple[int, str, str]:
-    """Run ``sde-train`` or ``sde-sample`` in this process (as its console entry point does);
-    returns the exit code and what it printed."""
-    from sde_diffusion.cli import sample, train
-
-    main = {"train": train.main, "sample": sample.main}[module]
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        mp.setattr(sys, "argv", [f"sde-{module}", *args])
-        mp.chdir(cwd)
-        try:
-            main()
-        except SystemExit as exit_info:
-            code = exit_info.code if isinstance(exit_info.code, int) else 1
-    torch.set_num_threads(1)
-    return code, out.getvalue(), err.getvalue()
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """One tiny experiment=digits_sr run and one tiny experiment=digits_cascade run on top of it."""
     root = tmp_path_factory.mktemp("sr_apps")
-    code, _, err = _app("train", "experiment=digits_sr", *TINY_SR, f"hydra.run.dir={root / 'sr'}", cwd=root)
+    code, _, err = run_app("train", "experiment=digits_sr", *TINY_SR, f"hydra.run.dir={root / 'sr'}", cwd=root)
     assert code == 0, err
-    code, _, err = _app(
+    code, _, err = run_app(
         "train", "experiment=digits_cascade", f"cascade.sr_dir={root / 'sr'}", *TINY, f"hydra.run.dir={root / 'cascade'}", cwd=root
     )
     assert code == 0, err
@@ -647,7 +626,7 @@ def test_digits_sr_reports_psnr_and_ssim_of_its_samples_beside_bicubic(runs):
 @pytest.mark.slow
 def test_sde_sample_super_resolves_held_out_or_given_low_res_images(runs, tmp_path):
     args = ["n_samples=6", "batch_size=6", "sampler=dpm_solver", "sampler.grid.n_steps=4", "progress=false", "device=cpu"]
-    code, _, err = _app("sample", f"run_dir={runs / 'sr'}", *args, f"hydra.run.dir={tmp_path / 'held_out'}", cwd=tmp_path)
+    code, _, err = run_app("sample", f"run_dir={runs / 'sr'}", *args, f"hydra.run.dir={tmp_path / 'held_out'}", cwd=tmp_path)
     assert code == 0, err
     held_out = np.load(tmp_path / "held_out" / "samples.npz")
     test = sd.load_run(runs / "sr", "cpu").data.test
@@ -658,7 +637,7 @@ def test_sde_sample_super_resolves_held_out_or_given_low_res_images(runs, tmp_pa
 
     # low_res=<npz>: image i mod N for sample i; the same images give the same samples
     np.savez(tmp_path / "low.npz", low_res=downsample(test[:3], 2).numpy())
-    code, _, err = _app(
+    code, _, err = run_app(
         "sample", f"run_dir={runs / 'sr'}", *args, f"low_res={tmp_path / 'low.npz'}", f"hydra.run.dir={tmp_path / 'given'}", cwd=tmp_path
     )
     assert code == 0, err
@@ -668,7 +647,7 @@ def test_sde_sample_super_resolves_held_out_or_given_low_res_images(runs, tmp_pa
     assert not np.allclose(given["samples"][3:], given["samples"][:3])  # own noise per sample
 
     np.savez(tmp_path / "bad.npz", low_res=np.zeros((2, 1, 8, 8), np.float32))
-    code, _, err = _app(
+    code, _, err = run_app(
         "sample", f"run_dir={runs / 'sr'}", *args, f"low_res={tmp_path / 'bad.npz'}", f"hydra.run.dir={tmp_path / 'bad'}", cwd=tmp_path
     )
     assert code == 2 and err.count("\n") == 1 and "(N, 1, 4, 4)" in err, err
@@ -691,7 +670,7 @@ def test_digits_cascade_super_resolves_its_base_samples(runs, tmp_path):
         )
     torch.testing.assert_close(torch.from_numpy(saved["samples"]), up.samples, rtol=1e-5, atol=1e-5)
 
-    code, _, err = _app("sample", f"run_dir={run}", "n_samples=6", "batch_size=6", "sampler=dpm_solver", "sampler.grid.n_steps=4",
+    code, _, err = run_app("sample", f"run_dir={run}", "n_samples=6", "batch_size=6", "sampler=dpm_solver", "sampler.grid.n_steps=4",
                         "progress=false", "device=cpu", f"hydra.run.dir={tmp_path / 'out'}", cwd=tmp_path)  # fmt: skip
     assert code == 0, err
     sampled = np.load(tmp_path / "out" / "samples.npz")
@@ -702,17 +681,17 @@ def test_digits_cascade_super_resolves_its_base_samples(runs, tmp_path):
 @pytest.mark.slow
 def test_a_cascade_without_a_super_resolution_run_is_refused(runs, tmp_path):
     """cascade.sr_dir is required (???): leaving it out must not silently train a 4x4 model."""
-    code, _, err = _app("train", "experiment=digits_cascade", *TINY, f"hydra.run.dir={tmp_path / 'none'}", cwd=tmp_path)
+    code, _, err = run_app("train", "experiment=digits_cascade", *TINY, f"hydra.run.dir={tmp_path / 'none'}", cwd=tmp_path)
     assert code != 0 and "cascade.sr_dir" in err, (code, err)
 
 
 @pytest.mark.slow
 def test_a_cascade_on_a_run_that_is_not_super_resolution_is_refused(runs, tmp_path):
-    code, _, err = _app(
+    code, _, err = run_app(
         "train", "experiment=digits_cascade", f"cascade.sr_dir={runs / 'cascade'}", *TINY, f"hydra.run.dir={tmp_path / 'bad'}", cwd=tmp_path
     )
     assert code == 2 and err.count("\n") == 1 and "digits_sr" in err and "cascade.sr_dir" in err, err
-    code, _, err = _app(
+    code, _, err = run_app(
         "train",
         "experiment=digits_cascade",
         f"cascade.sr_dir={tmp_path / 'nowhere'}",

@@ -1,0 +1,31 @@
+"""Running the apps inside the test process (as their console entry points do), for end-to-end tests
+that would otherwise pay a fresh interpreter per run."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+
+import pytest
+import torch
+
+
+def run_app(module: str, *args: str, cwd) -> tuple[int, str, str]:
+    """Run ``sde-train``, ``sde-sample`` or ``sde-eval`` (``module`` ``train``, ``sample``, ``eval``)
+    with ``args`` in ``cwd``; returns the exit code and what it printed to stdout and stderr."""
+    from sde_diffusion.cli import eval as eval_app
+    from sde_diffusion.cli import sample, train
+
+    main = {"train": train.main, "sample": sample.main, "eval": eval_app.main}[module]
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        mp.setattr(sys, "argv", [f"sde-{module}", *args])
+        mp.chdir(cwd)
+        try:
+            main()
+        except SystemExit as exit_info:
+            code = exit_info.code if isinstance(exit_info.code, int) else 1
+    torch.set_num_threads(1)  # the apps set their own thread count
+    return code, out.getvalue(), err.getvalue()
