@@ -17,6 +17,7 @@ from torch import nn
 from .conditioning import SuperResolution
 from .config import ConfigError, build_conditioner, build_dataset, build_model, build_sde, resolve_device
 from .data.dataset import Dataset
+from .models.lora import merge_lora
 from .sdes.base import SDE
 from .training import load_checkpoint
 
@@ -57,7 +58,8 @@ def _anchor_relative_paths(cfg: DictConfig, run_dir: Path) -> None:
 def load_run(run_dir: str | Path, device: str | torch.device = "auto") -> TrainedRun:
     """Load the run ``sde-train`` wrote in ``run_dir``: ``.hydra/config.yaml`` (a relative
     ``data.path`` is taken from where ``sde-train`` was launched) and ``checkpoints/last.pt``
-    (verified, loaded without running code). ``device``: ``auto`` (CUDA when present), ``cpu``,
+    (verified, loaded without running code); a LoRA fine-tuning run's adapters are merged into the
+    weights (:func:`~sde_diffusion.models.lora.merge_lora`). ``device``: ``auto`` (CUDA when present), ``cpu``,
     ``cuda``, ``cuda:<index>`` or a ``torch.device``.
 
     Raises :class:`~sde_diffusion.config.ConfigError` for a directory without a saved config and
@@ -78,4 +80,5 @@ def load_run(run_dir: str | Path, device: str | torch.device = "auto") -> Traine
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt", map_location=dev)
     ema = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
     model.load_state_dict(ema)
+    merge_lora(model)  # a LoRA fine-tuning run samples at the base model's cost, with the same outputs (to round-off)
     return TrainedRun(run_dir, cfg, sde, data, model.to(dev).eval(), int(state["step"]), dev, build_conditioner(cfg))

@@ -17,6 +17,7 @@ from torch import nn
 
 import sde_diffusion as sd
 from sde_diffusion._seeding import derive_seed
+from sde_diffusion.config import build_model
 from sde_diffusion.finetune import (
     EmbeddingFinetune,
     FullFinetune,
@@ -378,14 +379,25 @@ def test_lora_run_saves_only_its_adapters_and_keeps_the_base(runs):
     ema = load_checkpoint(run / "checkpoints" / "last.pt")["ema"]
     assert all(torch.equal(v, ema[f"module.{k}"]) for k, v in adapters.items())
     assert any(v.abs().sum() > 0 for k, v in adapters.items() if k.endswith(".lora_B"))  # trained away from zero
-    # loaded again: the base run's weights, untouched, under the adapters; a tenth class
-    trained = sd.load_run(run, "cpu")
-    assert trained.score_model.n_classes == 10
-    state, base = trained.score_model.state_dict(), _base_weights(runs)
+    # the checkpoint holds the base run's weights, untouched, under the adapters
+    state = {k.removeprefix("module."): v for k, v in ema.items() if k.startswith("module.")}
+    base = _base_weights(runs)
     kept = {_base_key(k): k for k in state if not k.endswith((".lora_A", ".lora_B", "class_embedding.new"))}
     assert set(kept) == set(base)
     for key, new_key in kept.items():
         assert torch.equal(state[new_key], base[key]), key
+    # load_run merges the adapters into the weights: no LoRA layer left, a tenth class, and the outputs of
+    # the unmerged model (rebuilt from the run's config and checkpoint) to round-off
+    trained = sd.load_run(run, "cpu")
+    merged = trained.score_model
+    assert merged.n_classes == 10 and not any(isinstance(m, LoRALayer) for m in merged.modules())
+    unmerged = build_model(trained.config, trained.sde, trained.data)
+    unmerged.load_state_dict(state)
+    unmerged.eval()
+    assert any(isinstance(m, LoRALayer) for m in unmerged.modules())
+    x, t, y = torch.randn(6, 1, 8, 8), torch.rand(6) * 0.9 + 0.05, torch.arange(6) + 4
+    with torch.no_grad():
+        torch.testing.assert_close(merged(x, t, y), unmerged(x, t, y), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.slow
