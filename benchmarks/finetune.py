@@ -105,6 +105,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import sklearn  # noqa: E402
 import torch  # noqa: E402
+from guidance import _acc, _flat, _verdict, clean_classifier  # noqa: E402  (benchmarks/: the shared digits judges)
 from hydra import compose, initialize_config_module  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
@@ -207,18 +208,6 @@ def train(cfg, log, name: str, *, run_dir: Path | None = None, budget: float | N
 
 
 # ------------------------------------------------------------------------------------- metrics
-def clean_classifier(data) -> tuple[LogisticRegression, float]:
-    """Logistic regression on the clean training digits; its accuracy on the held-out digits."""
-    clf = LogisticRegression(max_iter=2000)
-    clf.fit(data.train.reshape(data.train.shape[0], -1).numpy(), data.train_labels.numpy())
-    acc = clf.score(data.test.reshape(data.test.shape[0], -1).numpy(), data.test_labels.numpy())
-    return clf, float(acc)
-
-
-def _flat(x: torch.Tensor) -> np.ndarray:
-    return x.reshape(x.shape[0], -1).double().numpy()
-
-
 @torch.no_grad()
 def draw(model, sde, labels: torch.Tensor, data_shape, codec=None) -> tuple[torch.Tensor, float, bool]:
     """Samples of ``labels`` (one batch, prior noise seeded SEED, CFG w = CFG_W), decoded by ``codec``
@@ -247,12 +236,6 @@ def paired(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """mean(a - b) over paired per-sample 0/1 outcomes and the s.e. of that mean."""
     d = a.astype(float) - b.astype(float)
     return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else 0.0
-
-
-def _verdict(d: float, se: float, up: str = "yes", down: str = "no (lower)") -> str:
-    if se == 0.0:
-        return up if d > 0 else (down if d < 0 else "no change")
-    return up if d > 2 * se else (down if d < -2 * se else "not resolved (within 2 s.e.)")
 
 
 def file_bytes(state: dict, path: Path) -> int:
@@ -535,10 +518,6 @@ def finetune_figure(b: dict, path: Path, title: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------ text
-def _acc(r: dict) -> str:
-    return f"{r['accuracy']:.3f} ± {r['accuracy_stderr']:.3f}"
-
-
 def _bpd(n: dict) -> str:
     return f"{n['bpd']:.3f} ± {n['bpd_stderr']:.3f}" if n["bpd_stderr"] is not None else f"{n['bpd']:.3f}"
 
