@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -47,7 +48,11 @@ def _tree_digest(root: Path) -> dict[str, str]:
 
 def _weights(run: Path) -> dict:
     state = load_checkpoint(run / "checkpoints" / "last.pt")
-    return {"step": state["step"], **{f"model.{k}": v for k, v in state["model"].items()}, **{f"ema.{k}": v for k, v in state["ema"].items()}}
+    return {
+        "step": state["step"],
+        **{f"model.{k}": v for k, v in state["model"].items()},
+        **{f"ema.{k}": v for k, v in state["ema"].items()},
+    }
 
 
 def _assert_same_weights(a: Path, b: Path) -> None:
@@ -186,6 +191,20 @@ def test_discard_keeps_directories_a_run_wrote_into(tmp_path, monkeypatch):
     assert not (tmp_path / "outputs" / "day").exists() and (used / "summary.json").exists()
 
 
+def test_a_refused_command_run_in_process_leaves_no_log_handler_on_its_deleted_directory(tmp_path):
+    """Hydra's job log is a file handler on the ``sde_diffusion`` logger; deleting a refused run's
+    directory must release it, or the next line logged in this process fails on the missing file."""
+    from apps import run_app
+
+    code, _, err = run_app("train", "sde.beta_min=30", f"hydra.run.dir={tmp_path / 'refused'}", cwd=tmp_path)
+    assert code == 2 and "beta_min" in err, err
+    assert not (tmp_path / "refused").exists()
+    logger = logging.getLogger("sde_diffusion")
+    assert not [h for h in logger.handlers if isinstance(h, logging.FileHandler) and "refused" in h.baseFilename]
+    logger.info("a line logged after the refusal")  # raised FileNotFoundError before the handler was released
+    assert not (tmp_path / "refused").exists()
+
+
 # -------------------------------------------------------------------------------- 3. interrupts
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> Path:
@@ -234,7 +253,15 @@ def test_threads_key_sets_torchs_threads_and_is_printed_first(ve_run, tmp_path):
 
 def test_sde_sample_takes_hydra_overrides_and_reports_the_trainings_quality_number(ve_run, tmp_path):
     out = tmp_path / "out"
-    args = [f"run_dir={ve_run}", "seed=3", "n_samples=100", "batch_size=100", "sampler.grid.n_steps=10", "progress=false", f"hydra.run.dir={out}"]
+    args = [
+        f"run_dir={ve_run}",
+        "seed=3",
+        "n_samples=100",
+        "batch_size=100",
+        "sampler.grid.n_steps=10",
+        "progress=false",
+        f"hydra.run.dir={out}",
+    ]
     proc = _app("sde-sample", args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "sample_summary.json").read_text())
@@ -282,7 +309,10 @@ def test_standardized_data_saves_raw_samples(tmp_path):
         assert scale == pytest.approx(3.0, rel=0.15) and shift == pytest.approx(5.0, abs=0.5)
 
 
-@pytest.mark.parametrize("tty, multirun_launcher, expected", [(False, None, False), (True, None, True), (True, "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", False)])
+@pytest.mark.parametrize(
+    "tty, multirun_launcher, expected",
+    [(False, None, False), (True, None, True), (True, "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", False)],
+)
 def test_progress_bars_only_on_a_terminal_and_never_in_parallel_sweeps(monkeypatch, tty, multirun_launcher, expected):
     monkeypatch.setattr(sys.stderr, "isatty", lambda: tty, raising=False)
     if multirun_launcher is None:

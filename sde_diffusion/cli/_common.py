@@ -156,6 +156,7 @@ def discard_unused_run_dir(run_dir: Path) -> None:
     cwd = Path.cwd().resolve()
     if run_dir == cwd or run_dir in cwd.parents or not unused(run_dir):
         return
+    _release_log_files(run_dir)
     shutil.rmtree(run_dir, ignore_errors=True)
     for parent in run_dir.parents:
         if parent == cwd or cwd not in parent.parents:
@@ -164,6 +165,18 @@ def discard_unused_run_dir(run_dir: Path) -> None:
             parent.rmdir()  # only when empty
         except OSError:
             break
+
+
+def _release_log_files(run_dir: Path) -> None:
+    """Detach and close the logging file handlers that write into ``run_dir`` (Hydra's job log), so
+    that a line logged later in this process (an app run in-process, a notebook) neither fails on
+    the deleted directory nor writes into it."""
+    loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger))]
+    for logger in loggers:
+        for handler in list(logger.handlers):
+            if isinstance(handler, logging.FileHandler) and run_dir in Path(handler.baseFilename).resolve().parents:
+                logger.removeHandler(handler)
+                handler.close()
 
 
 @contextlib.contextmanager
