@@ -118,6 +118,7 @@ class EvalAppConfig:
     n_terms: int | None = MISSING
     n_time_samples: int = MISSING
     elbo_eps: Any = MISSING  # a time or "auto"
+    time_variable: str = MISSING
 
 
 SCHEMAS = {"train_schema": TrainAppConfig, "sample_schema": SampleAppConfig, "eval_schema": EvalAppConfig}

@@ -91,15 +91,24 @@ def test_discrete_bpd_matches_the_closed_form_of_the_dequantized_density():
     sde = ExactPriorVP(dist)
     x = data.test.double()
     r = evaluate_nll(
-        sde, dist.score_fn(sde), x, levels=data.levels, interval_width=data.interval_width,
-        n_dequant=3, batch_size=10, seed=5, **TIGHT,
+        sde,
+        dist.score_fn(sde),
+        x,
+        levels=data.levels,
+        interval_width=data.interval_width,
+        n_dequant=3,
+        batch_size=10,
+        seed=5,
+        **TIGHT,
     )
     # replay the draws: batch b's generator is seeded derive_seed(5, b); grid origin at the smallest value
     interval = (x.min().item(), x.min().item() + width)
-    per_point = torch.cat([
-        exact_nll(dist, sde, dequantize(xb, levels, interval, n_dequant=3, generator=_batch_generator(5, b))).reshape(3, -1).mean(0)
-        for b, xb in enumerate(x.split(10))
-    ])
+    per_point = torch.cat(
+        [
+            exact_nll(dist, sde, dequantize(xb, levels, interval, n_dequant=3, generator=_batch_generator(5, b))).reshape(3, -1).mean(0)
+            for b, xb in enumerate(x.split(10))
+        ]
+    )
     offset = math.log2(levels / width)  # 5 bits
     # only solver error remains (measured 2e-7 nats/dim); the identity bpd = nll / ln 2 + log2(K / w)
     # holds per point, so the means and standard errors obey it to rounding
@@ -187,9 +196,17 @@ def run_dir(tmp_path_factory):
     every point), so per-point NLLs, and their standard error, are not trivial."""
     run_dir = tmp_path_factory.mktemp("train")
     proc = _cli(
-        "sde_diffusion.cli.train", "train.steps=30", "train.progress=false", "n_samples=50",
-        "sampler.grid.n_steps=20", "eval_points=64", "train.lr=1e-2", "train.warmup_steps=5", "train.ema_decay=0.5",
-        f"hydra.run.dir={run_dir}", cwd=run_dir,
+        "sde_diffusion.cli.train",
+        "train.steps=30",
+        "train.progress=false",
+        "n_samples=50",
+        "sampler.grid.n_steps=20",
+        "eval_points=64",
+        "train.lr=1e-2",
+        "train.warmup_steps=5",
+        "train.ema_decay=0.5",
+        f"hydra.run.dir={run_dir}",
+        cwd=run_dir,
     )
     assert proc.returncode == 0, proc.stderr
     return run_dir
@@ -220,8 +237,13 @@ def test_sde_eval_writes_records_equal_to_log_likelihood(run_dir, tmp_path):
     out_dir = tmp_path / "eval"
     before = json.loads((run_dir / "eval.json").read_text()) if (run_dir / "eval.json").exists() else []
     proc = _cli(
-        "sde_diffusion.cli.eval", f"run_dir={run_dir}", "n_points=48", "batch_size=32", "progress=false",
-        f"hydra.run.dir={out_dir}", cwd=tmp_path,
+        "sde_diffusion.cli.eval",
+        f"run_dir={run_dir}",
+        "n_points=48",
+        "batch_size=32",
+        "progress=false",
+        f"hydra.run.dir={out_dir}",
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
     first, result = proc.stdout.splitlines()  # the start line (device, threads), then the result
@@ -253,6 +275,17 @@ def test_records_accumulate(run_dir, tmp_path):
     after = json.loads(path.read_text())
     assert after == [*before, second] and first in before
     assert (second["divergence"], second["n_probes"], second["split"]) == ("hutchinson", 2, "train")
+
+
+def test_sde_eval_time_variable_is_recorded_and_gives_the_same_nll(run_dir, tmp_path):
+    records = {
+        v: eval_run(_eval_config(run_dir, "n_points=16", f"time_variable={v}", "rtol=1e-7", "atol=1e-7"), tmp_path / v)
+        for v in ("t", "sigma")
+    }
+    assert (records["t"]["time_variable"], records["sigma"]["time_variable"]) == ("t", "sigma")
+    # the trained network, not an exact score: the two solves agree to their tolerance, not to the last digit
+    assert records["sigma"]["nll_nats_per_dim"] == pytest.approx(records["t"]["nll_nats_per_dim"], abs=1e-4)
+    assert records["sigma"]["nfe"] != records["t"]["nfe"]  # another solve, not the same one relabelled
 
 
 def test_append_refuses_a_file_that_is_not_a_list(tmp_path):
@@ -294,6 +327,7 @@ def test_concurrent_appends_keep_every_record(tmp_path):
         (["n_points=100000"], "n_points=100000 but the data hold 5000 points"),
         (["n_dequant=2"], "applies to discrete data only"),
         (["method=rk4"], "needs options"),
+        (["time_variable=lambda"], "time_variable must be one of"),
     ],
 )
 def test_bad_settings_raise_one_line_config_errors(run_dir, tmp_path, overrides, message):

@@ -107,10 +107,7 @@ def mixture8():
 @pytest.fixture(scope="module")
 def exact8(mixture8):
     dist, x = mixture8
-    return {
-        name: log_likelihood(sde, dist.score_fn(sde), x, eps=EPS, rtol=1e-6, atol=1e-6)
-        for name, sde in core_sdes().items()
-    }
+    return {name: log_likelihood(sde, dist.score_fn(sde), x, eps=EPS, rtol=1e-6, atol=1e-6) for name, sde in core_sdes().items()}
 
 
 @pytest.mark.parametrize("name", ["vp", "subvp", "ve"])
@@ -135,9 +132,7 @@ def test_hutchinson_within_its_standard_error(mixture8):
     sde = sd.VPSDE()
     exact = dist.log_prob(x, EPS, sde)
     g = torch.Generator().manual_seed(4)
-    out = log_likelihood(
-        sde, dist.score_fn(sde), x, divergence="hutchinson", n_probes=64, generator=g, rtol=1e-7, atol=1e-7
-    )
+    out = log_likelihood(sde, dist.score_fn(sde), x, divergence="hutchinson", n_probes=64, generator=g, rtol=1e-7, atol=1e-7)
     assert out.logp_probes.shape == (64, 8) and out.logp_stderr.shape == (8,)
     assert torch.allclose(out.logp, out.logp_probes.mean(0))
     # With 64 probes z = (mean - exact) / stderr is close to Student's t with 63 dof (the solver
@@ -158,8 +153,16 @@ def test_hutchinson_probe_is_fixed_through_the_solve(mixture8, exact8, probe):
     # step cap turns that into a failure); a fixed probe costs about what the exact divergence does
     cap = {"max_num_steps": exact8["vp"].nfe}
     run = lambda seed: log_likelihood(
-        sde, dist.score_fn(sde), x, divergence="hutchinson", probe=probe, n_probes=2,
-        generator=torch.Generator().manual_seed(seed), rtol=1e-6, atol=1e-6, options=cap,
+        sde,
+        dist.score_fn(sde),
+        x,
+        divergence="hutchinson",
+        probe=probe,
+        n_probes=2,
+        generator=torch.Generator().manual_seed(seed),
+        rtol=1e-6,
+        atol=1e-6,
+        options=cap,
     )
     first, again, other = run(5), run(5), run(6)
     assert torch.equal(first.logp, again.logp)
@@ -172,8 +175,7 @@ def test_scipy_backend_agrees_with_torchdiffeq():
     sde, dist = sd.SubVPSDE(), mixture(dim=2, seed=5)
     x = data(dist, 6)
     outs = {
-        backend: log_likelihood(sde, dist.score_fn(sde), x, rtol=1e-8, atol=1e-8, backend=backend)
-        for backend in ("torchdiffeq", "scipy")
+        backend: log_likelihood(sde, dist.score_fn(sde), x, rtol=1e-8, atol=1e-8, backend=backend) for backend in ("torchdiffeq", "scipy")
     }
     # RK45 and dopri5 share a tableau; at 1e-8 each is ~1e-8 nats/dim from the truth and they agree
     # to 3e-9 nats/dim (latents to 1e-9): 1e-6 leaves room for different step choices
@@ -186,8 +188,9 @@ def test_scipy_backend_on_images_with_hutchinson():
     sde, dist = sd.VESDE(), mixture(dim=64, n_components=2, seed=6, event_shape=IMAGE)
     x = data(dist, 2)
     outs = [
-        log_likelihood(sde, dist.score_fn(sde), x, divergence="hutchinson", n_probes=2, backend=backend,
-                       generator=torch.Generator().manual_seed(7))
+        log_likelihood(
+            sde, dist.score_fn(sde), x, divergence="hutchinson", n_probes=2, backend=backend, generator=torch.Generator().manual_seed(7)
+        )
         for backend in ("torchdiffeq", "scipy")
     ]
     assert outs[1].latent.shape == x.shape and outs[1].logp_probes.shape == (2, 2)
@@ -230,9 +233,7 @@ def test_images_exact_divergence(image_mixture, dtype):
 def test_images_hutchinson(image_mixture):
     dist, x = image_mixture
     sde = sd.VPSDE()
-    out = log_likelihood(
-        sde, dist.score_fn(sde), x, divergence="hutchinson", n_probes=8, generator=torch.Generator().manual_seed(1)
-    )
+    out = log_likelihood(sde, dist.score_fn(sde), x, divergence="hutchinson", n_probes=8, generator=torch.Generator().manual_seed(1))
     assert out.logp_probes.shape == (8, 4) and out.logp_stderr.shape == (4,)
     z = (with_true_terminal(out, sde, dist) - dist.log_prob(x, EPS, sde)) / out.logp_stderr
     # 8 probes: t-distributed with 7 dof; |z| > 6 at any of the 4 points has probability 2e-3
@@ -305,9 +306,7 @@ def test_invalid_data_is_rejected():
 
 
 # ------------------------------------------------------------------------------ bits per dim
-@pytest.mark.parametrize(
-    "levels, interval, bits", [(256, (-1.0, 1.0), 7.0), (256, (0.0, 1.0), 8.0), (32, (0.0, 4.0), 3.0)]
-)
+@pytest.mark.parametrize("levels, interval, bits", [(256, (-1.0, 1.0), 7.0), (256, (0.0, 1.0), 8.0), (32, (0.0, 4.0), 3.0)])
 def test_offset_is_log2_levels_over_width(levels, interval, bits):
     assert dequantization_offset(levels, interval) == pytest.approx(bits, abs=1e-12)
 
@@ -379,7 +378,7 @@ def test_bits_and_nats_per_dim_conversions():
 def test_dequantized_likelihood_end_to_end():
     # 8-bit points in [-1, 1) through the ODE: bpd is the nats/dim of the draws plus exactly 7 bits
     sde, dist = sd.VPSDE(), gaussian(dim=2, seed=3)
-    x = (torch.floor((data(dist, 4).clamp(-0.99, 0.99) + 1) * 128) / 128 - 1)
+    x = torch.floor((data(dist, 4).clamp(-0.99, 0.99) + 1) * 128) / 128 - 1
     y = dequantize(x, 256, n_dequant=2, generator=torch.Generator().manual_seed(0))
     out = log_likelihood(sde, dist.score_fn(sde), y)
     bpd = bits_per_dim(out.logp, 2, 256, n_dequant=2)
@@ -394,8 +393,67 @@ def test_with_the_true_terminal_density_the_ode_gives_the_true_log_density(name)
     sde = core_sdes()[name]
     dist = gaussian(dim=3, seed=7)
     x = dist.sample(16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    out = sd.log_likelihood(
-        sde, dist.score_fn(sde), x, rtol=1e-8, atol=1e-8, prior_logp=lambda z: dist.log_prob(z, sde.T, sde)
-    )
+    out = sd.log_likelihood(sde, dist.score_fn(sde), x, rtol=1e-8, atol=1e-8, prior_logp=lambda z: dist.log_prob(z, sde.T, sde))
     exact = dist.log_prob(x, 1e-5, sde)
     assert (out.logp - exact).abs().max().item() / 3 < 1e-5
+
+
+# ------------------------------------------------------------------------------ time variables
+@pytest.mark.parametrize("variable", ["log_snr", "sigma"])
+@pytest.mark.parametrize("name", sorted(all_sdes()))
+def test_every_time_variable_gives_the_t_time_log_density_of_gaussian_data(name, variable):
+    """The change of variable (and, for sigma, of state ``y = x / m``) moves no density: at tight
+    tolerances the log-SNR and sigma solves equal the t solve and the closed form to 1e-5 nats/dim,
+    and land on the same x_T."""
+    sde = all_sdes()[name]
+    dist = gaussian(dim=3, seed=5)
+    x = data(dist, 8, seed=1)
+    true_terminal = lambda z: dist.log_prob(z, sde.T, sde)  # noqa: E731
+    in_t = log_likelihood(sde, dist.score_fn(sde), x, rtol=1e-8, atol=1e-8, prior_logp=true_terminal)
+    other = log_likelihood(sde, dist.score_fn(sde), x, rtol=1e-8, atol=1e-8, prior_logp=true_terminal, time_variable=variable)
+    assert per_dim_error(other.logp, in_t.logp, dist) < 1e-5
+    assert per_dim_error(other.logp, dist.log_prob(x, EPS, sde), dist) < 1e-5
+    assert (other.latent - in_t.latent).abs().max().item() < 1e-5 * in_t.latent.abs().max().item()
+
+
+@pytest.mark.parametrize("variable", ["log_snr", "sigma"])
+def test_time_variables_on_a_mixture_with_hutchinson_probes(mixture8, variable):
+    """Rademacher probes give ``v^T (c I) v = c D`` for any scalar factor, so the Hutchinson estimate
+    with the same probes is the same number in every variable (up to solver error); and it stays
+    within its standard error of the true density."""
+    dist, x = mixture8
+    sde = sd.VPSDE()
+    kwargs = dict(divergence="hutchinson", n_probes=4, rtol=1e-7, atol=1e-7, prior_logp=lambda z: dist.log_prob(z, sde.T, sde))
+    in_t = log_likelihood(sde, dist.score_fn(sde), x, generator=torch.Generator().manual_seed(0), **kwargs)
+    other = log_likelihood(sde, dist.score_fn(sde), x, generator=torch.Generator().manual_seed(0), time_variable=variable, **kwargs)
+    assert per_dim_error(other.logp_probes, in_t.logp_probes, dist) < 1e-4
+    assert ((other.logp - dist.log_prob(x, EPS, sde)).abs() < 4 * other.logp_stderr + 1e-3).all()
+
+
+@pytest.mark.parametrize("variable", ["log_snr", "sigma"])
+def test_time_changed_solves_call_the_score_inside_eps_to_T(variable):
+    sde, dist = sd.CosineVPSDE(), gaussian(dim=2)
+    times = []
+    exact_score = dist.score_fn(sde)
+
+    def score(z, t):
+        times.append(t)
+        return exact_score(z, t)
+
+    out = log_likelihood(sde, score, data(dist, 4), time_variable=variable)
+    times = torch.cat(times)
+    assert out.nfe == len(times) // 4 and times.min() >= EPS * (1 - 1e-6) and times.max() <= sde.T * (1 + 1e-6)
+
+
+def test_time_variables_need_a_kernel_and_a_known_name():
+    from analytic import KernelFreeVP
+
+    sde, dist = KernelFreeVP(), gaussian()
+    with pytest.raises(
+        ValueError, match="time_variable=log_snr needs an SDE with a closed-form kernel; KernelFreeVP has none: use time_variable=t"
+    ):
+        log_likelihood(sde, dist.score_fn(sd.VPSDE()), data(dist, 2), time_variable="log_snr")
+    with pytest.raises(ValueError, match="time_variable must be one of"):
+        log_likelihood(sd.VPSDE(), dist.score_fn(sd.VPSDE()), data(dist, 2), time_variable="lambda")
+    with pytest.raises(ValueError, match="bound=elbo solves no ODE"):
+        sd.evaluate_nll(sd.VPSDE(), dist.score_fn(sd.VPSDE()), data(dist, 2), bound="elbo", time_variable="sigma")

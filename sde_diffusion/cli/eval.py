@@ -57,8 +57,8 @@ BOUND_SETTINGS = {
     "vlb": ("variance", "n_terms"),
     "elbo": ("n_time_samples", "elbo_eps"),
     "elbo_dequantized": ("n_time_samples", "elbo_eps"),
-    "ode": (),
-    "latent": (),
+    "ode": ("time_variable",),
+    "latent": ("time_variable",),
 }
 """The settings of each bound beyond SETTINGS, passed and recorded only with it."""
 

@@ -33,7 +33,7 @@ from ..sdes.base import SDE
 from .bits import bits_per_dim, dequantization_offset, dequantize, nats_per_dim
 from .bounds import continuous_elbo, discrete_vlb
 from .latent import latent_bound
-from .ode import DIVERGENCES, log_likelihood
+from .ode import DIVERGENCES, TIME_VARIABLES, log_likelihood
 
 BOUNDS = ("ode", "vlb", "elbo", "elbo_dequantized", "latent")
 """What :func:`evaluate_nll` computes: the probability-flow ODE's exact NLL, DDPM's discrete VLB,
@@ -110,6 +110,7 @@ def evaluate_nll(
     n_time_samples: int = 32,
     elbo_eps: float | str = "auto",
     codec=None,
+    time_variable: str = "t",
 ) -> dict:
     """Mean NLL in nats per dimension (and bits per dimension for discrete data) of ``data`` under
     the probability-flow ODE of ``sde`` and ``score_fn``, with standard errors (module docstring).
@@ -130,7 +131,8 @@ def evaluate_nll(
         divergence: ``"exact"``, ``"hutchinson"`` or ``"auto"`` (exact for ``D <= 16``).
         n_probes, probe: Hutchinson probes per point and their distribution; the exact divergence
             (also when ``"auto"`` chooses it) needs ``n_probes=1``.
-        eps, method, rtol, atol, backend: passed to ``log_likelihood``.
+        eps, method, rtol, atol, backend, time_variable: passed to ``log_likelihood`` (``bound="ode"``
+            and ``"latent"``; ``time_variable`` is ``"t"``, ``"log_snr"`` or ``"sigma"``).
         seed: batch ``b`` (of ``batch_size`` points) draws its probes and dequantization noise from a
             generator seeded ``derive_seed(seed, b)``: the draws depend on ``seed`` and
             ``batch_size``, never on which process solves the batch.
@@ -190,6 +192,10 @@ def evaluate_nll(
         raise ValueError("bound='latent' (LSGM's bound of a latent diffusion model) and codec go together: give both or neither")
     if bound == "latent" and n_dequant != 1:
         raise ValueError("bound='latent' scores the images as they are (the decoder is discretized to their levels): leave n_dequant=1")
+    if time_variable not in TIME_VARIABLES:
+        raise ValueError(f"time_variable must be one of {TIME_VARIABLES}, got {time_variable!r}")
+    if time_variable != "t" and bound not in ("ode", "latent"):
+        raise ValueError(f"time_variable={time_variable} is the ODE solve's variable (bound=ode or latent); bound={bound} solves no ODE")
     variance = resolve_variance(variance, score_fn)
     elbo_eps = _resolve_elbo_eps(elbo_eps, bound, sde, eps, levels, interval_width)
     if n_points is not None and n_points > data.shape[0]:
@@ -214,7 +220,7 @@ def evaluate_nll(
             if bound == "latent":
                 terms, nfe_b = latent_bound(
                     codec, sde, score_fn, x, generator=generator, eps=eps, method=method, rtol=rtol, atol=atol,
-                    divergence=divergence, n_probes=n_probes, probe=probe, backend=backend,
+                    divergence=divergence, n_probes=n_probes, probe=probe, backend=backend, time_variable=time_variable,
                 )  # fmt: skip
                 nll_b, bpd_b = _per_dim(terms["nll"], dim, levels, interval, x.dtype)
                 parts_b = {k: (terms[k] / dim).cpu() for k in ("reconstruction", "log_q", "prior_nll")}
@@ -243,6 +249,7 @@ def evaluate_nll(
                         probe=probe,
                         backend=backend,
                         generator=generator,
+                        time_variable=time_variable,
                     )
                     logp, nfe_b = out.logp, out.nfe
                 nll_b = nats_per_dim(logp, dim).reshape(n_dequant, -1).mean(0)  # draw-major rows

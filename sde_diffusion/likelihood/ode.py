@@ -9,6 +9,13 @@ Chen et al. 2018, Thm. 1; Grathwohl et al. 2019):
 
 where the SDE's prior stands in for ``p_T``. The state is a tuple ``(x, Delta)`` solved by torchdiffeq's ``odeint``
 (or scipy's ``solve_ivp`` as an independent reference).
+
+``time_variable="log_snr"`` (``u = -lambda(t)``) or ``"sigma"`` (``u = s/m`` in the state
+``y = x / m(t)``) solves the same transport against another variable
+(:class:`~sde_diffusion.sdes.reverse.TimeChangedFlow`): the divergence is taken in the solved state
+``y = x / c(t)``, and ``log p_eps(x) = log p_T(x_T) + Delta + D log(c(T) / c(eps))`` with
+``x_T = c(T) y_T``. All three give the same density up to solver error; which needs the fewest
+steps depends on the SDE (``benchmarks/results/speed.md``: sigma on VE, t on VP).
 """
 
 from __future__ import annotations
@@ -22,15 +29,17 @@ import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
-from .._shapes import check_data
+from .._shapes import check_data, flat_dim
 from .._solvers import ODE_ADAPTIVE_ORDERS as ADAPTIVE_ORDERS
 from ..scores import CountingScore, ScoreFn
 from ..sdes.base import SDE
-from ..sdes.reverse import ProbabilityFlowODE
+from ..sdes.reverse import TimeChangedFlow
 from .divergence import PROBES, basis_probes, jacobian_quadratic_forms, random_probes
 from .scipy_backend import solve_ivp_reference
 
 DIVERGENCES = ("exact", "hutchinson")
+TIME_VARIABLES = ("t", "log_snr", "sigma")
+"""The independent variable of the solve: the SDE's time, minus the log-SNR, or ``sigma = s/m``."""
 
 
 @dataclass
@@ -55,7 +64,8 @@ class LikelihoodOutput:
 
 
 class AugmentedFlow:
-    """Right-hand side ``(t, (x, Delta)) -> (f~(x, t), div f~(x, t))`` of the augmented ODE.
+    """Right-hand side ``(t, (x, Delta)) -> (v(t, x), div v(t, x))`` of the augmented ODE, for a
+    velocity field ``v`` (the probability-flow ODE in ``t``, or its log-SNR form).
 
     ``probes`` ``(P, B, *dims)`` stay fixed through a solve: resampling them at every evaluation
     would make the field random, which adaptive step control cannot handle. With ``trace=True`` the
@@ -64,13 +74,13 @@ class AugmentedFlow:
     (the ``x`` path does not depend on the probe, so it is shared by all of them).
     """
 
-    def __init__(self, ode: ProbabilityFlowODE, probes: Tensor, trace: bool):
-        self.ode = ode
+    def __init__(self, field: Callable[[Tensor, Tensor], Tensor], probes: Tensor, trace: bool):
+        self.field = field
         self.probes = probes
         self.trace = trace
 
     def __call__(self, t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-        velocity, forms = jacobian_quadratic_forms(lambda x: self.ode(t, x), state[0], self.probes)
+        velocity, forms = jacobian_quadratic_forms(lambda x: self.field(t, x), state[0], self.probes)
         return velocity, forms.sum(0, keepdim=True) if self.trace else forms
 
 
@@ -85,7 +95,13 @@ def _solve_torchdiffeq(flow, state, t_span, method, rtol, atol, options):
 BACKENDS = {"torchdiffeq": _solve_torchdiffeq, "scipy": solve_ivp_reference}
 
 
-def _check_options(sde, eps, rtol, atol, divergence, probe, n_probes, backend, method, options) -> None:
+def _check_options(sde, eps, rtol, atol, divergence, probe, n_probes, backend, method, options, time_variable) -> None:
+    if time_variable not in TIME_VARIABLES:
+        raise ValueError(f"time_variable must be one of {TIME_VARIABLES}, got {time_variable!r}")
+    if time_variable != "t" and not sde.has_kernel:
+        raise ValueError(
+            f"time_variable={time_variable} needs an SDE with a closed-form kernel; {type(sde).__name__} has none: use time_variable=t"
+        )
     if divergence not in DIVERGENCES:
         raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
     if probe not in PROBES:
@@ -127,6 +143,7 @@ def log_likelihood(
     generator: torch.Generator | None = None,
     options: dict[str, Any] | None = None,
     prior_logp: Callable[[Tensor], Tensor] | None = None,
+    time_variable: str = "t",
 ) -> LikelihoodOutput:
     """Log-likelihood of data ``x`` under the probability-flow ODE of ``sde`` driven by ``score_fn``.
 
@@ -162,17 +179,31 @@ def log_likelihood(
             density). Pass the true marginal at ``T`` when it is known, e.g.
             ``lambda z: mix.log_prob(z, sde.T, sde)`` for a Gaussian mixture, to get the true
             ``log p_eps(x)`` up to solver error alone.
+        time_variable: ``"t"`` (the SDE's time), ``"log_snr"`` (minus the log-SNR) or ``"sigma"``
+            (``s/m``, in the scaled state); the last two for SDEs with a kernel (module docstring).
+            ``nfe`` counts the same score evaluations in all.
     Returns: :class:`LikelihoodOutput`. No gradients flow through the result.
     """
-    _check_options(sde, eps, rtol, atol, divergence, probe, n_probes, backend, method, options)
+    _check_options(sde, eps, rtol, atol, divergence, probe, n_probes, backend, method, options, time_variable)
     check_data(x, "x")
     exact = divergence == "exact"
     probes = basis_probes(x) if exact else random_probes(x, probe, int(n_probes), generator)
     score = CountingScore(score_fn)
-    flow = AugmentedFlow(sde.probability_flow(score), probes, trace=exact)
     delta = x.new_zeros(1 if exact else int(n_probes), x.shape[0])
-    t_span = torch.tensor([eps, sde.T], dtype=x.dtype, device=x.device)
-    latent, delta = BACKENDS[backend](flow, (x, delta), t_span, method, rtol, atol, options)
+    solve = BACKENDS[backend]
+    if time_variable == "t":
+        t_span = torch.tensor([eps, sde.T], dtype=x.dtype, device=x.device)
+        latent, delta = solve(
+            AugmentedFlow(sde.probability_flow(score), probes, trace=exact), (x, delta), t_span, method, rtol, atol, options
+        )
+    else:
+        flow = TimeChangedFlow(sde, score, time_variable)
+        ends = torch.tensor([eps, sde.T], dtype=torch.float64)
+        c_eps, c_T = flow.scale(ends).tolist()
+        u_span = flow.u(ends).to(dtype=x.dtype, device=x.device)
+        y_T, delta = solve(AugmentedFlow(flow, probes, trace=exact), (x / c_eps, delta), u_span, method, rtol, atol, options)
+        latent = c_T * y_T
+        delta = delta + flat_dim(x) * (math.log(c_T) - math.log(c_eps))
     logp_probes = (sde.prior_logp if prior_logp is None else prior_logp)(latent) + delta  # (P, B)
     logp = logp_probes.mean(0)
     if exact:

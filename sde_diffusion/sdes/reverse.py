@@ -6,6 +6,7 @@ are integrated from ``t = T`` down to ``t = eps`` (negative steps).
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from .._shapes import batch_time, expand_like
@@ -63,3 +64,59 @@ class ProbabilityFlowODE:
 
     def __call__(self, t: Tensor, x: Tensor) -> Tensor:
         return self.drift(x, t)
+
+
+class TimeChangedFlow:
+    """The probability-flow ODE of a kernel SDE against another independent variable ``u``:
+
+    - ``variable="log_snr"``: ``u = -lambda(t)``, minus the log-SNR, in the state ``x`` itself:
+      ``dx/du = (dt/du) f~(x, t)`` with ``dt/du = s(t)^2 / g(t)^2``, since
+      ``d lambda/dt = -g^2 / s^2`` for every kernel SDE (from the moment equations
+      ``d log m/dt = f``, ``d s^2/dt = 2 f s^2 + g^2``); the time of Zheng et al. 2023,
+      "Improved Techniques for Maximum Likelihood Estimation for Diffusion ODEs".
+    - ``variable="sigma"``: ``u = sigma(t) = s(t) / m(t)`` in the scaled state ``y = x / m(t)``,
+      ``dy/dsigma = -sigma m(t) score(m y, t)`` (Karras et al. 2022, Eq. 4 with their ``s = m``):
+      every kernel SDE becomes the same variance-exploding ODE in ``(y, sigma)``.
+
+    ``u`` increases with ``t`` in both; ``t(u)`` comes from
+    :meth:`~sde_diffusion.sdes.base.SDE.time_from_log_snr`. Callable as ``flow(u, state)`` with a
+    0-d ``u``, the signature of torchdiffeq's ``odeint``. The state is ``x / scale(t)``; densities
+    move between ``x`` and the state by ``log p_t(x) = log p_state - D log scale(t)``.
+    """
+
+    VARIABLES = ("log_snr", "sigma")
+
+    def __init__(self, sde: SDE, score_fn: ScoreFn, variable: str = "log_snr"):
+        if variable not in self.VARIABLES:
+            raise ValueError(f"variable must be one of {self.VARIABLES}, got {variable!r}")
+        if not sde.has_kernel:
+            raise ValueError(
+                f"time_variable={variable} needs an SDE with a closed-form kernel; {type(sde).__name__} has none: use time_variable=t"
+            )
+        self.sde = sde
+        self.score_fn = score_fn
+        self.variable = variable
+
+    def u(self, t: float | Tensor) -> Tensor:
+        """The new variable at time ``t``, in float64."""
+        log_snr = self.sde.log_snr(torch.as_tensor(t, dtype=torch.float64))
+        return -log_snr if self.variable == "log_snr" else torch.exp(-0.5 * log_snr)
+
+    def time(self, u: Tensor) -> Tensor:
+        """``t(u)`` in float64, the inverse of :meth:`u`."""
+        u = torch.as_tensor(u, dtype=torch.float64)
+        return self.sde.time_from_log_snr(-u if self.variable == "log_snr" else -2.0 * torch.log(u))
+
+    def scale(self, t: Tensor) -> Tensor:
+        """The factor between ``x`` and the state: 1 (log-SNR) or ``m(t)`` (sigma)."""
+        t = torch.as_tensor(t)
+        return torch.ones_like(t) if self.variable == "log_snr" else self.sde.kernel(t)[0]
+
+    def __call__(self, u: Tensor, state: Tensor) -> Tensor:
+        t = self.time(u).to(state.dtype)
+        tb = batch_time(t, state)
+        m, s = self.sde.kernel(t)
+        if self.variable == "sigma":
+            return (-u.to(state.dtype) * m) * self.score_fn(m * state, tb)
+        g = self.sde.diffusion(t)
+        return (s * s / (g * g)) * self.sde.probability_flow(self.score_fn).drift(state, tb)
