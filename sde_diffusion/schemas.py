@@ -69,6 +69,8 @@ class TrainAppConfig:
     eval_points: int = MISSING
     threads: Any = MISSING  # a positive integer or "auto"
     progress: bool = MISSING
+    precision: str = MISSING  # fp32, bf16 or fp16
+    compile: bool = MISSING
 
 
 @dataclass
@@ -83,6 +85,8 @@ class SampleAppConfig:
     device: str = MISSING
     threads: Any = MISSING
     progress: bool = MISSING
+    precision: str = MISSING
+    compile: bool = MISSING
     task: str = MISSING
     mask: str = MISSING
     t0: float = MISSING
@@ -112,6 +116,8 @@ class EvalAppConfig:
     device: str = MISSING
     threads: Any = MISSING
     progress: bool = MISSING
+    precision: str = MISSING
+    compile: bool = MISSING
     backend: str = MISSING
     bound: str = MISSING
     variance: str = MISSING

@@ -22,6 +22,7 @@ from .. import distributed
 from .._checks import check_range
 from ..config import ConfigError, one_line
 from ..distances import sliced_wasserstein
+from ..precision import check_compile, check_precision
 from ..training import CheckpointError, UnreadableCheckpointError
 
 log = logging.getLogger("sde_diffusion")
@@ -203,6 +204,20 @@ def set_threads(value) -> int:
         except ValueError as err:
             raise ConfigError(str(err)) from None
     return torch.get_num_threads()
+
+
+def speed_settings(cfg, device) -> tuple[str, bool]:
+    """The checked ``precision`` and ``compile`` keys for ``device``; what this machine cannot run
+    (fp16/bf16 where unsupported, compile without a compiler) is a one-line ConfigError at start-up."""
+    try:
+        return check_precision(cfg.get("precision", "fp32"), device), check_compile(cfg.get("compile", False), device)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def speed_text(precision: str, compiled: bool) -> str:
+    """``", bf16, compiled"``: what the start line adds for settings other than the default."""
+    return ("" if precision == "fp32" else f", {precision}") + (", compiled" if compiled else "")
 
 
 def thread_text(n: int) -> str:

@@ -33,6 +33,7 @@ from .. import distributed
 from .._atomic import write_atomically
 from ..config import ConfigError
 from ..likelihood.evaluate import evaluate_nll
+from ..precision import accelerate
 from ..runs import load_run
 from ._common import (
     check_composes,
@@ -44,6 +45,8 @@ from ._common import (
     say,
     set_threads,
     show_progress,
+    speed_settings,
+    speed_text,
     thread_text,
     torchrun_session,
 )
@@ -119,10 +122,20 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     device = f"cuda:{ctx.local_rank}" if ctx.active and str(cfg.device) in ("auto", "cuda") and torch.cuda.is_available() else cfg.device
     trained = load_run(run_dir, device)
     require_score_run(trained, PROG)
+    precision, compiled = speed_settings(cfg, trained.device)
+    if precision != "fp32" and cfg.bound in ("ode", "latent"):
+        raise ConfigError(
+            f"precision={precision}: the ODE likelihood (bound={cfg.bound}) runs the network in fp32, its adaptive solver "
+            f"controls errors far below {precision}'s rounding; use precision=fp32, or bound=elbo/vlb"
+        )
+    trained.score_model = accelerate(trained.score_model, precision=precision, compile=compiled, device=trained.device)
     data = trained.data
     if ctx.is_main:
         procs = f" x {ctx.world_size} processes" if ctx.active else ""
-        say(f"{PROG}: {cfg.split} split of step {trained.step} of {trained.run_dir} on {trained.device}, {thread_text(threads)}{procs}")
+        say(
+            f"{PROG}: {cfg.split} split of step {trained.step} of {trained.run_dir} on {trained.device}, "
+            f"{thread_text(threads)}{procs}{speed_text(precision, compiled)}"
+        )
     settings = {key: cfg[key] for key in SETTINGS + BOUND_SETTINGS.get(cfg.bound, ())}
     latent = latent_codec(trained.config, trained.device)
     codec = None

@@ -35,6 +35,7 @@ from .._noise import PerSampleNoise
 from ..conditioning import downsample
 from ..config import ConfigError, build_sampler, on_driver, one_line
 from ..plotting import image_grid, plot_samples
+from ..precision import accelerate
 from ..runs import load_run
 from ..samplers.base import SamplerOutput
 from ..samplers.controllable import MASK_REGIONS, inpaint, inpainting_mask, sdedit
@@ -56,6 +57,8 @@ from ._common import (
     set_threads,
     show_progress,
     sliced_w2_to_held_out,
+    speed_settings,
+    speed_text,
     super_resolve_with,
     thread_text,
 )
@@ -279,8 +282,13 @@ def run(cfg: DictConfig, out_dir: Path, *, sampler_name: str = "sampler") -> dic
         raise ConfigError(f"run_dir={run_dir} is not a directory; pass the directory sde-train wrote")
     trained = load_run(run_dir, cfg.device)
     require_score_run(trained, PROG)
+    precision, compiled = speed_settings(cfg, trained.device)
+    trained.score_model = accelerate(trained.score_model, precision=precision, compile=compiled, device=trained.device)
     score = _score(cfg, trained)
-    say(f"{PROG}: {cfg.task} with {sampler_name} from step {trained.step} of {trained.run_dir} on {trained.device}, {thread_text(threads)}")
+    say(
+        f"{PROG}: {cfg.task} with {sampler_name} from step {trained.step} of {trained.run_dir} on {trained.device}, "
+        f"{thread_text(threads)}{speed_text(precision, compiled)}"
+    )
     try:
         drawn, inputs, mask, extra = _draw(cfg, trained, score, sampler_name, n, batch_size, seed, progress)
     except ValueError as err:

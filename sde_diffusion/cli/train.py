@@ -29,6 +29,7 @@ from ..likelihood.evaluate import evaluate_nll
 from ..losses.autoencoder import autoencoder_terms
 from ..losses.classification import NOISE_LEVELS, noisy_accuracy
 from ..plotting import accuracy_curve, image_grid, loss_curve, plot_samples
+from ..precision import accelerate
 from ..samplers.cold import ALGORITHMS, cold_sample
 from ..samplers.draw import DrawnSamples, draw_samples, super_resolve
 from ..scores import GuidedScore, check_guidance
@@ -47,6 +48,8 @@ from ._common import (
     set_threads,
     show_progress,
     sliced_w2_to_held_out,
+    speed_settings,
+    speed_text,
     super_resolve_with,
     thread_text,
     torchrun_session,
@@ -201,6 +204,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     if ctx.active and exp.device.type == "cuda":
         exp.device = torch.device("cuda", ctx.local_rank)  # one GPU per process under torchrun
     eval_points = _eval_points(cfg)
+    precision, compiled = speed_settings(cfg, exp.device)
     guidance = _guidance(cfg, exp.score_model)
     _check_resume_matches(cfg, run_dir)
     sr_dir = cascade_sr_dir(cfg)  # a cascade's second stage, loaded before training: a wrong one fails at once
@@ -227,6 +231,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         lr_schedule=exp.lr_schedule,
         conditioner=exp.conditioner,
         row_weights=row_weights,
+        precision=precision,
+        compile=compiled,
     )
     if ctx.is_main:
         if exp.options.resume:  # accepted: record the config it continues with (Hydra was told not to)
@@ -239,7 +245,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         )
         say(
             f"{PROG}: {exp.data.name} with {process} to step {exp.options.steps} on {exp.device}, "
-            f"{thread_text(threads)}{procs}; run directory {run_dir}"
+            f"{thread_text(threads)}{procs}{speed_text(precision, compiled)}; run directory {run_dir}"
         )
         if trainer.step:
             say(f"{PROG}: resumed from step {trainer.step}")
@@ -261,7 +267,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     held_out_loss = evaluate_loss(ema, exp.sde, test, loss_fn=exp.loss_fn, seed=int(cfg.seed))
     held_out_loss_raw = evaluate_loss(raw, exp.sde, test, loss_fn=exp.loss_fn, seed=int(cfg.seed))
     held_out_nll = _held_out_nll(exp, ema, eval_points, int(cfg.seed))
-    drawn = _sample(exp, ema, int(cfg.n_samples), int(cfg.seed), exp.options.progress, guidance)
+    sampling_net = accelerate(ema, precision=precision, compile=compiled, device=exp.device)
+    drawn = _sample(exp, sampling_net, int(cfg.n_samples), int(cfg.seed), exp.options.progress, guidance)
     samples, nfe, sample_sec = drawn.samples.float(), drawn.batch_nfe[0], drawn.seconds
     stage: dict = {}  # the summary of a second stage: a cascade's super-resolution or a latent run's decoder
     if sr is not None:  # the cascade's second stage: the base samples super-resolved

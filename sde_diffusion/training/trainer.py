@@ -22,6 +22,7 @@ from .._shapes import check_data
 from ..conditioning import Conditioning
 from ..distributed import SINGLE, DistributedContext, all_reduce_mean
 from ..losses import denoising_score_matching
+from ..precision import accelerate, check_compile, check_precision
 from ..sdes.base import SDE
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .ema import EMA
@@ -110,6 +111,11 @@ class Trainer:
 
     ``row_weights`` ``(N,)`` weight each training row's loss (prior preservation:
     :func:`sde_diffusion.finetune.prior_weights`); the batch loss is the mean of the weighted values.
+
+    Speed (:mod:`sde_diffusion.precision`): ``precision="bf16"`` or ``"fp16"`` runs the training
+    forward pass under autocast (weights, gradients, optimiser and EMA stay float32); fp16 scales the
+    loss with a ``torch.amp.GradScaler`` (checkpointed), which skips a step whose gradients overflow
+    instead of stopping. ``compile=True`` trains through ``torch.compile`` of the network.
     """
 
     def __init__(
@@ -130,8 +136,13 @@ class Trainer:
         lr_schedule: ScheduleFactory | None = None,
         conditioner: Conditioner | None = None,
         row_weights: Tensor | None = None,
+        precision: str = "fp32",
+        compile: bool = False,
     ):
         self.conditioner = conditioner
+        self.precision = check_precision(precision, device)
+        # fp16 only: bf16 has float32's exponent range, its gradients do not underflow
+        self.scaler = torch.amp.GradScaler(torch.device(device).type, enabled=self.precision == "fp16")
         if row_weights is not None and (row_weights.shape != (data.shape[0],) or not bool((row_weights >= 0).all())):
             raise ValueError(
                 f"row_weights must be ({data.shape[0]},) non-negative weights, one per training row; got shape {tuple(row_weights.shape)}"
@@ -169,11 +180,14 @@ class Trainer:
         self.on_step: list[Callable[[Trainer], None]] = []
         if options.resume:
             self._resume()
-        self.net: nn.Module = self.model  # what the training forward pass calls
+        # what the training forward pass calls: the model under autocast, in DDP, compiled
+        self.net: nn.Module = accelerate(self.model, precision=self.precision, device=self.device)
         self._ddp: nn.parallel.DistributedDataParallel | None = None  # the same wrapper, when distributed
         if dist.active:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = self._ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+            self.net = self._ddp = nn.parallel.DistributedDataParallel(self.net, device_ids=device_ids)
+        if check_compile(compile, self.device):
+            self.net = cast(nn.Module, torch.compile(self.net))
 
     # ---------------------------------------------------------------------------- checkpoints
     @property
@@ -198,6 +212,7 @@ class Trainer:
             "rng": rng,
             "config": self.config,
             **({"loss": self.loss_fn.state_dict()} if hasattr(self.loss_fn, "state_dict") else {}),
+            **({"grad_scaler": self.scaler.state_dict()} if self.scaler.is_enabled() else {}),
         }
 
     def save(self) -> Path | None:
@@ -217,6 +232,8 @@ class Trainer:
                 self.scheduler.load_state_dict(state["scheduler"])
             if "loss" in state and hasattr(self.loss_fn, "load_state_dict"):  # a stateful loss (importance sampler)
                 self.loss_fn.load_state_dict(state["loss"])
+            if "grad_scaler" in state and self.scaler.is_enabled():
+                self.scaler.load_state_dict(state["grad_scaler"])
         except (RuntimeError, KeyError, ValueError) as err:
             first = str(err).strip().splitlines()[0]
             raise CheckpointError(
@@ -262,15 +279,18 @@ class Trainer:
             with sync:  # DDP averages gradients across processes on the last micro-batch only
                 per_row = self.loss_fn(self._score_for(rows, gen), self.sde, self.data[rows], generator=gen)
                 micro = per_row.mean() if self.row_weights is None else (per_row * self.row_weights[rows]).mean()
-                (micro if n_acc == 1 else micro / n_acc).backward()
+                self.scaler.scale(micro if n_acc == 1 else micro / n_acc).backward()
             losses.append(micro.detach())
         loss = losses[0] if n_acc == 1 else torch.stack(losses).mean()
+        self.scaler.unscale_(self.optimizer)  # true gradients for clipping and the norm (no-op unless fp16)
         if opts.grad_clip is not None:
             grad_norm = nn.utils.clip_grad_norm_(self._params, opts.grad_clip)
         else:
             grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self._params if p.grad is not None]))
-        # a NaN on any process reaches every process through the averaged gradient: all stop together
-        if not bool(torch.isfinite(loss + grad_norm)):  # one check for both (a sum is finite iff both are, short of overflow)
+        # a NaN on any process reaches every process through the averaged gradient: all stop together.
+        # Under fp16 an overflowing gradient is the scaler's business (it skips the step, lowers the scale)
+        checked = loss if self.scaler.is_enabled() else loss + grad_norm
+        if not bool(torch.isfinite(checked)):  # one check for both (a sum is finite iff both are, short of overflow)
             where = (
                 f"; the last good checkpoint is {self.checkpoint_path}" if self.checkpoint_path and self.checkpoint_path.exists() else ""
             )
@@ -280,8 +300,14 @@ class Trainer:
                 f"the data for extreme values{where}"
             )
         self.last_lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used (logged)
-        self.optimizer.step()
-        self.scheduler.step()
+        self.scaler.step(self.optimizer)  # optimizer.step(), skipped by fp16's scaler on overflow
+        self.scaler.update()
+        if self.scaler.is_enabled():  # the schedule follows the step count, also past a skipped first step (torch warns)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+                self.scheduler.step()
+        else:
+            self.scheduler.step()
         self.ema.update()
         self.step += 1
         return loss, grad_norm.detach()
