@@ -124,7 +124,7 @@ def test_sampler_options_reach_the_driver(overrides, kind):
 @pytest.mark.parametrize("option", GROUPS["model"])
 def test_every_model_builds(option):
     cfg = _compose([f"model={option}"])
-    shape = (2,) if "mlp" in option else (1, 8, 8)
+    shape = (2,) if "mlp" in option else (3, 32, 32) if option == "ddpmpp_cifar" else (1, 8, 8)
     model = build_score_model(cfg, build_sde(cfg), shape, n_classes=10)
     out = (3, 10) if option.startswith("classifier") else (3, *shape)  # a classifier's logits, else the score
     if option == "autoencoder":  # no time: its forward is the reconstruction
@@ -142,6 +142,21 @@ def test_default_experiment_builds_on_the_cpu():
     exp = build_experiment(_compose(SMALL + ["device=cpu"]))
     assert exp.device == torch.device("cpu") and isinstance(exp.sde, sd.VPSDE)
     assert exp.score_model(exp.data.train[:3], torch.rand(3)).shape == (3, 2)
+
+
+def test_cifar_like_builds_the_ddpmpp_sized_unet_for_32x32_images(tmp_path):
+    """experiment=cifar_like: the user's 32x32 RGB images with the DDPM++-sized network of Song et al.
+    2021 (128 channels, levels 32/16/8/4, 4 blocks each, attention at 16) and their CIFAR-10 settings."""
+    import numpy as np
+
+    path = tmp_path / "images.npz"
+    np.savez(path, x=np.random.default_rng(0).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8))
+    exp = build_experiment(_compose(["experiment=cifar_like", f"data.path={path}", "device=cpu"]))
+    assert exp.data.data_shape == (3, 32, 32) and exp.data.levels == 256 and isinstance(exp.sde, sd.VPSDE)
+    assert sum(p.numel() for p in exp.score_model.parameters()) == pytest.approx(58.7e6, rel=0.01)
+    assert (exp.options.batch_size, exp.options.lr, exp.options.warmup_steps, exp.options.ema_decay) == (128, 2e-4, 5000, 0.9999)
+    with torch.no_grad():
+        assert exp.score_model(exp.data.train[:2], torch.rand(2)).shape == (2, 3, 32, 32)
 
 
 @pytest.mark.parametrize(
