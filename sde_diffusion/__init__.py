@@ -57,6 +57,7 @@ from .models import (
     VelocityParameterization,
     VPredictionParameterization,
 )
+from .precision import MixedPrecision, accelerate
 from .runs import TrainedRun, load_run
 from .samplers import (
     AncestralPredictor,
@@ -113,6 +114,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SDE",
+    "accelerate",
+    "MixedPrecision",
     "GaussianPathSDE",
     "EDMSDE",
     "RectifiedFlow",

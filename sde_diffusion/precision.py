@@ -8,9 +8,12 @@ range needs a gradient scaler in training (:class:`~sde_diffusion.training.Train
 bf16 has float32's range and needs none. ``compile=True`` hands the network to ``torch.compile``
 (TorchInductor: fused kernels, C++ on the CPU, Triton on CUDA).
 
-The probability-flow likelihood keeps the network in float32 whatever the setting: its adaptive
-solver controls the error to ``rtol = 1e-5``, and bf16's 8-bit mantissa (relative rounding
-``4e-3``) would make the field it integrates noisy at that level (``sde-eval`` refuses it).
+The probability-flow likelihood needs the network in float32: its adaptive solver controls the
+error to ``rtol = 1e-5``, and bf16's 8-bit mantissa (relative rounding ``4e-3``) would make the
+field it integrates noisy at that level; ``sde-eval`` refuses reduced precision for the ODE bounds
+(``sde-train``'s held-out NLL always uses the plain EMA network). It refuses compilation there too:
+the divergence differentiates the network once per probe through ``torch.vmap``
+(``is_grads_batched``), which a compiled graph does not support.
 """
 
 from __future__ import annotations

@@ -159,3 +159,16 @@ def test_bf16_training_and_sampling_in_the_apps(tmp_path):
     assert 0 < np.abs(bf16 - fp32).mean() < 0.05 * np.abs(fp32).mean()
     code, _, err = run_app("eval", f"run_dir={run}", "precision=bf16", "n_points=8", f"hydra.run.dir={tmp_path / 'e'}", cwd=tmp_path)
     assert code == 2 and "the ODE likelihood (bound=ode) runs the network in fp32" in err and err.count("\n") == 1, err
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="torch.compile on the CPU needs a C++ compiler")
+def test_sde_eval_refuses_a_compiled_network_for_the_ode_likelihood(tmp_path):
+    """The divergence's batched vector-Jacobian products (torch.vmap) fail on a compiled graph."""
+    model, sde = _mlp()
+    with pytest.raises(RuntimeError):
+        sd.log_likelihood(sde, accelerate(model, compile=True), torch.randn(4, 2))
+    run = tmp_path / "run"
+    code, _, err = run_app("train", "train.steps=5", "n_samples=10", "eval_points=0", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert code == 0, err
+    code, _, err = run_app("eval", f"run_dir={run}", "compile=true", "n_points=8", f"hydra.run.dir={tmp_path / 'e'}", cwd=tmp_path)
+    assert code == 2 and "compile=true: the ODE likelihood (bound=ode)" in err and err.count("\n") == 1, err

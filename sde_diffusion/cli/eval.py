@@ -128,6 +128,11 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             f"precision={precision}: the ODE likelihood (bound={cfg.bound}) runs the network in fp32, its adaptive solver "
             f"controls errors far below {precision}'s rounding; use precision=fp32, or bound=elbo/vlb"
         )
+    if compiled and cfg.bound in ("ode", "latent"):
+        raise ConfigError(
+            f"compile=true: the ODE likelihood (bound={cfg.bound}) differentiates the network per probe through torch.vmap, "
+            f"which compiled graphs do not support; use compile=false, or bound=elbo/vlb"
+        )
     trained.score_model = accelerate(trained.score_model, precision=precision, compile=compiled, device=trained.device)
     data = trained.data
     if ctx.is_main:
