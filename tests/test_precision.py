@@ -140,6 +140,8 @@ def test_the_apps_refuse_them_at_start_up(tmp_path):
     code, out, err = run_app("train", "precision=fp8", "train.steps=2", f"hydra.run.dir={tmp_path / 'a'}", cwd=tmp_path)
     assert code == 2 and err.count("\n") == 1 and "precision must be one of fp32, bf16, fp16" in err, err
     assert not (tmp_path / "a").exists()
+    code, out, err = run_app("train", "precision=fp16", "train.steps=2", f"hydra.run.dir={tmp_path / 'b'}", cwd=tmp_path)
+    assert code == 2 and err.count("\n") == 1 and "precision=fp16 is for CUDA devices" in err, err
 
 
 def test_bf16_training_and_sampling_in_the_apps(tmp_path):

@@ -166,6 +166,20 @@ def test_log_snr_and_its_inverse():
 
 
 @pytest.mark.parametrize(
+    "sde", [sd.VPSDE(), sd.VPSDE(0.5, 7.0), sd.SubVPSDE(), sd.SubVPSDE(1.0, 12.0), sd.VESDE(), sd.VESDE(0.002, 80.0)], ids=repr
+)
+def test_closed_form_inverse_log_snr_equals_the_bisection(sde):
+    """VP, sub-VP and VE invert the log-SNR in closed form (the likelihood's log-SNR and sigma
+    variables call it at every step); it must be the generic bisection's answer, clamps included."""
+    t = torch.cat([torch.tensor([1e-7, 1e-5], dtype=torch.float64), torch.linspace(1e-3, 1.0, 200, dtype=torch.float64)])
+    lam = torch.cat([sde.log_snr(t), torch.tensor([sde.log_snr(1e-9).item() + 5.0, sde.log_snr(1.0).item() - 5.0], dtype=torch.float64)])
+    generic = sd.SDE.time_from_log_snr(sde, lam, 1e-6)
+    torch.testing.assert_close(sde.time_from_log_snr(lam, 1e-6), generic, rtol=1e-12, atol=1e-14)
+    assert type(sde).time_from_log_snr is not sd.SDE.time_from_log_snr  # not the bisection itself
+    assert sde.time_from_log_snr(lam[-2:], 1e-6).tolist() == [1e-6, 1.0]  # beyond the ends: clamped
+
+
+@pytest.mark.parametrize(
     "make, message",
     [
         (lambda: sd.VPSDE(beta_min=20, beta_max=0.1), "beta_min .* must be smaller than beta_max"),

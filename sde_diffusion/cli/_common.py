@@ -208,11 +208,15 @@ def set_threads(value) -> int:
 
 def speed_settings(cfg, device) -> tuple[str, bool]:
     """The checked ``precision`` and ``compile`` keys for ``device``; what this machine cannot run
-    (fp16/bf16 where unsupported, compile without a compiler) is a one-line ConfigError at start-up."""
+    (bf16 where unsupported, compile without a compiler) or should not (fp16 on the CPU, which the
+    library accepts) is a one-line ConfigError at start-up."""
     try:
-        return check_precision(cfg.get("precision", "fp32"), device), check_compile(cfg.get("compile", False), device)
+        precision, compiled = check_precision(cfg.get("precision", "fp32"), device), check_compile(cfg.get("compile", False), device)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    if precision == "fp16" and torch.device(device).type == "cpu":  # runs, but no CPU has fast fp16 arithmetic
+        raise ConfigError("precision=fp16 is for CUDA devices: on the CPU it trains 6-20x slower than fp32; use precision=bf16")
+    return precision, compiled
 
 
 def speed_text(precision: str, compiled: bool) -> str:

@@ -37,6 +37,11 @@ class LinearBeta:
     def integral(self, t: Tensor) -> Tensor:
         return self.beta_min * t + 0.5 * t**2 * (self.beta_max - self.beta_min)
 
+    def inverse_integral(self, big_b: Tensor) -> Tensor:
+        """The ``t`` with ``B(t) = big_b`` (``>= 0``): the quadratic's positive root, written
+        ``2 B / (beta_min + sqrt(beta_min^2 + 2 B (beta_max - beta_min)))`` to stay exact at ``B -> 0``."""
+        return 2.0 * big_b / (self.beta_min + torch.sqrt(self.beta_min**2 + 2.0 * big_b * (self.beta_max - self.beta_min)))
+
     def __repr__(self) -> str:
         return f"LinearBeta(beta_min={self.beta_min}, beta_max={self.beta_max})"
 

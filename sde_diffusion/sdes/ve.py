@@ -55,6 +55,12 @@ class VESDE(GaussianPathSDE):
     def variance_rate(self, t: Tensor) -> Tensor:
         return 2.0 * self._log_ratio * self.sigma(t) ** 2
 
+    def time_from_log_snr(self, log_snr: Tensor, eps: float = 0.0, *, iterations: int = 60) -> Tensor:
+        """Closed form: ``s^2 = e^-lambda = sigma_min^2 (e^(2 t L) - 1)`` with ``L = log(sigma_max / sigma_min)``,
+        so ``t = log1p(e^-lambda / sigma_min^2) / (2 L)``. Float64, clamped to ``[eps, T]``."""
+        ratio = torch.exp(-torch.as_tensor(log_snr, dtype=torch.float64)) / self.sigma_min**2
+        return (torch.log1p(ratio) / (2.0 * self._log_ratio)).clamp(min=eps, max=self.T)
+
     def drift(self, x: Tensor, t: Tensor) -> Tensor:  # zero: skip the product with the zero rate
         return torch.zeros_like(x)
 

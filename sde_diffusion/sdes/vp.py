@@ -45,6 +45,15 @@ class VariancePreservingSDE(GaussianPathSDE):
         t = torch.as_tensor(t)
         return self.schedule.beta(t) * torch.exp(-self.schedule.integral(t))
 
+    def time_from_log_snr(self, log_snr: Tensor, eps: float = 0.0, *, iterations: int = 60) -> Tensor:
+        """Closed form when the schedule can invert ``B``: ``e^lambda = 1 / (e^B - 1)`` gives
+        ``B = log(1 + e^-lambda)``, then ``t = B^-1``; otherwise the base class's bisection. Float64,
+        clamped to ``[eps, T]``."""
+        if not hasattr(self.schedule, "inverse_integral"):
+            return super().time_from_log_snr(log_snr, eps, iterations=iterations)
+        big_b = torch.nn.functional.softplus(-torch.as_tensor(log_snr, dtype=torch.float64))
+        return self.schedule.inverse_integral(big_b).clamp(min=eps, max=self.T)
+
     def discretize(self, x: Tensor, t: float | Tensor, dt: float | Tensor) -> tuple[Tensor, Tensor]:
         t, dt = batch_time(t, x), batch_time(dt, x)
         beta_i = (self.schedule.beta(t) * dt).clamp(max=self.max_step_beta)
@@ -100,6 +109,14 @@ class SubVPSDE(GaussianPathSDE):
         t = torch.as_tensor(t)
         big_b = self.schedule.integral(t)
         return 2.0 * self.schedule.beta(t) * torch.exp(-big_b) * -torch.expm1(-big_b)
+
+    def time_from_log_snr(self, log_snr: Tensor, eps: float = 0.0, *, iterations: int = 60) -> Tensor:
+        """Closed form: with ``a = m^2 = e^-B`` and ``r = e^-lambda``, ``(1 - a)^2 = r a``, whose root in
+        ``(0, 1)`` is ``a = 2 / (2 + r + sqrt(r^2 + 4 r))``; then ``B = -log a`` and ``t = B^-1``.
+        Float64, clamped to ``[eps, T]``."""
+        r = torch.exp(-torch.as_tensor(log_snr, dtype=torch.float64))
+        big_b = torch.log(0.5 * (2.0 + r + torch.sqrt(r * r + 4.0 * r)))
+        return self.schedule.inverse_integral(big_b).clamp(min=eps, max=self.T)
 
     def __repr__(self) -> str:
         return f"SubVPSDE(beta_min={self.schedule.beta_min}, beta_max={self.schedule.beta_max})"
