@@ -551,7 +551,7 @@ def markdown(result: dict) -> str:
         f"marginal at T as the prior; target error: the t-solve's at rtol = atol = {REFERENCE_TOL:.0e}; NFE and seconds at it "
         "interpolated linearly in log-log between sweep points ('<=': the loosest tolerance already reaches it; '-': no tolerance "
         "of the sweep reaches it). Seconds include each variable's own cost per evaluation: log_snr and sigma find t(u) by "
-        "the SDE's time_from_log_snr (a 60-step bisection for these four SDEs). Plot: speed.png.",
+        "the SDE's time_from_log_snr (closed forms for VP, sub-VP and VE; a 60-step bisection for cosine VP, hence its seconds). Plot: speed.png.",
         "",
         f"## E. Digits model from B: log_likelihood by time variable ({budget['digits_points']} dequantized held-out digits, "
         "Hutchinson with one fixed probe, fp32)",
