@@ -81,6 +81,17 @@ def test_ddp_training_equals_one_process_with_the_same_global_batch(trained):
     assert (root / "ddp" / ".hydra" / "config.yaml").exists()
 
 
+def test_streamed_ddp_training_equals_one_process(tmp_path):
+    """train.data_on_device=false: every process gathers the same counter-based global batch from host
+    memory (through loader workers) and trains its share of it; the result equals one process."""
+    stream = [*TINY, "train.steps=12", "train.data_on_device=false", "train.data_workers=1"]
+    ddp = _torchrun("sde-train", [*stream, f"hydra.run.dir={tmp_path / 'ddp'}"], tmp_path)
+    assert ddp.returncode == 0, ddp.stderr
+    single = _single("sde-train", [*stream, "train.grad_accumulation=2", f"hydra.run.dir={tmp_path / 'single'}"], tmp_path)
+    assert single.returncode == 0, single.stderr
+    _assert_same_weights(tmp_path / "ddp", tmp_path / "single")
+
+
 def test_sharded_evaluation_equals_one_process(trained):
     """110 points in batches of 40: rank 0 solves two batches, rank 1 one, each adaptive solve with
     its own step count; the results are gathered once at the end, so nothing waits mid-solve."""

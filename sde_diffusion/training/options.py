@@ -33,6 +33,11 @@ class TrainOptions:
         label_dropout: for class-conditional training, the probability in [0, 1) that a sample's
             label is replaced by the null label (classifier-free guidance, Ho & Salimans 2022: 0.1
             to 0.2); unused without labels.
+        data_on_device: true: the training data are moved to the training device once and each
+            batch is an index into them (small data sets); false: they stay in host memory and each
+            step's rows are gathered ahead by ``data_workers`` processes and copied to the device
+            (:mod:`~sde_diffusion.training.streaming`; data larger than the device's memory).
+        data_workers: loader processes for ``data_on_device=false`` (0: gather in the training process).
     """
 
     steps: int = 20_000
@@ -48,11 +53,16 @@ class TrainOptions:
     progress: bool = True
     label_dropout: float = 0.1
     grad_accumulation: int = 1
+    data_on_device: bool = True
+    data_workers: int = 2
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "checkpoint_every", "log_every", "grad_accumulation"):
             setattr(self, name, check_range(f"train.{name}", getattr(self, name), low=1, integer=True))
         self.warmup_steps = check_range("train.warmup_steps", self.warmup_steps, low=0, integer=True)
+        self.data_workers = check_range(
+            "train.data_workers", self.data_workers, low=0, integer=True, hint="0 gathers in the training process"
+        )
         self.lr = check_range("train.lr", self.lr, low=0, low_open=True, hint="try 1e-3")
         self.grad_clip = check_range("train.grad_clip", self.grad_clip, low=0, optional=True, hint="0 or null disables clipping") or None
         self.ema_decay = check_range("train.ema_decay", self.ema_decay, low=0, high=1, high_open=True, hint="0.999 is typical")
@@ -64,6 +74,6 @@ class TrainOptions:
             high_open=True,
             hint="0.1 trains the null label on a tenth of the samples, for classifier-free guidance; 0 disables guidance",
         )
-        for name in ("resume", "progress", "ema_warmup"):
+        for name in ("resume", "progress", "ema_warmup", "data_on_device"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"train.{name} must be true or false, got {getattr(self, name)!r}")

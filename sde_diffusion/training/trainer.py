@@ -8,7 +8,7 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, cast
@@ -30,6 +30,7 @@ from .interrupt import StopRequest, TrainingInterrupted
 from .metrics import MetricsLog
 from .options import TrainOptions
 from .schedules import lr_schedule as warmup_lr_schedule
+from .streaming import stream_batches
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,13 @@ class Trainer:
         self.device = torch.device(device)
         self.model = score_model.to(self.device)
         self.sde = sde
-        self.data = check_data(data, "training data").to(self.device)
+        self.data = check_data(data, "training data")
+        if options.data_on_device:
+            self.data = self.data.to(self.device)
+        elif self.data.device.type != "cpu":
+            raise ValueError(f"train.data_on_device=false streams the data from host memory; they are on {self.data.device}")
+        self._batches: Iterator[tuple[Tensor, Tensor]] | None = None  # streamed batches from step self._stream_from
+        self._stream_from = -1
         self.labels = None if labels is None else _check_labels(labels, self.data, score_model).to(self.device)
         self.options = options
         self.loss_fn = loss_fn
@@ -265,19 +272,20 @@ class Trainer:
         """One optimiser step over the global batch; returns this process's mean loss and the
         gradient norm (unsynchronised tensors)."""
         opts = self.options
-        idx = torch.randint(self.data.shape[0], (opts.batch_size,), generator=self.generator, device=self.device)
+        idx, x0 = self._next_batch()
         self.optimizer.zero_grad(set_to_none=True)
         per_micro = opts.batch_size // self.micro_batches
         n_acc = opts.grad_accumulation
         losses = []
         for a in range(n_acc):
             c = self.dist.rank * n_acc + a  # this micro-batch's place in the global batch
-            rows = idx[c * per_micro : (c + 1) * per_micro]
+            part = slice(c * per_micro, (c + 1) * per_micro)
+            rows, x0_micro = idx[part], x0[part]
             gen = self._micro_generator.manual_seed(derive_seed(self.seed, self.step, c))
             last = a == n_acc - 1
             sync = contextlib.nullcontext() if last or self._ddp is None else self._ddp.no_sync()
             with sync:  # DDP averages gradients across processes on the last micro-batch only
-                per_row = self.loss_fn(self._score_for(rows, gen), self.sde, self.data[rows], generator=gen)
+                per_row = self.loss_fn(self._score_for(rows, gen, x0_micro), self.sde, x0_micro, generator=gen)
                 micro = per_row.mean() if self.row_weights is None else (per_row * self.row_weights[rows]).mean()
                 self.scaler.scale(micro if n_acc == 1 else micro / n_acc).backward()
             losses.append(micro.detach())
@@ -312,8 +320,22 @@ class Trainer:
         self.step += 1
         return loss, grad_norm.detach()
 
-    def _score_for(self, idx: Tensor, generator: torch.Generator) -> Callable[[Tensor, Tensor], Tensor]:
-        """The score the loss trains on the rows ``data[idx]``: the model itself without labels; with
+    def _next_batch(self) -> tuple[Tensor, Tensor]:
+        """This step's global batch: row indices ``(B,)`` and rows ``(B, *dims)`` on the device. Resident
+        data: indices from the Trainer's generator. Streamed data: the counter-based indices of
+        :mod:`.streaming`, gathered ahead by the loader (restarted when the step is not the next one
+        it holds, e.g. after a resume)."""
+        opts = self.options
+        if opts.data_on_device:
+            idx = torch.randint(self.data.shape[0], (opts.batch_size,), generator=self.generator, device=self.device)
+            return idx, self.data[idx]
+        if self._batches is None or self._stream_from != self.step:
+            self._batches = stream_batches(self.data, opts.batch_size, self.seed, self.step, self.device, workers=opts.data_workers)
+        self._stream_from = self.step + 1
+        return next(self._batches)
+
+    def _score_for(self, idx: Tensor, generator: torch.Generator, x0: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
+        """The score the loss trains on the rows ``x0 = data[idx]``: the model itself without labels; with
         labels, ``score(x, t) = model(x, t, y)`` for the rows' labels after label dropout."""
         if self.labels is None and self.conditioner is None:
             return self.net
@@ -324,7 +346,7 @@ class Trainer:
             y = torch.where(drop, null_label, y)
         if self.conditioner is None:
             return lambda x, t, **kwargs: self.net(x, t, y, **kwargs)
-        cond = self.conditioner.training(self.data[idx], generator)
+        cond = self.conditioner.training(x0, generator)
         return lambda x, t, **kwargs: self.net(x, t, y, cond=cond, **kwargs)
 
     def _stop_requested(self, stop: StopRequest) -> int | None:
