@@ -17,14 +17,6 @@ from sde_diffusion.precision import MixedPrecision, accelerate, check_compile, c
 from sde_diffusion.training import load_checkpoint
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _mlp(seed=0, shape=(2,)):
     torch.manual_seed(seed)
     sde = sd.VPSDE()

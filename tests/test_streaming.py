@@ -13,14 +13,6 @@ import sde_diffusion as sd
 from sde_diffusion.training.streaming import step_indices
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _data(n=200):
     return torch.randn(n, 2, generator=torch.Generator().manual_seed(0))
 
