@@ -98,10 +98,6 @@ BACKENDS = {"torchdiffeq": _solve_torchdiffeq, "scipy": solve_ivp_reference}
 def _check_options(sde, eps, rtol, atol, divergence, probe, n_probes, backend, method, options, time_variable) -> None:
     if time_variable not in TIME_VARIABLES:
         raise ValueError(f"time_variable must be one of {TIME_VARIABLES}, got {time_variable!r}")
-    if time_variable != "t" and not sde.has_kernel:
-        raise ValueError(
-            f"time_variable={time_variable} needs an SDE with a closed-form kernel; {type(sde).__name__} has none: use time_variable=t"
-        )
     if divergence not in DIVERGENCES:
         raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
     if probe not in PROBES:

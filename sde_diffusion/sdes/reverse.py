@@ -96,6 +96,7 @@ class TimeChangedFlow:
         self.sde = sde
         self.score_fn = score_fn
         self.variable = variable
+        self._flow_in_t = sde.probability_flow(score_fn)
 
     def u(self, t: float | Tensor) -> Tensor:
         """The new variable at time ``t``, in float64."""
@@ -119,4 +120,4 @@ class TimeChangedFlow:
         if self.variable == "sigma":
             return (-u.to(state.dtype) * m) * self.score_fn(m * state, tb)
         g = self.sde.diffusion(t)
-        return (s * s / (g * g)) * self.sde.probability_flow(self.score_fn).drift(state, tb)
+        return (s * s / (g * g)) * self._flow_in_t.drift(state, tb)
