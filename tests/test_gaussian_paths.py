@@ -128,6 +128,62 @@ def test_a_users_path_gives_the_closed_form_likelihood():
     assert (exact_terminal - dist.log_prob(x, eps, sde)).abs().max() / 2 < 1e-4
 
 
+class ConstantMeanPath(sd.GaussianPathSDE):
+    """A VE-type user path written as the README writes paths: ``m = torch.ones_like(t)`` (no graph
+    back to ``t``) and ``s = 0.05 (1000)^t``; the derived SDE is ``dx = s sqrt(2 ln 1000) dw`` with zero drift."""
+
+    def mean_coeff(self, t):
+        return torch.ones_like(t)
+
+    def std(self, t):
+        return 0.05 * 1000.0**t
+
+
+class ConstantNumberPath(ConstantMeanPath):
+    """The same path with ``m`` a plain number, which does not even have ``t``'s shape."""
+
+    def mean_coeff(self, t):
+        return 1.0
+
+
+@pytest.mark.parametrize("path", [ConstantMeanPath, ConstantNumberPath])
+def test_a_path_with_a_constant_mean_coefficient_has_zero_drift_and_the_closed_form_diffusion(path):
+    sde, t = path(), torch.linspace(0.0, 1.0, 11, dtype=F64)
+    x = torch.randn(11, 3, dtype=F64, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(sde.drift(x, t), torch.zeros_like(x))
+    torch.testing.assert_close(sde.diffusion(t), 0.05 * 1000.0**t * math.sqrt(2 * math.log(1000.0)))
+    m, s = sde.kernel(t)
+    assert m.shape == s.shape == t.shape and torch.equal(m, torch.ones_like(t))
+    assert sde.prior_std == pytest.approx(50.0)
+
+
+@pytest.mark.parametrize(
+    "sampler, options, grid, n_steps",
+    [(sd.euler_maruyama, {}, sd.uniform_time_grid, 1000), (sd.probability_flow_sampler, {"method": "rk4"}, sd.uniform_time_grid, 100)],
+)
+def test_a_constant_mean_path_samples_with_the_reverse_sde_and_the_probability_flow(sampler, options, grid, n_steps):
+    """The samplers that use the drift and diffusion (not only the kernel) on the constant-m path:
+    Gaussian data's mean and covariance at eps within 5 standard errors."""
+    sde, dist, eps, n = ConstantMeanPath(), gaussian(dim=2, seed=4), 1e-3, 8000
+    g = torch.Generator().manual_seed(5)
+    x_T = sde.prior_sample((n, 2), generator=g, dtype=F64)
+    with torch.no_grad():
+        out = sampler(sde, dist.score_fn(sde), x_T, grid(sde, n_steps, eps, dtype=F64), generator=g, **options).samples
+    _, s = sde.kernel(torch.tensor(eps, dtype=F64))
+    mean, cov = dist.means[0], dist.covs[0] + s**2 * torch.eye(2, dtype=F64)
+    assert ((out.mean(0) - mean).abs() < 5 * (cov.diagonal() / n).sqrt()).all(), (out.mean(0), mean)
+    se_cov = ((cov**2 + cov.diagonal()[:, None] * cov.diagonal()[None, :]) / n).sqrt()
+    assert ((torch.cov(out.T) - cov).abs() < 5 * se_cov + 0.01 * cov.abs().max()).all(), (torch.cov(out.T), cov)
+
+
+def test_a_constant_mean_path_gives_the_closed_form_likelihood():
+    sde, dist, eps = ConstantMeanPath(), mixture(dim=2, seed=1), 1e-3
+    x = dist.sample(16, generator=torch.Generator().manual_seed(0), dtype=F64)
+    out = log_likelihood(sde, dist.score_fn(sde), x, eps=eps, rtol=1e-8, atol=1e-8)
+    exact_terminal = out.logp - sde.prior_logp(out.latent) + dist.log_prob(out.latent, sde.T, sde)
+    assert (exact_terminal - dist.log_prob(x, eps, sde)).abs().max() / 2 < 1e-4
+
+
 def test_a_users_path_trains():
     """Denoising score matching through the Trainer: a small network learns the score of Gaussian
     data well enough that its ODE samples recover the data mean and spread."""
@@ -230,7 +286,9 @@ def test_the_flow_matching_loss_equals_dsm_with_its_weighting(sde):
     model = sd.VelocityParameterization(net, sde)
     x0 = torch.randn(256, 2, dtype=F64, generator=torch.Generator().manual_seed(2))
     eps = 1e-3
-    dsm = sd.denoising_score_matching(model, sde, x0, weighting=sd.FlowMatchingWeighting(), eps=eps, generator=torch.Generator().manual_seed(3))
+    dsm = sd.denoising_score_matching(
+        model, sde, x0, weighting=sd.FlowMatchingWeighting(), eps=eps, generator=torch.Generator().manual_seed(3)
+    )
     g = torch.Generator().manual_seed(3)  # the same draws, in the loss's order: t, then z
     t = eps + (sde.T - eps) * torch.rand(256, generator=g, dtype=F64)
     z = torch.randn(x0.shape, generator=g, dtype=F64)
@@ -248,9 +306,17 @@ def test_rectified_flow_samples_a_mixture_and_its_likelihood_matches_vps():
     sde, dist, eps, n = sd.RectifiedFlow(), mixture(2, seed=5), 1e-3, 6000
     g = torch.Generator().manual_seed(11)
     exact = sde.perturb(dist.sample(n, generator=g, dtype=F64), eps, generator=g)[0]
-    ode = sd.dpm_solver_pp(sde, dist.score_fn(sde), sde.prior_sample((n, 2), generator=g, dtype=F64), sd.log_snr_time_grid(sde, 40, eps, dtype=F64))
+    ode = sd.dpm_solver_pp(
+        sde, dist.score_fn(sde), sde.prior_sample((n, 2), generator=g, dtype=F64), sd.log_snr_time_grid(sde, 40, eps, dtype=F64)
+    )
     # the reverse SDE from T = 0.999, where g^2 = 1998 is large but finite
-    em = sd.euler_maruyama(sde, dist.score_fn(sde), sde.prior_sample((n, 2), generator=g, dtype=F64), sd.uniform_time_grid(sde, 1000, eps, dtype=F64), generator=g)
+    em = sd.euler_maruyama(
+        sde,
+        dist.score_fn(sde),
+        sde.prior_sample((n, 2), generator=g, dtype=F64),
+        sd.uniform_time_grid(sde, 1000, eps, dtype=F64),
+        generator=g,
+    )
     for samples in (ode.samples, em.samples):
         for stat in (lambda z: z, lambda z: z**2):
             a, b = stat(samples), stat(exact)

@@ -24,18 +24,29 @@ from .._shapes import batch_time, expand_like
 from .base import SDE
 
 
+def _as_coefficient(value, t: Tensor) -> Tensor:
+    """A path coefficient as a tensor shaped and typed like ``t``: a user's ``m(t)`` may be a number,
+    a 0-d tensor or ``torch.ones_like(t)`` (a VE-type path, ``m = 1``), none of which depend on ``t``."""
+    value = torch.as_tensor(value, dtype=t.dtype, device=t.device)
+    return value.expand(t.shape) if value.shape != t.shape else value
+
+
 def _time_derivative(fn, t: Tensor) -> Tensor:
     """``d fn(t) / dt`` elementwise by autograd, computed in float64 and returned in ``t``'s dtype.
 
     The derivative at ``t = 0`` is taken at ``t = 1e-60``: a path with ``s ~ sqrt(t)`` (every VP
     path) has ``ds/dt = inf`` there, and autograd's ``0 * inf`` would give NaN where the limit of
-    ``d s^2 / dt`` is finite. (1e-60 leaves ``t^5`` above float64's smallest normal number.)"""
+    ``d s^2 / dt`` is finite. (1e-60 leaves ``t^5`` above float64's smallest normal number.) A
+    coefficient that does not depend on ``t`` (``torch.ones_like(t)``, a constant) has rate 0."""
     t = torch.as_tensor(t)
     dtype = t.dtype if t.is_floating_point() else torch.get_default_dtype()
     with torch.enable_grad():
         t64 = t.detach().to(torch.float64).clamp(min=1e-60).requires_grad_(True)
-        (grad,) = torch.autograd.grad(fn(t64).sum(), t64)
-    return grad.to(dtype)
+        out = _as_coefficient(fn(t64), t64)
+        if not out.requires_grad:  # no graph back to t: a constant coefficient
+            return torch.zeros_like(t64).to(dtype)
+        (grad,) = torch.autograd.grad(out.sum(), t64, allow_unused=True)
+    return (torch.zeros_like(t64) if grad is None else grad).to(dtype)
 
 
 class GaussianPathSDE(SDE):
@@ -68,25 +79,27 @@ class GaussianPathSDE(SDE):
 
     def log_mean_coeff_rate(self, t: Tensor) -> Tensor:
         """``d log m / dt``, elementwise (autograd unless overridden)."""
-        return _time_derivative(lambda u: torch.log(self.mean_coeff(u)), t)
+        return _time_derivative(lambda u: torch.log(_as_coefficient(self.mean_coeff(u), u)), t)
 
     def variance_rate(self, t: Tensor) -> Tensor:
         """``d s^2 / dt``, elementwise (autograd unless overridden)."""
-        return _time_derivative(lambda u: self.std(u) ** 2, t)
+        return _time_derivative(lambda u: _as_coefficient(self.std(u), u) ** 2, t)
 
     # --------------------------------------------------------------------------- derived facts
     def kernel(self, t: Tensor) -> tuple[Tensor, Tensor]:
         t = torch.as_tensor(t)
-        return self.mean_coeff(t), self.std(t)
+        if not t.is_floating_point():
+            t = t.to(torch.get_default_dtype())
+        return _as_coefficient(self.mean_coeff(t), t), _as_coefficient(self.std(t), t)
 
     def drift(self, x: Tensor, t: Tensor) -> Tensor:
         return expand_like(self.log_mean_coeff_rate(batch_time(t, x)), x) * x
 
     def diffusion(self, t: Tensor) -> Tensor:
         t = torch.as_tensor(t)
-        g2 = self.variance_rate(t) - 2.0 * self.log_mean_coeff_rate(t) * self.std(t) ** 2
+        g2 = self.variance_rate(t) - 2.0 * self.log_mean_coeff_rate(t) * self.kernel(t)[1] ** 2
         return g2.clamp(min=0.0).sqrt()
 
     @property
     def prior_std(self) -> float:
-        return float(self.std(torch.tensor(float(self.T), dtype=torch.float64)))
+        return float(self.kernel(torch.tensor(float(self.T), dtype=torch.float64))[1])
