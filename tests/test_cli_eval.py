@@ -25,11 +25,12 @@ from omegaconf import OmegaConf
 import sde_diffusion as sd
 from sde_diffusion._seeding import derive_seed
 from analytic import gaussian, mixture
+from apps import run_app
 from sde_diffusion.cli.eval import append_record
 from sde_diffusion.cli.eval import run as eval_run
 from sde_diffusion.config import ConfigError
 from sde_diffusion.likelihood import dequantize, log_likelihood
-from sde_diffusion.likelihood.evaluate import evaluate_nll, resolve_divergence
+from sde_diffusion.likelihood.evaluate import BOUND_MEANINGS, evaluate_nll, resolve_divergence
 
 EPS = 1e-5
 IMAGE = (1, 8, 8)
@@ -260,6 +261,28 @@ def test_sde_eval_writes_records_equal_to_log_likelihood(run_dir, tmp_path):
     assert record["bpd"] is None and record["seconds"] > 0
     assert (record["split"], record["n_points"], record["divergence"], record["checkpoint_step"]) == ("test", 48, "exact", 30)
     assert record["run_dir"] == str(trained.run_dir) and record["out_dir"] == str(out_dir)
+
+
+@pytest.mark.parametrize(
+    "bound, statement",
+    [
+        ("ode", "bound=ode: the exact NLL of the probability-flow ODE's model, which is not the reverse-SDE model"),
+        ("elbo", "bound=elbo: an upper bound on the NLL of the reverse-SDE (diffusion) model, not a bound on the ODE's NLL"),
+    ],
+)
+def test_sde_eval_says_which_model_its_number_is_of(run_dir, tmp_path, bound, statement):
+    # the ELBO bounds the reverse SDE's NLL, the ODE gives the flow's exactly: the ELBO can come out
+    # below the ODE's NLL, and the line and the record must not read as if one bounded the other
+    out_dir = tmp_path / "eval"
+    code, out, err = run_app(
+        "eval", f"run_dir={run_dir}", f"bound={bound}", "n_points=8", "progress=false", f"hydra.run.dir={out_dir}", cwd=tmp_path
+    )
+    assert code == 0, err
+    line = out.splitlines()[-1]
+    assert statement in line and line.count("\n") == 0
+    (record,) = json.loads((out_dir / "eval.json").read_text())
+    assert record["bound"] == bound and statement.removeprefix(f"bound={bound}: ") in record["measures"]
+    assert record["measures"] == BOUND_MEANINGS[bound]
 
 
 def _eval_config(run_dir, *overrides):

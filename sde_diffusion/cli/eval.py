@@ -1,4 +1,7 @@
-"""``sde-eval``: negative log-likelihood of a finished training run through the probability-flow ODE.
+"""``sde-eval``: negative log-likelihood of a finished training run through the probability-flow ODE,
+or an upper bound on the NLL of the reverse-SDE (diffusion) model by its ELBO or VLB (``bound``);
+the printed line and the record (``measures``) say which model the number is of, since neither
+bounds the other (:data:`~sde_diffusion.likelihood.evaluate.BOUND_MEANINGS`).
 
 ``sde-eval run_dir=<sde-train run dir>`` rebuilds the run's SDE, network (EMA weights) and data from
 the run directory alone, evaluates the mean NLL of a split with
@@ -207,7 +210,8 @@ def _summary_line(r: dict) -> str:
     if r["data_nll_nats_per_dim"] is not None:
         text += f" (exact data NLL {r['data_nll_nats_per_dim']:.4f})"
     per = "solve" if r["bound"] in ("ode", "latent") else "point"
-    return text + f"; {r['nfe']:.0f} NFE per {per}, {r['seconds']:.1f} s"
+    # what the number is of: the ODE's and the ELBO/VLB's are different models, neither bounds the other
+    return text + f"; {r['nfe']:.0f} NFE per {per}, {r['seconds']:.1f} s; bound={r['bound']}: {r['measures']}"
 
 
 @hydra.main(version_base=None, config_path="pkg://sde_diffusion.conf", config_name="eval")

@@ -1,5 +1,8 @@
 """Variational upper bounds on the negative log-likelihood, per point, in nats: DDPM's discrete VLB
-and the continuous-time ELBO. Both need no ODE solve; :func:`~sde_diffusion.likelihood.evaluate_nll`
+and the continuous-time ELBO. They bound the NLL of the diffusion model itself (the reverse chain,
+the reverse SDE), not that of the probability-flow ODE's density, a different model with the same
+score whose exact NLL :func:`~sde_diffusion.likelihood.log_likelihood` gives: neither bounds the
+other (Song, Durkan, Murray & Ermon 2021, Thm. 1 and Sec. 4). Both need no ODE solve; :func:`~sde_diffusion.likelihood.evaluate_nll`
 turns them into bits/dim with standard errors (``bound="vlb"``, ``"elbo"``).
 
 - :func:`discrete_vlb`: ``L_T + sum_{i=1}^T L_{i-1}`` of a discrete-time SDE's chain (Ho et al. 2020,

@@ -1,6 +1,10 @@
 """Mean negative log-likelihood of a data set with standard errors: the evaluation behind ``sde-eval``
-and the held-out NLL of ``sde-train``; by the probability-flow ODE, or bounded from above by DDPM's
-VLB or the continuous-time ELBO (``bound``, :mod:`.bounds`), with the same per-point bookkeeping.
+and the held-out NLL of ``sde-train``; the exact NLL of the probability-flow ODE's model, or an upper
+bound on the NLL of the diffusion model itself (the reverse SDE or DDPM's chain) by the
+continuous-time ELBO or DDPM's VLB (``bound``, :mod:`.bounds`), with the same per-point bookkeeping.
+These are two different models sharing one score network (Song, Durkan, Murray & Ermon 2021,
+Thm. 1 bounds the reverse SDE's ``p^SDE``; the ODE gives ``p^ODE`` exactly), so neither number
+bounds the other: the ELBO may come out below the ODE's NLL (``BOUND_MEANINGS``).
 
 Each point ``x_i`` gets one number, its NLL per dimension averaged over the randomness spent on it:
 
@@ -40,6 +44,20 @@ BOUNDS = ("ode", "vlb", "elbo", "elbo_dequantized", "latent")
 or the continuous-time ELBO (:mod:`.bounds`): with the discretized decoder on discrete data
 (``elbo``), or with the Gaussian decoder on dequantized data (``elbo_dequantized``); or, for a
 latent diffusion model, LSGM's bound on the images' NLL (``latent``, :mod:`.latent`)."""
+
+BOUND_MEANINGS = {
+    "ode": "the exact NLL of the probability-flow ODE's model, which is not the reverse-SDE model that bound=elbo/vlb bound",
+    "vlb": "an upper bound on the NLL of DDPM's discrete reverse chain (the ancestral sampler), not a bound on the ODE's NLL",
+    "elbo": "an upper bound on the NLL of the reverse-SDE (diffusion) model, not a bound on the ODE's NLL",
+    "elbo_dequantized": "an upper bound on the NLL of the reverse-SDE (diffusion) model of dequantized data, not a bound on the ODE's NLL",
+    "latent": "an upper bound on the NLL of the latent diffusion model (the decoder over the probability-flow ODE's prior on latents)",
+}
+"""What each bound is a number of, stored as ``measures`` in :func:`evaluate_nll`'s result and
+printed by ``sde-eval``. The ODE's density ``p^ODE`` and the reverse SDE's (or discrete chain's)
+``p^SDE`` are different models built from one score network: the ELBO and the VLB bound
+``-log p^SDE`` (Song, Durkan, Murray & Ermon 2021, Thm. 1; Ho et al. 2020, Eq. 5) and the ODE gives
+``-log p^ODE`` exactly (Song et al. 2021, App. D), so neither bounds the other. They agree only when
+the score is exact, where both models have the same marginals."""
 
 
 def resolve_variance(variance: str, score_fn) -> str:
@@ -165,7 +183,8 @@ def evaluate_nll(
             ``K`` levels the time where ``s(t) / m(t) = w / (3 K)``, a third of a bin (on the 600-step
             digits VP model: 2.16 bits/dim there, against 6.61 at ``eps = 1e-5``, where the barely
             trained small-noise scores dominate; 2.22 at ``w / 1.5 K``, 2.51 at ``w / 6 K``), else ``eps``.
-    Returns: a JSON-ready dict: ``bound``, ``n_points``, ``dim`` (``D``), ``divergence`` (resolved),
+    Returns: a JSON-ready dict: ``bound``, ``measures`` (what the number is an NLL or a bound of,
+        ``BOUND_MEANINGS``: the ODE's and the bounds' are different models), ``n_points``, ``dim`` (``D``), ``divergence`` (resolved),
         ``nll_nats_per_dim`` and ``nll_stderr``; ``bpd`` and ``bpd_stderr`` (None for continuous
         data); ``data_nll_nats_per_dim`` and ``data_nll_stderr`` (None without ``density``);
         ``nfe`` (score evaluations per solve, averaged over batches), ``nfe_total``,
@@ -281,6 +300,7 @@ def evaluate_nll(
     )
     return {
         "bound": bound,
+        "measures": BOUND_MEANINGS[bound],
         **extra,
         "n_points": int(x_all.shape[0]),
         "dim": dim,
