@@ -158,6 +158,34 @@ def test_images_equal_their_flattened_points():
     assert image["nll_nats_per_dim"] == pytest.approx(exact_nll(dist, sde, x).mean().item(), abs=5e-4)
 
 
+def test_density_may_be_a_plain_callable_or_an_object_with_log_prob():
+    # a user's exact log-density as a lambda gives the data-NLL line of the object itself
+    dist = mixture(dim=2, seed=3)
+    sde = sd.VPSDE()
+    x = points(dist, 12)
+    common = {"bound": "elbo", "n_time_samples": 2}  # the data NLL does not depend on the bound; no solve
+    by_object = evaluate_nll(sde, dist.score_fn(sde), x, density=dist, **common)
+    by_lambda = evaluate_nll(sde, dist.score_fn(sde), x, density=lambda y: dist.log_prob(y), **common)
+    assert by_lambda["data_nll_nats_per_dim"] == by_object["data_nll_nats_per_dim"]
+    assert by_lambda["data_nll_stderr"] == by_object["data_nll_stderr"]
+    assert by_object["data_nll_nats_per_dim"] == pytest.approx((-dist.log_prob(x) / 2).mean().item(), abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "density, message",
+    [
+        (lambda y: -0.5 * y**2, r"must have shape \(8,\), one value in nats per point of x \(8, 2\), got \(8, 2\)"),
+        (lambda y: -0.5 * (y**2).sum(), r"must have shape \(8,\).*got \(\)"),
+        (3.0, "density must have log_prob\\(x\\) or be a callable"),
+    ],
+)
+def test_a_density_of_the_wrong_shape_is_refused_in_one_line(density, message):
+    dist, sde = gaussian(), sd.VPSDE()
+    with pytest.raises(ValueError, match=message) as err:
+        evaluate_nll(sde, dist.score_fn(sde), points(dist, 8), density=density, bound="elbo", n_time_samples=2)
+    assert "\n" not in str(err.value)
+
+
 def test_auto_divergence_is_exact_up_to_16_dimensions():
     assert [resolve_divergence("auto", d) for d in (2, 16, 17, 64)] == ["exact", "exact", "hutchinson", "hutchinson"]
     assert resolve_divergence("exact", 3072) == "exact"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -119,7 +120,7 @@ def evaluate_nll(
     atol: float = 1e-5,
     backend: str = "torchdiffeq",
     seed: int = 0,
-    density: Density | None = None,
+    density: Density | Callable[[Tensor], Tensor] | None = None,
     progress: bool = False,
     shard: DistributedContext = SINGLE,
     bound: str = "ode",
@@ -154,9 +155,14 @@ def evaluate_nll(
         seed: batch ``b`` (of ``batch_size`` points) draws its probes and dequantization noise from a
             generator seeded ``derive_seed(seed, b)``: the draws depend on ``seed`` and
             ``batch_size``, never on which process solves the batch.
-        density: the data's exact density, when known (``Dataset.distribution``); adds the exact
-            NLL of the same points (computed on the CPU in float64), the entropy estimate the
-            model's NLL should approach.
+        density: the data's exact density, when known: an object with ``log_prob(x)``
+            (``Dataset.distribution``, :class:`~sde_diffusion.data.GaussianMixture`, a
+            ``torch.distributions`` distribution over ``D``-vectors...; preferred when present) or a
+            plain callable ``x -> log p(x)``; given ``x`` ``(B, *dims)`` (float64, on the CPU) it
+            returns ``(B,)`` log-densities in nats, one per point (summed over the dimensions; a
+            wrong shape is refused before any solve). Adds the exact NLL of the same points
+            (``data_nll_nats_per_dim``, divided by ``D`` like the model's), the entropy estimate
+            the model's NLL should approach.
         progress: show a progress bar over points.
         shard: under torch.distributed, process ``r`` of ``W`` solves batches ``r, r + W, ...`` and
             the per-point results are gathered once at the end (no collective during the adaptive
@@ -226,6 +232,7 @@ def evaluate_nll(
     interval: tuple[float, float] | None = None
     if levels is not None and interval_width is not None:
         interval = (x_all.min().item(), x_all.min().item() + interval_width)
+    data_logp = None if density is None else _density_log_prob(density, x_all.cpu().double())
     sizes = [len(x) for x in x_all.split(batch_size)]
     batches = list(enumerate(x_all.split(batch_size)))[shard.rank :: shard.world_size]
     mine: dict[int, tuple] = {}
@@ -285,9 +292,7 @@ def evaluate_nll(
 
     nll_mean, nll_se = _mean_and_stderr(torch.cat(nll))
     bpd_mean, bpd_se = _mean_and_stderr(torch.cat(bpd)) if bpd else (None, None)
-    data_mean, data_se = (
-        _mean_and_stderr(nats_per_dim(density.log_prob(x_all.cpu().double()), dim)) if density is not None else (None, None)
-    )
+    data_mean, data_se = _mean_and_stderr(nats_per_dim(data_logp, dim)) if data_logp is not None else (None, None)
     parts = [v[3] for v in ordered if v[3] is not None]
     extra: dict = (
         {"terms_nats_per_dim": {k: torch.cat([p[k] for p in parts]).mean().item() for k in parts[0]}}
@@ -316,6 +321,22 @@ def evaluate_nll(
         "n_solves": len(nfe),
         "seconds": seconds,
     }
+
+
+def _density_log_prob(density, x: Tensor) -> Tensor:
+    """``log p(x)`` ``(B,)`` in nats of ``density`` (``evaluate_nll``'s argument) at ``x`` ``(B, *dims)``."""
+    log_prob = getattr(density, "log_prob", density)
+    if not callable(log_prob):
+        raise ValueError(
+            f"density must have log_prob(x) or be a callable x -> log p(x), got {type(density).__name__}; pass e.g. lambda x: my_log_p(x)"
+        )
+    logp = torch.as_tensor(log_prob(x))
+    if logp.shape != (x.shape[0],):
+        raise ValueError(
+            f"density's log p(x) must have shape ({x.shape[0]},), one value in nats per point of x {tuple(x.shape)}, "
+            f"got {tuple(logp.shape)}; sum the log-density over each point's dimensions"
+        )
+    return logp
 
 
 def _resolve_elbo_eps(elbo_eps, bound: str, sde: SDE, eps: float, levels, interval_width) -> float:
