@@ -80,6 +80,14 @@ def test_time_mlp_runs_in_float64():
     assert net(torch.randn(3, 2, dtype=torch.float64), torch.rand(3, dtype=torch.float64)).dtype == torch.float64
 
 
+def test_time_mlp_refuses_an_int_shape_naming_the_tuple():
+    # TimeMLP(2) is a natural first try for 2-D points; the shape of one sample is a tuple
+    with pytest.raises(ValueError, match=r"data_shape must be a tuple such as \(2,\) .* got 2; write TimeMLP\(\(2,\), \.\.\.\)") as err:
+        sd.TimeMLP(2, hidden_dim=8)
+    assert "\n" not in str(err.value)
+    assert sd.TimeMLP([2], hidden_dim=8).data_shape == (2,)  # any sequence of sizes is a shape
+
+
 @pytest.mark.parametrize("make", [lambda: sd.GaussianFourierEmbedding(7), lambda: sd.SinusoidalEmbedding(0), lambda: sd.TimeMLP((0,))])
 def test_bad_model_sizes_are_rejected(make):
     with pytest.raises(ValueError):

@@ -12,6 +12,14 @@ from .embeddings import GaussianFourierEmbedding
 class TimeMLP(nn.Module):
     """Raw network ``net(x, t)`` for data of shape ``(B, *data_shape)``; output has the same shape.
 
+    Args:
+        data_shape: the shape of one sample, a tuple (not an int): ``(2,)`` for 2-D points,
+            ``(1, 8, 8)`` for tiny images (``Dataset.data_shape``); ``TimeMLP(2)`` is refused.
+        hidden_dim, n_layers: width and number of the hidden layers.
+        time_embedding: a module mapping ``t`` ``(B,)`` to ``(B, dim)`` with an integer ``dim``
+            attribute; default :class:`~sde_diffusion.models.GaussianFourierEmbedding`.
+        learn_variance: also output the variance interpolation (below).
+
     The input is flattened to ``(B, D)``; the time embedding is projected and added to every hidden
     layer (as DDPM adds it to every block). SiLU activations; the last layer starts at zero so the
     initial output is 0, which is a sensible start for every parameterization.
@@ -30,6 +38,11 @@ class TimeMLP(nn.Module):
         learn_variance: bool = False,
     ):
         super().__init__()
+        if isinstance(data_shape, int) or not hasattr(data_shape, "__iter__"):
+            raise ValueError(
+                f"data_shape must be a tuple such as (2,) for 2-D points or (1, 8, 8) for images, got {data_shape!r}; "
+                f"write TimeMLP(({data_shape!r},), ...)"
+            )
         data_shape = tuple(int(d) for d in data_shape)
         if not data_shape or any(d < 1 for d in data_shape):
             raise ValueError(f"data_shape must be a non-empty tuple of positive sizes, got {data_shape}")
