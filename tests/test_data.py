@@ -169,6 +169,32 @@ def test_checkerboard_density_integrates_to_one_with_entropy_ln32():
 
 
 # ----------------------------------------------------------------------------- eight gaussians
+def test_mixture_scalar_covs_are_standard_deviations():
+    # covs=0.3 is a standard deviation despite the name: covariance 0.09 I, samples spread 0.3
+    mix = GaussianMixture([1.0, 1.0], [[0.0, 0.0], [10.0, 10.0]], covs=0.3)
+    assert torch.equal(mix.covs, torch.full((2,), 0.09, dtype=torch.float64).diag()[None].expand(2, 2, 2))
+    x = mix.sample(20_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    near = x[x[:, 0] < 5]
+    assert near.std(0) == pytest.approx(torch.full((2,), 0.3, dtype=torch.float64), rel=0.03)  # s.e. ~0.7 %
+    per_component = GaussianMixture([1.0, 1.0], [[0.0, 0.0], [10.0, 10.0]], covs=[0.3, 2.0])
+    assert per_component.covs[:, 0, 0].tolist() == pytest.approx([0.09, 4.0])
+
+
+@pytest.mark.parametrize(
+    "covs, message",
+    [
+        (-0.3, "covs as a scalar or \\(K,\\) = \\(2,\\) holds positive standard deviations"),
+        (0.0, "positive standard deviations"),
+        ([0.1, 0.2, 0.3], "positive standard deviations of isotropic components, got \\[0.1, 0.2, 0.3\\]"),
+        (torch.eye(2), "or be a scalar or \\(2,\\) standard deviations"),
+    ],
+)
+def test_mixture_bad_covs_name_what_a_scalar_means(covs, message):
+    with pytest.raises(ValueError, match=message) as err:
+        GaussianMixture([1.0, 1.0], [[0.0, 0.0], [1.0, 1.0]], covs=covs)
+    assert "\n" not in str(err.value)
+
+
 def test_eight_gaussians_match_their_mixture():
     gmm = sdd.eight_gaussians_mixture()
     assert gmm.n_components == 8

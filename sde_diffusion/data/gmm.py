@@ -23,8 +23,11 @@ class GaussianMixture:
     Args:
         weights: ``(K,)`` non-negative, normalised here.
         means: ``(K, D)``.
-        covs: ``(K, D, D)`` symmetric positive definite, or ``(K,)`` / scalar standard deviations
-            of isotropic components, or None for unit covariances.
+        covs: the components' covariances ``(K, D, D)``, symmetric positive definite; or, for
+            isotropic components, a scalar (shared by all ``K``) or ``(K,)`` positive numbers that
+            are STANDARD DEVIATIONS, not variances, despite the name: ``covs=0.3`` gives each
+            component the covariance ``0.09 I`` (samples spread 0.3 per coordinate); or None for
+            unit covariances ``I``.
         event_shape: shape of one sample (default ``(D,)``); e.g. ``(1, 8, 8)`` for tiny images.
     """
 
@@ -40,9 +43,16 @@ class GaussianMixture:
             covs = torch.eye(d, dtype=torch.float64).expand(k, d, d)
         covs = torch.as_tensor(covs, dtype=torch.float64)
         if covs.dim() <= 1:  # isotropic standard deviations
+            if covs.shape not in ((), (1,), (k,)) or not (covs > 0).all():
+                raise ValueError(
+                    f"covs as a scalar or (K,) = ({k},) holds positive standard deviations of isotropic components, got {covs.tolist()}"
+                )
             covs = (covs.expand(k) ** 2)[:, None, None] * torch.eye(d, dtype=torch.float64)
         if covs.shape != (k, d, d):
-            raise ValueError(f"covs must have shape (K, D, D) = ({k}, {d}, {d}), got {tuple(covs.shape)}")
+            raise ValueError(
+                f"covs must have shape (K, D, D) = ({k}, {d}, {d}), or be a scalar or ({k},) standard deviations "
+                f"of isotropic components, got {tuple(covs.shape)}"
+            )
         if not torch.allclose(covs, covs.transpose(1, 2)):
             raise ValueError("covariances must be symmetric")
         lam, vecs = torch.linalg.eigh(covs)
