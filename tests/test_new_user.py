@@ -279,6 +279,29 @@ def test_sde_sample_help_lists_only_its_own_group(tmp_path):
     assert "--cfg job" in proc.stdout and list(tmp_path.iterdir()) == []
 
 
+def test_sde_train_help_opens_with_its_own_header_and_lists_every_group(tmp_path):
+    # like sde-sample's help (issue 22: sde-train's opened with Hydra's stock "powered by Hydra" header)
+    proc = _app("sde-train", ["--help"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("sde-train: train a score network") and "is powered by Hydra" not in proc.stdout
+    assert "\n  sde-train sde=<name> model=<name> data=<name> train.steps=<N>\n" in proc.stdout  # the usage line
+    groups = proc.stdout.split("== Config groups (group=<name>) ==\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    listed = {line.split(":", 1)[0]: line.split(":", 1)[1] for line in groups}
+    assert list(listed) == ["sde", "model", "data", "loss", "train", "optim", "lr_schedule", "sampler", "degradation",
+                            "finetune", "train_task", "experiment"]  # fmt: skip
+    for group, line in listed.items():  # each with every option shipped in conf/<group>/
+        assert line.split("(")[0].strip() == ", ".join(_common.group_options()[group]), group
+    assert "ddpm, ddpm_cosine, edm" in listed["sde"] and "--cfg job" in proc.stdout and list(tmp_path.iterdir()) == []
+
+
+def test_sde_eval_help_says_what_its_bounds_are_of(tmp_path):
+    proc = _app("sde-eval", ["--help"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("sde-eval: negative log-likelihood") and "is powered by Hydra" not in proc.stdout
+    assert "neither number bounds the other" in proc.stdout and "\n  sde-eval run_dir=" in proc.stdout
+    assert "bound: ode" in proc.stdout and list(tmp_path.iterdir()) == []  # the config's keys follow
+
+
 def test_train_log_holds_the_runs_lines_and_samples_npz_the_raw_samples(ve_run):
     log = (ve_run / "train.log").read_text()
     assert re.search(r"^\[[\d\-: ,]+\] sde-train: checkerboard with VESDE", log, flags=re.M)

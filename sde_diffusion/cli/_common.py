@@ -17,6 +17,7 @@ from typing import NoReturn
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from omegaconf import OmegaConf
 
 from .. import distributed
 from .._checks import check_range
@@ -49,6 +50,20 @@ def group_options() -> dict[str, list[str]]:
         if entry.is_dir() and not entry.name.startswith(("_", ".")):
             groups[entry.name] = sorted(p.name[:-5] for p in entry.iterdir() if p.name.endswith(".yaml"))
     return groups
+
+
+HELP_RESOLVER = "sde_diffusion_group_options"
+"""``${sde_diffusion_group_options:<group>}`` in an app's ``hydra.help.template`` (conf/config.yaml,
+conf/sample.yaml) lists that config group's options, comma-separated."""
+
+
+def register_help_resolver() -> None:
+    """Register :data:`HELP_RESOLVER`; done when this module is imported, which every app's ``main``
+    does before Hydra renders ``--help``."""
+    OmegaConf.register_new_resolver(HELP_RESOLVER, lambda group: ", ".join(group_options()[group]), replace=True)
+
+
+register_help_resolver()
 
 
 def check_group_choices(prog: str, argv: list[str]) -> None:
