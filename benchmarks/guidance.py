@@ -111,7 +111,7 @@ from sklearn.linear_model import LogisticRegression  # noqa: E402
 import sde_diffusion as sd  # noqa: E402
 from sde_diffusion.config import build_experiment  # noqa: E402
 from sde_diffusion.losses.classification import NOISE_LEVELS, noisy_accuracy  # noqa: E402
-from sde_diffusion.plotting import _tile_images  # noqa: E402
+from sde_diffusion.plotting import _tile_images, fit_titles  # noqa: E402
 from sde_diffusion.samplers import draw_samples  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -442,23 +442,24 @@ def row_figure(rows: list[tuple[str, torch.Tensor]], n_cols: int, ax, title: str
     ax.set_xticks([])
     for side in ("top", "right", "bottom", "left"):
         ax.spines[side].set_visible(False)
+    ax.set_anchor("N")  # rows narrower than their box sit under the title; the saved PNG crops the rest
     ax.set_title(title, fontsize=9)
 
 
 def guidance_figure(rows, path: Path, title: str) -> None:
-    fig, ax = plt.subplots(figsize=(7.0, 0.6 * len(rows) + 1.2))
+    fig, ax = plt.subplots(figsize=(7.0, 0.6 * len(rows) + 1.2), layout="constrained")
     row_figure(rows, N_CLASSES, ax, title)
-    fig.tight_layout()
+    fit_titles(fig)  # a long title wraps over the images instead of running off the figure
     fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)
 
 
 def cold_figure(panels: list[tuple[str, list]], path: Path, title: str) -> None:
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 0.5 * len(panels[0][1]) + 1.2))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 0.5 * len(panels[0][1]) + 1.2), layout="constrained")
     for ax, (name, rows) in zip(np.atleast_1d(axes), panels, strict=True):
         row_figure(rows, 10, ax, name)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fit_titles(fig)
     fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)
 

@@ -1,8 +1,9 @@
 """Figures written by the apps: samples beside data, image grids, and the training loss curve.
 
 Matplotlib runs on the non-interactive Agg backend, so plots work on machines without a display.
-``scatter_figure`` and ``loss_figure`` return the open figure (for notebooks and tests); the functions
-taking a ``path`` save it as a PNG and close it.
+``scatter_figure``, ``loss_figure``, ``accuracy_figure`` and ``image_figure`` return the open figure
+(for notebooks and tests); the functions taking a ``path`` save it as a PNG and close it. Every title
+goes through :func:`fit_titles`: a long one wraps onto more lines instead of running off the figure.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker as ticker  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
 
 
 def scatter_samples(samples: torch.Tensor, data: torch.Tensor, path: str | Path, *, title: str = "", units: str | None = None) -> Path:
@@ -60,7 +62,7 @@ def scatter_figure(samples: torch.Tensor, data: torch.Tensor, *, title: str = ""
     axes[0].set_ylabel(ylabel)
     if title:
         fig.suptitle(title)
-    return fig
+    return fit_titles(fig)
 
 
 def _axis_labels(n_dims: int, units: str | None) -> tuple[str, str]:
@@ -70,8 +72,87 @@ def _axis_labels(n_dims: int, units: str | None) -> tuple[str, str]:
     return (f"{x} ({units})", f"{y} ({units})") if units else (x, y)
 
 
+def fit_titles(fig: plt.Figure) -> plt.Figure:
+    """Break every title of ``fig`` (each axes' centre title and the figure's suptitle) into lines at
+    word boundaries so that each fits the width it is centred over: its axes, or the figure (less a
+    2 % margin each side); grow the figure's height by the lines added, so the axes keep their size;
+    return ``fig``.
+
+    A title too wide for a figure would otherwise run off its edges (cut off in the PNG) or squeeze
+    the axes. The breaks are written into the text once, measured with the figure's renderer, rather
+    than left to matplotlib's ``wrap=True``, which re-wraps at save time to the cropped width of
+    ``bbox_inches="tight"`` after the layout has made room for fewer lines. Line breaks already in a
+    title are kept; a single word wider than the width gets a line of its own. Calling it again is
+    harmless: a wrapped title already fits. Figures with ``layout="constrained"`` make the vertical
+    room for the added lines.
+    """
+    # each title with the axes it is centred over (None: the suptitle, centred over the figure)
+    titles: list[tuple[Text, plt.Axes | None]] = [(ax.title, ax) for ax in fig.axes if ax.title.get_text()]
+    suptitle = getattr(fig, "_suptitle", None)  # matplotlib keeps fig.suptitle's Text here
+    if suptitle is not None and suptitle.get_text():
+        titles.append((suptitle, None))
+    if not titles:
+        return fig
+    texts = [t.get_text() for t, _ in titles]
+    for t, _ in titles:  # measure the axes as laid out without their titles, whose width could squeeze them
+        t.set_text("")
+    fig.draw_without_rendering()
+    widths = [0.96 * fig.bbox.width if ax is None else ax.get_window_extent().width for _, ax in titles]
+    grow = {"axes": 0.0, "figure": 0.0}  # inches: the tallest axes title's added lines, and the suptitle's
+    for (t, ax), text, width in zip(titles, texts, widths, strict=True):
+        wrapped = _wrap_text(t, text, width)
+        t.set_text(text)
+        before = t.get_window_extent().height
+        t.set_text(wrapped)
+        key = "figure" if ax is None else "axes"
+        grow[key] = max(grow[key], (t.get_window_extent().height - before) / fig.dpi)
+    if grow["axes"] + grow["figure"] > 0:
+        fig.set_figheight(fig.get_figheight() + grow["axes"] + grow["figure"])
+        # constrained layout places fixed-aspect axes (images, equal-aspect scatters) and their titles
+        # over a few passes, one per draw: lay out once more so the first drawing fits too
+        fig.draw_without_rendering()
+    return fig
+
+
+def _wrap_text(artist: Text, text: str, width: float) -> str:
+    """``text`` with line breaks added between words so that each line of ``artist`` (its font as set)
+    is at most ``width`` display pixels wide, existing breaks kept. Each paragraph takes the fewest
+    lines a greedy fill gives, balanced: filled to the narrowest width that still needs no more
+    lines (found by bisection), so a last line is not left with one word."""
+
+    def line_width(line: str) -> float:
+        artist.set_text(line)
+        return artist.get_window_extent().width
+
+    def greedy(words: list[str], limit: float) -> list[str]:
+        lines, current = [], ""
+        for word in words:
+            candidate = f"{current} {word}" if current else word
+            if current and line_width(candidate) > limit:
+                lines.append(current)
+                current = word
+            else:
+                current = candidate
+        return [*lines, current]
+
+    out = []
+    for paragraph in text.split("\n"):
+        words = paragraph.split(" ")
+        lines = greedy(words, width)
+        if len(lines) > 1:
+            lo, hi = 0.0, width
+            for _ in range(12):  # to width / 4096
+                mid = (lo + hi) / 2
+                lo, hi = (lo, mid) if len(greedy(words, mid)) <= len(lines) else (mid, hi)
+            lines = greedy(words, hi)
+        out += lines
+    return "\n".join(out)
+
+
 def _save_tight(fig: plt.Figure, path: Path) -> Path:
-    """Write ``fig`` as a PNG at 120 dpi cropped to its contents (``bbox_inches="tight"``), and close it."""
+    """Write ``fig`` as a PNG at 120 dpi cropped to its contents (``bbox_inches="tight"``), its titles
+    wrapped to fit (:func:`fit_titles`), and close it."""
+    fit_titles(fig)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
@@ -116,7 +197,7 @@ def loss_figure(records: list[dict], *, held_out: dict[str, float] | None = None
     bottom.set_xlabel("step")
     bottom.xaxis.set_major_locator(ticker.MaxNLocator(8, integer=True))
     bottom.xaxis.set_major_formatter(ticker.EngFormatter(sep=""))  # 20k, 1.5M
-    return fig
+    return fit_titles(fig)
 
 
 def _draw_loss(ax: plt.Axes, steps: list[int], loss: list[float], held_out: dict[str, float]) -> None:
@@ -155,8 +236,13 @@ class _PlainLogFormatter(ticker.LogFormatter):
 
 
 def accuracy_curve(times, accuracy, path: str | Path, *, chance: float | None = None, title: str = "") -> Path:
-    """Save a PNG of a classifier's held-out accuracy (``(M,)``) against the noise level ``t``
-    (``(M,)``), with the chance level as a dashed line when given."""
+    """Save :func:`accuracy_figure` as a PNG at ``path``."""
+    return _save_tight(accuracy_figure(times, accuracy, chance=chance, title=title), Path(path))
+
+
+def accuracy_figure(times, accuracy, *, chance: float | None = None, title: str = "") -> plt.Figure:
+    """A classifier's held-out accuracy (``(M,)``) against the noise level ``t`` (``(M,)``), with the
+    chance level as a dashed line when given."""
     fig, ax = plt.subplots(figsize=(6, 3.5), layout="constrained")
     ax.plot([float(t) for t in times], [float(a) for a in accuracy], marker="o", label="held-out accuracy")
     if chance is not None:
@@ -164,7 +250,7 @@ def accuracy_curve(times, accuracy, path: str | Path, *, chance: float | None = 
     ax.set(xlabel="t (noise level)", ylabel="accuracy", ylim=(0, 1.02), title=title or "classifier accuracy on noised held-out data")
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save_tight(fig, Path(path))
+    return fit_titles(fig)
 
 
 def _tile_images(images: torch.Tensor, n_cols: int, value_range: tuple[float, float], pad: int = 1) -> torch.Tensor:
@@ -189,7 +275,15 @@ def image_grid(
     max_images: int = 64,
     title: str = "",
 ) -> Path:
-    """Save the first ``max_images`` of ``samples`` ``(N, C, H, W)`` as a square-ish PNG grid.
+    """Save :func:`image_figure`, the first ``max_images`` of ``samples`` ``(N, C, H, W)`` as a
+    square-ish grid, as a PNG at ``path``."""
+    return _save(image_figure(samples, value_range=value_range, max_images=max_images, title=title), Path(path))
+
+
+def image_figure(
+    samples: torch.Tensor, *, value_range: tuple[float, float] = (-1.0, 1.0), max_images: int = 64, title: str = ""
+) -> plt.Figure:
+    """The first ``max_images`` of ``samples`` ``(N, C, H, W)`` as a square-ish grid.
 
     Values are mapped linearly from ``value_range = (lo, hi)`` (data units; ``(-1, 1)`` for images
     scaled to that interval) to black..white and clipped outside it. ``C = 1`` is drawn in grey,
@@ -209,10 +303,9 @@ def image_grid(
         title = f"{title} (channel 0 of {channels})".strip()
     n_cols = math.ceil(math.sqrt(images.shape[0]))
     grid = _tile_images(images, n_cols, (lo, hi))
-    path = Path(path)
     height, width = grid.shape[1:]
     scale = 6.0 / max(height, width)
-    fig, ax = plt.subplots(figsize=(max(width * scale, 2.0), max(height * scale, 2.0) + (0.4 if title else 0.0)))
+    fig, ax = plt.subplots(figsize=(max(width * scale, 2.0), max(height * scale, 2.0) + (0.4 if title else 0.0)), layout="constrained")
     if grid.shape[0] == 1:
         ax.imshow(grid[0].numpy(), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     else:
@@ -220,12 +313,13 @@ def image_grid(
     ax.set_axis_off()
     if title:
         ax.set_title(title)
-    return _save(fig, path)
+    return fit_titles(fig)
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
-    """Lay out, write as PNG at 120 dpi, and close ``fig``."""
-    fig.tight_layout()
+    """Write ``fig`` (laid out by its layout engine, titles wrapped by :func:`fit_titles`) as a PNG at
+    120 dpi, and close it."""
+    fit_titles(fig)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

@@ -11,7 +11,16 @@ import matplotlib.pyplot as plt
 import pytest
 import torch
 
-from sde_diffusion.plotting import loss_curve, loss_figure, plot_samples, scatter_figure
+from sde_diffusion.plotting import (
+    accuracy_figure,
+    fit_titles,
+    image_figure,
+    image_grid,
+    loss_curve,
+    loss_figure,
+    plot_samples,
+    scatter_figure,
+)
 
 
 def _records(n: int = 20, lr: bool = True) -> list[dict]:
@@ -127,3 +136,58 @@ def test_plot_samples_writes_a_png_without_warnings(tmp_path):
         path = plot_samples(x, x, tmp_path / "samples.png", title="title", units="standardized units")
     height, width, _ = matplotlib.image.imread(path).shape
     assert width > height > 300
+
+
+LONG_TITLE = (
+    "one sample per label 0..9, the same prior noise in every row; DPM-Solver++(2M), 50 steps; score model 1500 and "
+    "noisy classifier 1500 training steps, classifier guidance at scales 0, 2 and 8 beside classifier-free guidance"
+)
+
+
+def _long_titles(fig):
+    """The titles (of the axes, and the suptitle) holding LONG_TITLE, however wrapped."""
+    texts = [ax.title for ax in fig.axes] + ([fig._suptitle] if fig._suptitle is not None else [])
+    return [t for t in texts if t.get_text().replace("\n", " ") == LONG_TITLE]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda title: scatter_figure(torch.randn(200, 2), torch.randn(200, 2), title=title),  # the suptitle
+        lambda title: loss_figure(_records(), title=title),  # an axes title above two panels
+        lambda title: accuracy_figure([0.1, 0.5, 0.9], [0.9, 0.6, 0.2], chance=0.1, title=title),
+        lambda title: image_figure(torch.zeros(4, 1, 8, 8), title=title),  # a small grid: a narrow axes
+    ],
+    ids=["scatter", "loss", "accuracy", "image_grid"],
+)
+def test_a_long_title_wraps_inside_the_figure_and_leaves_the_axes_their_width(make):
+    # issue 22: the classifier-guidance figure's title ran past the figure's edge
+    short = make("t")
+    short.draw_without_rendering()
+    short_widths = [ax.get_window_extent().width for ax in short.axes]
+    plt.close(short)
+    fig = make(LONG_TITLE)
+    fig.canvas.draw()
+    (title,) = _long_titles(fig)
+    assert title.get_text().count("\n") >= 1  # wrapped: every word kept, in order
+    box, inside = title.get_window_extent(), fig.bbox
+    assert inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1, (box, inside)
+    # the figure grew by the added lines: the axes are as wide as under a short title (not squeezed)
+    assert [ax.get_window_extent().width for ax in fig.axes] == pytest.approx(short_widths, rel=0.02)
+    plt.close(fig)
+
+
+def test_fit_titles_keeps_a_title_that_fits_and_its_own_line_breaks():
+    fig, ax = plt.subplots(figsize=(6, 3), layout="constrained")
+    ax.set_title("short\ntwo lines")
+    height = fig.get_figheight()
+    assert fit_titles(fig) is fig and ax.get_title() == "short\ntwo lines" and fig.get_figheight() == height
+    plt.close(fig)
+
+
+def test_the_saved_png_holds_the_whole_wrapped_title(tmp_path):
+    # bbox_inches="tight" crops to the contents: the wrapped title's lines make the image taller than
+    # one line would, and no wider than the figure
+    short = matplotlib.image.imread(image_grid(torch.zeros(4, 1, 8, 8), tmp_path / "short.png", title="t")).shape
+    long = matplotlib.image.imread(image_grid(torch.zeros(4, 1, 8, 8), tmp_path / "long.png", title=LONG_TITLE)).shape
+    assert long[1] == short[1] and long[0] > short[0] + 3 * 12  # several added lines of ~12 px each at 120 dpi
