@@ -289,6 +289,22 @@ def _try_once(loss_fn: Callable, grid: Callable, score_model: nn.Module, sde: SD
         raise ConfigError(f"sampler.grid: {one_line(err)}") from None
 
 
+def _check_loss_fits_model(loss_fn, score_model) -> None:
+    """Refuse the flow-matching loss on a network that does not predict the velocity: the pair trains
+    (the loss is DSM with lambda = g^4 / 4) but badly, since the weighting is flat only for the
+    velocity (rectified flow, 2,000 steps on the checkerboard: sliced W2 0.70 with noise prediction,
+    the raw weights' held-out loss 2.3x the EMA's; 0.14 with model=mlp_velocity)."""
+    from .losses.weighting import FlowMatchingWeighting
+    from .scores import VelocityParameterization
+
+    weighting = getattr(loss_fn, "keywords", {}).get("weighting")
+    if isinstance(weighting, FlowMatchingWeighting) and not isinstance(score_model, VelocityParameterization):
+        raise ConfigError(
+            f"loss=flow_matching trains a network that predicts the velocity, but model.parameterization is "
+            f"{type(score_model).__name__}: add model=mlp_velocity (or model.parameterization._target_=sde_diffusion.VelocityParameterization)"
+        )
+
+
 def build_experiment(cfg: DictConfig) -> Experiment:
     """Validate and build the whole run; fails fast with a :class:`ConfigError`, before any training."""
     try:
@@ -305,5 +321,6 @@ def build_experiment(cfg: DictConfig) -> Experiment:
     conditioner = build_conditioner(cfg)
     torch.manual_seed(seed)  # the network's initial weights (and a fine-tuning run's adapters) follow the run's seed
     score_model, finetune = build_model_and_finetune(cfg, sde, data)
+    _check_loss_fits_model(loss_fn, score_model)
     _try_once(loss_fn, grid, score_model, sde, data, conditioner)
     return Experiment(device, sde, data, score_model, loss_fn, options, optimizer, lr_schedule, sampler, grid, conditioner, finetune)

@@ -1,4 +1,4 @@
-"""Reload a finished training run from its directory alone: config, SDE, data and EMA score model.
+"""Reload a finished training run from its directory alone: config, SDE, data and score model.
 
 :func:`load_run` is what ``sde-sample`` and ``sde-eval`` load a run with, and the way to write
 one's own sampling or likelihood script against a run of ``sde-train``. It belongs to the config
@@ -55,16 +55,25 @@ def _anchor_relative_paths(cfg: DictConfig, run_dir: Path) -> None:
             OmegaConf.update(cfg, key, str(Path(launch_dir) / path))
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "auto") -> TrainedRun:
+WEIGHTS = ("ema", "raw")
+"""Which weights of a checkpoint :func:`load_run` loads: the EMA of the weights (what ``sde-train``
+evaluates) or the raw weights of the last step."""
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "auto", *, weights: str = "ema") -> TrainedRun:
     """Load the run ``sde-train`` wrote in ``run_dir``: ``.hydra/config.yaml`` (a relative
     ``data.path`` is taken from where ``sde-train`` was launched) and ``checkpoints/last.pt``
     (verified, loaded without running code); a LoRA fine-tuning run's adapters are merged into the
     weights (:func:`~sde_diffusion.models.lora.merge_lora`). ``device``: ``auto`` (CUDA when present), ``cpu``,
-    ``cuda``, ``cuda:<index>`` or a ``torch.device``.
+    ``cuda``, ``cuda:<index>`` or a ``torch.device``. ``weights``: ``ema`` (the exponential moving
+    average, the default) or ``raw`` (the weights of the last step: better than a lagging EMA in
+    short runs, see ``sde-train``'s warnings).
 
     Raises :class:`~sde_diffusion.config.ConfigError` for a directory without a saved config and
     :class:`~sde_diffusion.training.CheckpointError` for a missing or damaged checkpoint.
     """
+    if weights not in WEIGHTS:
+        raise ConfigError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
     run_dir = Path(run_dir).expanduser().resolve()
     cfg_path = run_dir / ".hydra" / "config.yaml"
     if not cfg_path.is_file():
@@ -78,7 +87,9 @@ def load_run(run_dir: str | Path, device: str | torch.device = "auto") -> Traine
     data = build_dataset(cfg)
     model = build_model(cfg, sde, data)
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt", map_location=dev)
-    ema = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
-    model.load_state_dict(ema)
+    if weights == "ema":  # the EMA module's state: the averaged model under "module."
+        model.load_state_dict({k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")})
+    else:
+        model.load_state_dict(state["model"])
     merge_lora(model)  # a LoRA fine-tuning run samples at the base model's cost, with the same outputs (to round-off)
     return TrainedRun(run_dir, cfg, sde, data, model.to(dev).eval(), int(state["step"]), dev, build_conditioner(cfg))

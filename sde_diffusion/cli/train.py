@@ -30,6 +30,7 @@ from ..losses.autoencoder import autoencoder_terms
 from ..losses.classification import NOISE_LEVELS, noisy_accuracy
 from ..plotting import accuracy_curve, image_grid, loss_curve, plot_samples
 from ..precision import accelerate
+from ..sample_range import SampleRange, range_advice, sample_range
 from ..samplers.cold import ALGORITHMS, cold_sample
 from ..samplers.draw import DrawnSamples, draw_samples, super_resolve
 from ..scores import GuidedScore, check_guidance
@@ -270,6 +271,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     sampling_net = accelerate(ema, precision=precision, compile=compiled, device=exp.device)
     drawn = _sample(exp, sampling_net, int(cfg.n_samples), int(cfg.seed), exp.options.progress, guidance)
     samples, nfe, sample_sec = drawn.samples.float(), drawn.batch_nfe[0], drawn.seconds
+    # the model's own samples (latents for a latent run, base images for a cascade) against its held-out data
+    in_range = sample_range(samples, exp.data.test)
+    raw_check = _raw_weights_check(exp, raw, cfg, precision, compiled, guidance) if in_range.material else None
+    warnings = _warnings(exp, in_range, raw_check, held_out_loss, held_out_loss_raw, latent is not None)
     stage: dict = {}  # the summary of a second stage: a cascade's super-resolution or a latent run's decoder
     if sr is not None:  # the cascade's second stage: the base samples super-resolved
         _plot(samples, exp, ema, run_dir / "samples_low_res.png", title=f"{exp.data.name}: the cascade's base samples")
@@ -316,11 +321,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         "ema_decay_last_step": trainer.ema.last_decay,
         "held_out_loss_ema": held_out_loss,
         "held_out_loss_raw": held_out_loss_raw,
+        "held_out_loss_ema_over_raw": held_out_loss / held_out_loss_raw if held_out_loss_raw else None,
         **held_out_nll,
         "sampler": sampler_name,
         "nfe": nfe,
         "sample_seconds": round(sample_sec, 3),
         "sliced_w2_vs_held_out": sw2,
+        "sample_range": {**in_range.as_dict(), "of": "latents" if latent is not None else "base samples" if sr is not None else "samples"},
+        **({} if raw_check is None else {"raw_weights_check": raw_check[1]}),
         **stage,
         **finetuned,
         "n_samples": int(samples.shape[0]),
@@ -328,20 +336,70 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         "run_dir": str(run_dir),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    if held_out_loss - held_out_loss_raw > 0.2 * abs(held_out_loss_raw):
-        say(
-            f"{PROG}: WARNING: the EMA weights' held-out loss {held_out_loss:.4f} is far above the raw weights' "
-            f"{held_out_loss_raw:.4f}: the average still remembers early weights; train longer or lower train.ema_decay"
-        )
+    for warning in warnings:
+        say(f"{PROG}: WARNING: {warning}")
     ran = (
         f"{result.steps} steps" if not result.resumed_from else f"steps {result.resumed_from}-{result.steps} ({result.steps_run} run here)"
     )
     say(
         f"{PROG}: {ran} in {result.seconds:.1f} s ({result.steps_per_sec:.0f} steps/s); held-out loss {held_out_loss:.4f} "
         f"(raw weights {held_out_loss_raw:.4f}){_nll_text(held_out_nll)} and samples with the {_ema_text(trainer)}; "
-        f"{samples.shape[0]} samples by {sampler_name} ({nfe} NFE, {sample_sec:.1f} s), sliced W2 to held-out data {sw2:.4f}; wrote {run_dir}"
+        f"{samples.shape[0]} samples by {sampler_name} ({nfe} NFE, {sample_sec:.1f} s), sliced W2 to held-out data {sw2:.4f}, "
+        f"{_range_text(in_range, latent is not None)}; wrote {run_dir}"
     )
     return summary
+
+
+def _range_text(r: SampleRange, latent: bool) -> str:
+    """The summary line's range statement: ``"0.1% outside the data's range, largest |x| 1.1x the data's"``."""
+    what = "latents" if latent else "values"
+    return f"{100 * r.fraction_outside:.1f}% of {what} outside the data's range (largest |x| {r.max_abs_ratio:.1f}x the data's)"
+
+
+@torch.no_grad()
+def _raw_weights_check(exp, raw, cfg: DictConfig, precision: str, compiled: bool, guidance: float) -> tuple[SampleRange, dict]:
+    """Samples of the raw weights, drawn as the EMA's were (at most 1,000), when the EMA's leave the
+    data's range: do the raw weights do better? Returns their range and a summary entry."""
+    n = min(int(cfg.n_samples), 1000)
+    net = accelerate(raw, precision=precision, compile=compiled, device=exp.device)
+    drawn = _sample(exp, net, n, int(cfg.seed), exp.options.progress, guidance)
+    samples = drawn.samples.float()
+    r = sample_range(samples, exp.data.test)
+    return r, {"n_samples": n, "sample_range": r.as_dict(), "sliced_w2_vs_held_out": sliced_w2_to_held_out(samples, exp.data.test)}
+
+
+EMA_LAG = 0.1
+"""The EMA's held-out loss more than this fraction above the raw weights': the average lags."""
+
+
+def _warnings(exp, in_range: SampleRange, raw_check, loss_ema: float, loss_raw: float, latent: bool) -> list[str]:
+    """One line each for what the summary's numbers hide: samples outside the data's range, with the
+    likely cause (from the raw weights' samples, drawn when the EMA's stray: the EMA's lag or the
+    score itself), and an EMA whose held-out loss lags the raw weights'. (The other direction, raw
+    weights far worse than their average, is what an EMA is for: the summary keeps both losses.)"""
+    out = []
+    if in_range.material:
+        raw_range = None if raw_check is None else raw_check[0]
+        what = "the latents leave the latent data's range" if latent else "the samples leave the data's range"
+        out.append(f"{what}: {in_range.text()}; {range_advice(in_range, raw_range, hint=_path_hint(exp))}")
+    if loss_ema > (1 + EMA_LAG) * abs(loss_raw):
+        out.append(
+            f"the EMA weights' held-out loss {loss_ema:.4f} is {loss_ema / loss_raw:.2f}x the raw weights' {loss_raw:.4f}: the average still "
+            f"remembers early weights; train longer, lower train.ema_decay, or use the raw weights (weights=raw in sde-sample and sde-eval)"
+        )
+    return out
+
+
+def _path_hint(exp) -> str:
+    """A fix specific to the run's path and network for samples out of range, or ''."""
+    from ..scores import EpsilonParameterization
+
+    if isinstance(exp.score_model, EpsilonParameterization) and exp.sde.T > 1.5 and len(exp.data.data_shape) == 1:
+        return (
+            f"this path's time (the noise level) runs to {exp.sde.T:g}, where noise prediction and the default network's time features, "
+            f"made for t in [0, 1], fail: use model=mlp_edm (x0 prediction, time features for t up to 80)"
+        )
+    return ""
 
 
 @torch.no_grad()
