@@ -96,3 +96,25 @@ def test_the_ema_lag_warning_fires_in_one_direction_only():
     assert len(lag) == 1 and "1.15x the raw weights'" in lag[0]
     assert _warnings(Exp(), fine, None, loss_ema=1.0, loss_raw=3.0, latent=False) == []  # raw far worse: what the EMA is for
     assert _warnings(Exp(), fine, None, loss_ema=1.05, loss_raw=1.0, latent=False) == []
+
+
+def test_the_sweep_table_shows_the_range_and_names_the_runs_that_stray(tmp_path, capsys):
+    from sde_diffusion.cli.summarize import summarize
+
+    data = torch.linspace(-1, 1, 100)[:, None]
+    for name, scale in (("0", 1.0), ("1", 30.0)):
+        run = tmp_path / name
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "overrides.yaml").write_text(f"- seed={name}\n")
+        r = sample_range(data * scale, data)
+        summary = {
+            "steps": 10,
+            "samples_outside_range": r.fraction_outside,
+            "samples_max_abs_ratio": r.max_abs_ratio,
+            "sample_range": r.as_dict(),
+        }
+        (run / "summary.json").write_text(json.dumps(summary))
+    rows, shown = summarize(tmp_path)
+    assert {"samples_outside_range", "samples_max_abs_ratio"} <= set(shown)
+    out = capsys.readouterr().out
+    assert "WARNING: the samples of 1 run(s) leave the data's range" in out and out.rstrip().endswith(": 1")

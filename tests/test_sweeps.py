@@ -86,7 +86,12 @@ def test_collect_runs_reads_overrides_summary_and_last_eval(tmp_path):
     (run / "eval.json").write_text(json.dumps([{"nll_nats_per_dim": 9.0}, {"nll_nats_per_dim": 2.0}]))
     (row,) = collect_runs(tmp_path)
     assert row == {
-        "run": "0", "sde": "ve", "extra": "3", "steps": 5, "held_out_loss_ema": 1.5, "eval.nll_nats_per_dim": 2.0,
+        "run": "0",
+        "sde": "ve",
+        "extra": "3",
+        "steps": 5,
+        "held_out_loss_ema": 1.5,
+        "eval.nll_nats_per_dim": 2.0,
         "_overrides": {"sde", "extra"},
     }
 
@@ -128,7 +133,7 @@ def test_summary_shows_the_swept_overrides_and_main_metrics_and_the_csv_keeps_al
 
 
 def test_default_columns_include_bpd_and_eval_metrics_when_a_run_has_them(tmp_path):
-    _fake_sweep(tmp_path, extra_metrics={"held_out_bpd": 3.1})
+    _fake_sweep(tmp_path, extra_metrics={"held_out_bpd": 3.1, "samples_outside_range": 0.0, "samples_max_abs_ratio": 0.9})
     (tmp_path / "0" / "eval.json").write_text(json.dumps([{"bound": "vlb", "nll_nats_per_dim": 2.0, "bpd": 2.9, "n_points": 9}]))
     _, shown = summarize(tmp_path)
     assert [c for c in shown if c in DEFAULT_METRICS] == list(DEFAULT_METRICS)

@@ -42,6 +42,8 @@ DEFAULT_METRICS = (
     "held_out_nll_nats_per_dim",
     "held_out_bpd",
     "sliced_w2_vs_held_out",
+    "samples_outside_range",
+    "samples_max_abs_ratio",
     "nfe",
     "train_seconds",
     "eval.bound",
@@ -77,7 +79,10 @@ def collect_runs(root: str | Path) -> list[dict]:
         row["_overrides"] = set(overrides)
         summary = run / "summary.json"
         if summary.is_file():
-            row.update(_numbers(json.loads(summary.read_text())))
+            record = json.loads(summary.read_text())
+            row.update(_numbers(record))
+            if isinstance(record.get("sample_range"), dict) and record["sample_range"].get("material"):
+                row["samples_out_of_range"] = "yes"
         evals = run / "eval.json"
         if evals.is_file():
             records = json.loads(evals.read_text())
@@ -226,6 +231,12 @@ def summarize(
     table = markdown_table(rows, shown)
     (root / "summary.md").write_text(f"# Sweep {root}\n\n{len(rows)} runs\n\n{table}")
     print(table, end="")
+    strays = [r["run"] for r in rows if r.get("samples_out_of_range")]
+    if strays:
+        print(
+            f"{PROG}: WARNING: the samples of {len(strays)} run(s) leave the data's range (samples_outside_range, "
+            f"samples_max_abs_ratio; each run's train.log says why): {', '.join(strays)}"
+        )
     if metric and by:
         plot_metric(rows, metric, by, root / f"summary_{metric}_by_{by}.png")
     return rows, shown

@@ -6,9 +6,11 @@ Writes into the Hydra run directory: ``checkpoints/last.pt``, ``metrics.jsonl``,
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -153,23 +155,42 @@ def _eval_points(cfg: DictConfig) -> int:
         raise ConfigError(str(err)) from None
 
 
+PILOT_POINTS = 8
+"""Points of the pilot solve that prices the held-out NLL before it runs."""
+
+
 def _held_out_nll(exp, score_model, n_points: int, seed: int) -> dict:
     """Probability-flow NLL of ``score_model`` on the first ``n_points`` held-out points, with the
-    defaults of ``sde-eval`` (exact divergence for D <= 16, else Hutchinson); {} when ``n_points`` is 0."""
+    defaults of ``sde-eval`` (exact divergence for D <= 16, else Hutchinson); {} when ``n_points`` is 0.
+
+    A pilot solve on :data:`PILOT_POINTS` points first prices the evaluation (the solve's NFE is set
+    by the model, 400 on a good VP toy and thousands on a poor one, and each NFE costs in proportion
+    to the points); when the estimate passes 20 s it is printed, with how to skip or shrink it."""
     if n_points == 0:
         return {}
     data = exp.data
-    r = evaluate_nll(
+    n = min(n_points, data.test.shape[0])
+    nll = functools.partial(
+        evaluate_nll,
         exp.sde,
         score_model,
         data.test.to(exp.device),
         levels=data.levels,
         interval_width=data.interval_width,
-        n_points=min(n_points, data.test.shape[0]),
         seed=seed,
         density=data.distribution,
-        progress=exp.options.progress,
     )
+    if n > PILOT_POINTS:
+        pilot = nll(n_points=PILOT_POINTS)
+        points, mid = data.test[:n].to(exp.device), 0.5 * float(exp.sde.T)
+        estimate = pilot["seconds"] * _forward_seconds(score_model, points, mid) / _forward_seconds(score_model, points[:PILOT_POINTS], mid)
+        if estimate > 20:
+            say(
+                f"{PROG}: held-out NLL on {n} points next, about {_duration(estimate)} (a {PILOT_POINTS}-point solve took "
+                f"{pilot['nfe']:.0f} NFE, {pilot['seconds']:.1f} s); eval_points=<fewer> shrinks it, eval_points=0 skips it "
+                f"(sde-eval run_dir=... evaluates it later)"
+            )
+    r = nll(n_points=n, progress=exp.options.progress)
     summary = {"held_out_nll_nats_per_dim": r["nll_nats_per_dim"], "held_out_nll_stderr": r["nll_stderr"]}
     if r["bpd"] is not None:
         summary.update(held_out_bpd=r["bpd"], held_out_bpd_stderr=r["bpd_stderr"])
@@ -179,10 +200,28 @@ def _held_out_nll(exp, score_model, n_points: int, seed: int) -> dict:
     return summary
 
 
-def _nll_text(s: dict) -> str:
+@torch.no_grad()
+def _forward_seconds(score_model, x: torch.Tensor, t_mid: float) -> float:
+    """Seconds of one call ``score_model(x, t_mid)`` (the best of 3, after a warm-up call): the pilot
+    solve's time scales by the ratio of these on the full and the pilot batch."""
+    t = torch.full((x.shape[0],), t_mid, device=x.device)
+    score_model(x, t)
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        score_model(x, t)
+        times.append(time.perf_counter() - start)
+    return max(min(times), 1e-9)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
+def _nll_text(s: dict, latent: bool = False) -> str:
     if not s:
         return ""
-    text = f", NLL {s['held_out_nll_nats_per_dim']:.4f} nats/dim"
+    text = f", NLL {'of the latents ' if latent else ''}{s['held_out_nll_nats_per_dim']:.4f} nats/dim"
     if "held_out_bpd" in s:
         text += f" ({s['held_out_bpd']:.3f} bits/dim)"
     if "held_out_data_nll_nats_per_dim" in s:
@@ -298,6 +337,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         }
         exp.data = images  # plots and the sliced W2 below compare with the held-out images
     arrays = {"samples": samples.numpy()}
+    if samples.dim() == 4:  # images: the data's range, as the pictures show them; the sampler's values beside
+        test = exp.data.test
+        arrays.update(samples=samples.clamp(float(test.min()), float(test.max())).numpy(), samples_unclipped=samples.numpy())
     if sr is not None:
         arrays["samples_low_res"] = base.numpy()
     if latent is not None:
@@ -327,6 +369,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         "nfe": nfe,
         "sample_seconds": round(sample_sec, 3),
         "sliced_w2_vs_held_out": sw2,
+        "samples_outside_range": in_range.fraction_outside,  # top-level copies for sde-summarize's table
+        "samples_max_abs_ratio": in_range.max_abs_ratio,
         "sample_range": {**in_range.as_dict(), "of": "latents" if latent is not None else "base samples" if sr is not None else "samples"},
         **({} if raw_check is None else {"raw_weights_check": raw_check[1]}),
         **stage,
@@ -343,7 +387,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     )
     say(
         f"{PROG}: {ran} in {result.seconds:.1f} s ({result.steps_per_sec:.0f} steps/s); held-out loss {held_out_loss:.4f} "
-        f"(raw weights {held_out_loss_raw:.4f}){_nll_text(held_out_nll)} and samples with the {_ema_text(trainer)}; "
+        f"(raw weights {held_out_loss_raw:.4f}){_nll_text(held_out_nll, latent is not None)} and samples with the {_ema_text(trainer)}; "
         f"{samples.shape[0]} samples by {sampler_name} ({nfe} NFE, {sample_sec:.1f} s), sliced W2 to held-out data {sw2:.4f}, "
         f"{_range_text(in_range, latent is not None)}; wrote {run_dir}"
     )
