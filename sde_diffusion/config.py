@@ -8,6 +8,7 @@ line naming the config key and the fix. The entry points in :mod:`sde_diffusion.
 from __future__ import annotations
 
 import functools
+import importlib.resources
 import inspect
 import re
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from . import schemas  # noqa: F401  (registers the typed config schemas with Hy
 from ._checks import check_range
 from .conditioning import SuperResolution
 from .data.dataset import Dataset
+from .samplers.driver import sample_on_grid
 from .samplers.thresholding import thresholding
 from .sdes.base import SDE
 from .training.options import TrainOptions
@@ -186,7 +188,7 @@ def on_driver(fn: Callable) -> bool:
     return any(p.kind is inspect.Parameter.VAR_KEYWORD and p.name == "driver" for p in inspect.signature(fn).parameters.values())
 
 
-def build_sampler(cfg: DictConfig) -> tuple[Callable, Callable]:
+def build_sampler(cfg: DictConfig, sde: SDE | None = None) -> tuple[Callable, Callable]:
     """``(sampler_fn, grid_fn)``: call ``grid_fn(sde, dtype=..., device=...)`` for the time grid.
 
     ``sampler.n_steps``, when set, replaces the grid's ``n_steps`` (every grid function takes one).
@@ -194,13 +196,25 @@ def build_sampler(cfg: DictConfig) -> tuple[Callable, Callable]:
     ``sampler.denoise_to_zero`` and ``sampler.thresholding`` (with ``threshold_percentile`` and
     ``data_range``, in the model's units) become the driver's ``denoise_to_zero`` and
     ``x0_correction``; a sampler not on the driver (ode, torchsde) refuses them in one line.
+
+    A key that the sampler or grid function does not take (``eps`` after
+    ``sampler.grid._target_=...discrete_time_grid``) is refused here in one line with the fix, not
+    as a TypeError mid-run; given the run's ``sde``, the grid is built on it once, so that arguments
+    it refuses (too many steps of a chain, a grid the SDE has no times for) fail here too.
     """
     fn, grid = _build(cfg, "sampler.fn"), _build(cfg, "sampler.grid")
+    _check_keywords(fn, "sampler.fn")
+    _check_keywords(grid, "sampler.grid")
     n_steps = OmegaConf.select(cfg, "sampler.n_steps", default=None)
     if n_steps is not None:
         if "n_steps" not in inspect.signature(grid).parameters:
             raise ConfigError(f"sampler.n_steps: the grid {OmegaConf.select(cfg, 'sampler.grid._target_')} takes no n_steps")
         grid = functools.partial(grid, n_steps=int(n_steps))
+    if sde is not None:
+        try:
+            grid(sde, dtype=torch.float64)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"sampler.grid: {one_line(err)}") from None
     options: dict = {}
     if OmegaConf.select(cfg, "sampler.denoise_to_zero", default=False):
         options["denoise_to_zero"] = True
@@ -220,6 +234,46 @@ def build_sampler(cfg: DictConfig) -> tuple[Callable, Callable]:
         target = OmegaConf.select(cfg, "sampler.fn._target_")
         raise ConfigError(f"{keys} need a fixed-grid sampler (ddim, dpm_solver, unipc, ipndm, heun, pc, ...); {target} is not one")
     return (functools.partial(fn, **options) if options else fn), grid
+
+
+_DRIVER_OPTIONS = {n for n, p in inspect.signature(sample_on_grid).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+"""The options of the fixed-grid driver, which the samplers on it pass on (``**driver``)."""
+
+
+def _check_keywords(obj, key: str) -> None:
+    """Refuse the keys of ``cfg[key]`` (a partial function) that its function does not take, in one
+    line naming them and the fix; a sampler on the fixed-grid driver also takes the driver's options."""
+    if not isinstance(obj, functools.partial):
+        return
+    params = inspect.signature(obj.func).parameters
+    takes = {n for n, p in params.items() if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)}
+    if on_driver(obj.func):
+        takes |= _DRIVER_OPTIONS
+    elif len(takes) < len(params):  # **kwargs of its own: any key may be meant for it
+        return
+    unknown = sorted(set(obj.keywords) - takes)
+    if not unknown:
+        return
+    name = getattr(obj.func, "__name__", repr(obj.func))
+    own = ", ".join(n for n in params if n in takes and n not in ("sde", "score_fn", "x", "ts", "dtype", "device"))
+    option = _grid_option(f"{obj.func.__module__}.{name}") if key == "sampler.grid" else None
+    fix = f"remove it with '~{key}.{unknown[0]}'"
+    if option:  # likely sampler.grid._target_ set over another grid's keys
+        fix = f"choose the grid as sampler/grid={option}, which brings its own keys only, instead of by sampler.grid._target_; or {fix}"
+    has = f"its options: {own}" if own else "it has no options of its own"
+    raise ConfigError(f"{key}: {name}() takes no {', '.join(unknown)} ({has}); {fix}")
+
+
+def _grid_option(target: str) -> str | None:
+    """The shipped ``sampler/grid`` option (``conf/sampler/grid/``) that builds ``target``, if any."""
+    folder = importlib.resources.files("sde_diffusion.conf") / "sampler" / "grid"
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".yaml"):
+            continue
+        option = OmegaConf.create(entry.read_text())
+        if isinstance(option, DictConfig) and option.get("_target_") == target:
+            return entry.name.removesuffix(".yaml")
+    return None
 
 
 @dataclass
@@ -261,10 +315,10 @@ def build_conditioner(cfg: DictConfig):
     return conditioner
 
 
-def _try_once(loss_fn: Callable, grid: Callable, score_model: nn.Module, sde: SDE, data: Dataset, conditioner=None) -> None:
-    """Evaluate the loss on two training points and build the sampler's grid, so that a loss, model,
-    SDE or grid that do not fit together (``loss=ddpm_simple`` on a VP SDE, ``loss=ddpm_hybrid``
-    without a learned-variance model) fail here in one line, before the run starts. The network runs
+def _try_once(loss_fn: Callable, score_model: nn.Module, sde: SDE, data: Dataset, conditioner=None) -> None:
+    """Evaluate the loss on two training points, so that a loss, model and SDE that do not fit
+    together (``loss=ddpm_simple`` on a VP SDE, ``loss=ddpm_hybrid`` without a learned-variance
+    model) fail here in one line, before the run starts (:func:`build_sampler` tries the grid). The network runs
     in eval mode (no dropout draws: the global random stream stays as it was)."""
     training = score_model.training
     score_model.eval()
@@ -283,10 +337,6 @@ def _try_once(loss_fn: Callable, grid: Callable, score_model: nn.Module, sde: SD
         raise ConfigError(f"loss: {one_line(err)}") from None
     finally:
         score_model.train(training)
-    try:
-        grid(sde, dtype=torch.float64)
-    except ValueError as err:
-        raise ConfigError(f"sampler.grid: {one_line(err)}") from None
 
 
 def _check_loss_fits_model(loss_fn, score_model) -> None:
@@ -315,12 +365,12 @@ def build_experiment(cfg: DictConfig) -> Experiment:
     sde = build_sde(cfg)
     options = build_train_options(cfg)
     optimizer, lr_schedule = build_optimizer(cfg), build_lr_schedule(cfg)
-    sampler, grid = build_sampler(cfg)
+    sampler, grid = build_sampler(cfg, sde)  # its grid tried on the SDE
     data = build_dataset(cfg)
     loss_fn = build_loss(cfg, data)
     conditioner = build_conditioner(cfg)
     torch.manual_seed(seed)  # the network's initial weights (and a fine-tuning run's adapters) follow the run's seed
     score_model, finetune = build_model_and_finetune(cfg, sde, data)
     _check_loss_fits_model(loss_fn, score_model)
-    _try_once(loss_fn, grid, score_model, sde, data, conditioner)
+    _try_once(loss_fn, score_model, sde, data, conditioner)
     return Experiment(device, sde, data, score_model, loss_fn, options, optimizer, lr_schedule, sampler, grid, conditioner, finetune)

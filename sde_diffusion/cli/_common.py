@@ -28,7 +28,7 @@ from ..training import CheckpointError, UnreadableCheckpointError
 
 log = logging.getLogger("sde_diffusion")
 
-_GROUP_CHOICE = re.compile(r"^(?P<group>[a-z_]+)=(?P<value>[A-Za-z0-9_.,\-]+)$")
+_GROUP_CHOICE = re.compile(r"^(?P<group>[a-z_]+(?:/[a-z_]+)?)=(?P<value>[A-Za-z0-9_.,\-]+)$")
 
 
 def override_key(arg: str) -> str:
@@ -43,13 +43,25 @@ def fail(prog: str, message: str, code: int = 2) -> NoReturn:
 
 
 def group_options() -> dict[str, list[str]]:
-    """The config groups shipped in ``sde_diffusion.conf`` and their options."""
+    """The config groups shipped in ``sde_diffusion.conf`` and their options; a group inside another
+    group's folder under its path (``sampler/grid``), except Hydra's own (``hydra/launcher``), whose
+    options Hydra and its plugins add to."""
     root = importlib.resources.files("sde_diffusion.conf")
     groups = {}
     for entry in root.iterdir():
-        if entry.is_dir() and not entry.name.startswith(("_", ".")):
-            groups[entry.name] = sorted(p.name[:-5] for p in entry.iterdir() if p.name.endswith(".yaml"))
+        if _is_group(entry):
+            groups[entry.name] = _options(entry)
+            if entry.name != "hydra":
+                groups.update({f"{entry.name}/{sub.name}": _options(sub) for sub in entry.iterdir() if _is_group(sub)})
     return groups
+
+
+def _is_group(entry) -> bool:
+    return entry.is_dir() and not entry.name.startswith(("_", "."))
+
+
+def _options(folder) -> list[str]:
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
 HELP_RESOLVER = "sde_diffusion_group_options"
@@ -80,13 +92,11 @@ def check_group_choices(prog: str, argv: list[str]) -> None:
         match = _GROUP_CHOICE.match(arg)
         if not match or match["group"] not in groups:
             continue
+        group = match["group"]
+        own = f"set {group.replace('/', '.')}._target_"
         for value in match["value"].split(","):  # multirun lists: sde=vp,ve
-            if value not in groups[match["group"]]:
-                fail(
-                    prog,
-                    f"unknown {match['group']} '{value}'; choose one of: {', '.join(groups[match['group']])} "
-                    f"(or set {match['group']}._target_ to your own class)",
-                )
+            if value not in groups[group]:
+                fail(prog, f"unknown {group} '{value}'; choose one of: {', '.join(groups[group])} (or {own} for your own class)")
 
 
 _NOT_COMPOSED = ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn", "hydra.searchpath", "--help", "-h",

@@ -173,10 +173,11 @@ def _edit(fn, inputs: Tensor, batch_size: int, seed: int, device: torch.device, 
     return sample_in_batches(batch, inputs.shape[0], batch_size=batch_size, seed=seed, device=device, progress=progress)
 
 
-def _draw(cfg: DictConfig, trained, score: ScoreFn, sampler_name: str, n: int, batch_size: int, seed: int, progress: bool):
-    """Run the task; returns the drawn samples, the inputs (None for task=sample), the inpainting
-    mask (else None) and the task's words for the title and summary."""
-    sampler, grid = build_sampler(cfg)
+def _draw(cfg: DictConfig, trained, score: ScoreFn, sampler_name: str, built: tuple, n: int, batch_size: int, seed: int, progress: bool):
+    """Run the task with ``built``, the ``(sampler, grid)`` of :func:`build_sampler`; returns the
+    drawn samples, the inputs (None for task=sample), the inpainting mask (else None) and the task's
+    words for the title and summary."""
+    sampler, grid = built
     task, sde, data = cfg.get("task"), trained.sde, trained.data
     if task != "sample" and OmegaConf.select(trained.config, "autoencoder_dir", default=None) is not None:
         raise ConfigError(f"task={task} edits images, but this run's model works on an autoencoder's latents: use task=sample")
@@ -285,12 +286,13 @@ def run(cfg: DictConfig, out_dir: Path, *, sampler_name: str = "sampler") -> dic
     precision, compiled = speed_settings(cfg, trained.device)
     trained.score_model = accelerate(trained.score_model, precision=precision, compile=compiled, device=trained.device)
     score = _score(cfg, trained)
+    built = build_sampler(cfg, trained.sde)  # refused here, before the first line, when it cannot be built
     say(
         f"{PROG}: {cfg.task} with {sampler_name} from step {trained.step} of {trained.run_dir} on {trained.device}, "
         f"{thread_text(threads)}{speed_text(precision, compiled)}"
     )
     try:
-        drawn, inputs, mask, extra = _draw(cfg, trained, score, sampler_name, n, batch_size, seed, progress)
+        drawn, inputs, mask, extra = _draw(cfg, trained, score, sampler_name, built, n, batch_size, seed, progress)
     except ValueError as err:
         if isinstance(err, ConfigError):
             raise
@@ -376,7 +378,7 @@ def _check_only_sampler_group(argv: list[str]) -> None:
     """The run fixes sde, model, data, loss and train; refuse ``sde=ve``, ``data.path=...`` and the
     like in one line (Hydra's own message for them spans several). Hydra's own keys (``hydra.run.dir``,
     ``hydra.launcher.n_jobs``) are this app's as much as any other's."""
-    fixed = set(group_options()) - {"sampler", "hydra"}
+    fixed = {group for group in group_options() if group.split("/")[0] not in ("sampler", "hydra")}
     for arg in argv:
         key = override_key(arg)
         if "=" in arg and key.split(".", 1)[0] in fixed:
