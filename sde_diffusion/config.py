@@ -77,11 +77,37 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+CUSTOM_SDE = "sde=custom sde._target_=your_module.YourPath"
+"""How to train with one's own SDE class (``conf/sde/custom.yaml``): no other group's keys reach it."""
+
+
 def build_sde(cfg: DictConfig) -> SDE:
-    sde = _build(cfg, "sde")
+    """``sde``; ``sde=custom`` without its ``_target_``, and a ``sde._target_`` given over another
+    group's keys (``beta_min`` of the default ``sde=vp``), are refused with the command that works."""
+    node = OmegaConf.select(cfg, "sde")
+    if isinstance(node, DictConfig) and OmegaConf.is_missing(node, "_target_"):
+        raise ConfigError(f"sde=custom needs your SDE class: {CUSTOM_SDE}, plus its constructor's arguments as +sde.<key>=<value>")
+    try:
+        sde = _build(cfg, "sde")
+    except ConfigError as err:
+        raise ConfigError(f"{err}{_foreign_sde_key_hint(node, str(err))}") from None
     if not isinstance(sde, SDE):
         raise ConfigError(f"sde: {type(sde).__name__} is not a subclass of sde_diffusion.SDE")
     return sde
+
+
+def _foreign_sde_key_hint(node, message: str) -> str:
+    """The fix for ``sde._target_=my.Class`` over a group's keys: the constructor refused a key
+    (``unexpected keyword argument 'beta_min'``) that the ``sde`` section holds, i.e. one the chosen
+    group (default ``vp``) put there and overriding ``_target_`` alone did not remove."""
+    key = re.search(r"unexpected keyword argument '(\w+)'", message)
+    if not isinstance(node, DictConfig) or key is None or key[1] not in node:
+        return ""
+    target = node.get("_target_")
+    return (
+        f"; sde.{key[1]} is a key of the sde group chosen (sde=vp by default), which setting sde._target_ keeps: "
+        f"use sde=custom sde._target_={target} (its own arguments as +sde.<key>=<value>)"
+    )
 
 
 def build_dataset(cfg: DictConfig) -> Dataset:

@@ -1,5 +1,7 @@
-"""What a new user hit (issue 22, item 5), run through the apps in-process:
+"""What a new user hit (issue 22, items 4 and 5), run through the apps in-process:
 
+- 4: one's own SDE class trains as ``sde=custom sde._target_=module.Class`` (the default group's keys
+  no longer reach it); ``sde._target_`` over ``sde=vp`` and ``sde=custom`` without a class are one-line refusals;
 - 5: any sampler runs on a DDPM run's own chain steps with ``sampler/grid=discrete``; a grid that cannot
   be built from the config is one line, exit code 2, and no output directory;
 """
@@ -7,12 +9,38 @@
 from __future__ import annotations
 
 import json
+import sys
 
+import numpy as np
 import pytest
 from apps import run_app
 from omegaconf import OmegaConf
 
+import sde_diffusion as sd
+
 TINY = ["train.steps=10", "train.warmup_steps=2", "model.net.hidden_dim=16", "model.net.n_layers=1", "progress=false"]
+
+USER_MODULE = "issue22_user_paths"
+USER_PATHS = '''
+import math
+
+import torch
+
+import sde_diffusion as sd
+
+
+class TrigPath(sd.GaussianPathSDE):
+    """x_t = cos(pi t / 2) x_0 + sin(pi t / 2) z on [0, T], T < 1 (m(1) = 0 would make the drift singular)."""
+
+    def __init__(self, T: float = 0.95, speed: float = 1.0):
+        self.T, self.speed = T, speed
+
+    def mean_coeff(self, t):
+        return torch.cos(0.5 * math.pi * self.speed * t)
+
+    def std(self, t):
+        return torch.sin(0.5 * math.pi * self.speed * t)
+'''
 
 
 def _summary(out_dir, name="sample_summary.json") -> dict:
@@ -21,6 +49,62 @@ def _summary(out_dir, name="sample_summary.json") -> dict:
 
 def _one_line_refusal(code: int, err: str, *words: str) -> None:
     assert code == 2 and err.count("\n") == 1 and all(w in err for w in words), err
+
+
+# ----------------------------------------------------------------- 4. one's own SDE: sde=custom
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    """The README's recipe: a GaussianPathSDE subclass in a module of its own, importable (PYTHONPATH)."""
+    (tmp_path / f"{USER_MODULE}.py").write_text(USER_PATHS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield f"{USER_MODULE}.TrigPath"
+    sys.modules.pop(USER_MODULE, None)
+
+
+def test_a_user_sde_trains_and_samples_with_sde_custom(user_module, tmp_path):
+    run = tmp_path / "run"
+    args = [
+        "sde=custom",
+        f"sde._target_={user_module}",
+        "+sde.speed=0.9",
+        *TINY,
+        "eval_points=20",
+        "n_samples=20",
+        "sampler.grid.n_steps=10",
+    ]
+    code, out, err = run_app("train", *args, f"hydra.run.dir={run}", cwd=tmp_path)
+    assert code == 0, err
+    assert out.splitlines()[0].startswith("sde-train: checkerboard with TrigPath to step 10")
+    assert OmegaConf.load(run / ".hydra" / "config.yaml").sde == {"_target_": user_module, "speed": 0.9}  # nothing of sde=vp
+    assert np.isfinite(np.load(run / "samples.npz")["samples"]).all()
+    assert np.isfinite(_summary(run, "summary.json")["held_out_nll_nats_per_dim"])
+    trained = sd.load_run(run, "cpu")
+    assert type(trained.sde).__name__ == "TrigPath" and trained.sde.speed == 0.9
+    code, out, err = run_app("sample", f"run_dir={run}", "n_samples=20", f"hydra.run.dir={tmp_path / 's'}", cwd=tmp_path)
+    assert code == 0, err
+    assert _summary(tmp_path / "s")["nonfinite_samples"] == 0
+
+
+def test_sde_target_over_the_default_group_names_sde_custom(user_module, tmp_path):
+    """``sde._target_=...`` alone keeps sde=vp's beta_min and beta_max: one line with the command that works."""
+    code, _, err = run_app("train", f"sde._target_={user_module}", *TINY, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    _one_line_refusal(
+        code, err, "unexpected keyword argument 'beta_min'", f"use sde=custom sde._target_={user_module}", "+sde.<key>=<value>"
+    )
+    assert list(tmp_path.iterdir()) == [tmp_path / f"{USER_MODULE}.py"]
+
+
+def test_sde_custom_without_a_class_is_refused_in_one_line(tmp_path):
+    code, _, err = run_app("train", "sde=custom", *TINY, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    _one_line_refusal(code, err, "sde=custom sde._target_=your_module.YourPath", "+sde.<key>=<value>")
+    assert list(tmp_path.iterdir()) == []
+    code, _, err = run_app("train", "sde=nope", cwd=tmp_path)  # the unknown-group line points to sde=custom too
+    _one_line_refusal(code, err, "unknown sde 'nope'", "custom", "or sde=custom sde._target_=your_module.YourClass")
+
+
+def test_a_constructor_argument_without_plus_says_how_to_add_it(user_module, tmp_path):
+    code, _, err = run_app("train", "sde=custom", f"sde._target_={user_module}", "sde.speed=0.9", *TINY, cwd=tmp_path)
+    _one_line_refusal(code, err, "sde.speed", "to add it, write +sde.speed=0.9")
 
 
 # ------------------------------------------------------- 5. any sampler on a DDPM run's own chain

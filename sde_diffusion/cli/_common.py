@@ -93,7 +93,11 @@ def check_group_choices(prog: str, argv: list[str]) -> None:
         if not match or match["group"] not in groups:
             continue
         group = match["group"]
-        own = f"set {group.replace('/', '.')}._target_"
+        own = (
+            f"{group}=custom {group}._target_=your_module.YourClass"
+            if "custom" in groups[group]
+            else f"set {group.replace('/', '.')}._target_"
+        )
         for value in match["value"].split(","):  # multirun lists: sde=vp,ve
             if value not in groups[group]:
                 fail(prog, f"unknown {group} '{value}'; choose one of: {', '.join(groups[group])} (or {own} for your own class)")
@@ -129,7 +133,9 @@ def check_composes(prog: str, config_name: str, argv: list[str]) -> None:
         while inner.__cause__ is not None:
             inner = inner.__cause__
         key = re.search(r"full_key: (\S+)", str(inner))
-        fail(prog, f"{key[1]}: {one_line(err)}" if key and key[1] not in one_line(err) else one_line(err))
+        append = re.search(r"To append to your config use (\S+)", str(err))  # a key the config does not have
+        fix = f"; to add it, write {append[1]}" if append else ""
+        fail(prog, (f"{key[1]}: {one_line(err)}" if key and key[1] not in one_line(err) else one_line(err)) + fix)
 
 
 @contextlib.contextmanager
