@@ -228,6 +228,8 @@ def build_sampler(cfg: DictConfig, sde: SDE | None = None) -> tuple[Callable, Ca
     as a TypeError mid-run; given the run's ``sde``, the grid is built on it once, so that arguments
     it refuses (too many steps of a chain, a grid the SDE has no times for) fail here too.
     """
+    if OmegaConf.select(cfg, "sampler") is not None and OmegaConf.is_missing(cfg.sampler, "fn"):
+        raise ConfigError("sampler=run takes the sampler of a trained run, which only sde-sample has: choose a sampler=<name>")
     fn, grid = _build(cfg, "sampler.fn"), _build(cfg, "sampler.grid")
     _check_keywords(fn, "sampler.fn")
     _check_keywords(grid, "sampler.grid")

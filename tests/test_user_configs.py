@@ -1,9 +1,11 @@
-"""What a new user hit (issue 22, items 4 and 5), run through the apps in-process:
+"""What a new user hit (issue 22, items 4, 5 and 7b), run through the apps in-process:
 
 - 4: one's own SDE class trains as ``sde=custom sde._target_=module.Class`` (the default group's keys
   no longer reach it); ``sde._target_`` over ``sde=vp`` and ``sde=custom`` without a class are one-line refusals;
 - 5: any sampler runs on a DDPM run's own chain steps with ``sampler/grid=discrete``; a grid that cannot
   be built from the config is one line, exit code 2, and no output directory;
+- 7b: ``sde-sample`` without ``sampler=`` samples with the run's own sampler (its grid and steps),
+  with ``sampler.*`` overrides on top.
 """
 
 from __future__ import annotations
@@ -145,6 +147,7 @@ def test_any_sampler_runs_on_the_discrete_chain_with_sampler_grid_discrete(ddpm_
         (["sampler=ddim", "+sampler.grid.rho=7"], ["log_snr_time_grid() takes no rho", "~sampler.grid.rho"]),
         (["sampler=ddim", "+sampler.fn.churn=1"], ["sampler.fn: ddim() takes no churn (its options: eta)"]),
         (["sampler=ddim", "sampler/grid=nope"], ["unknown sampler/grid 'nope'", "discrete, edm, log_snr, quadratic, uniform"]),
+        (["sampler/grid=discrete"], ["add sampler=<name>", "the run's own sampler"]),
     ],
 )  # fmt: skip
 def test_a_grid_or_sampler_the_config_cannot_build_is_one_line_and_leaves_no_directory(ddpm_run, tmp_path, args, words):
@@ -162,3 +165,56 @@ def test_sde_train_takes_the_discrete_grid_and_refuses_a_wrong_one(tmp_path):
     )
     _one_line_refusal(code, err, "sampler.grid: discrete_time_grid needs a discrete-time SDE")
     assert not (tmp_path / "b").exists()
+
+
+# --------------------------------------------------------------- 7b. sde-sample: the run's own sampler
+@pytest.fixture(scope="module")
+def dpm_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dpm")
+    args = [*TINY, "eval_points=0", "n_samples=10", "sampler=dpm_solver", "sampler.grid.n_steps=6"]
+    code, _, err = run_app("train", *args, f"hydra.run.dir={out / 'run'}", cwd=out)
+    assert code == 0, err
+    return out / "run"
+
+
+def test_sde_sample_uses_the_runs_own_sampler_by_default(dpm_run, tmp_path):
+    out = tmp_path / "own"
+    code, stdout, err = run_app("sample", f"run_dir={dpm_run}", "n_samples=10", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert code == 0, err
+    assert stdout.splitlines()[0].startswith("sde-sample: sample with dpm_solver (the run's own sampler) from step 10")
+    summary = _summary(out)
+    assert (summary["sampler"], summary["sampler_of_run"], summary["nfe_total"]) == ("dpm_solver", True, 6)
+    # the end-of-run samples of sde-train, drawn again: the same sampler, grid, seed and n
+    assert np.array_equal(np.load(out / "samples.npz")["samples"], np.load(dpm_run / "samples.npz")["samples"])
+
+
+def test_sampler_overrides_apply_on_top_of_the_runs_own_sampler(dpm_run, tmp_path):
+    out = tmp_path / "three"
+    code, _, err = run_app("sample", f"run_dir={dpm_run}", "sampler.grid.n_steps=3", "n_samples=10", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert code == 0, err
+    summary = _summary(out)
+    assert (summary["sampler"], summary["sampler_of_run"], summary["nfe_total"]) == ("dpm_solver", True, 3)
+
+
+def test_a_named_sampler_replaces_the_runs(dpm_run, tmp_path):
+    out = tmp_path / "em"
+    args = [f"run_dir={dpm_run}", "sampler=euler_maruyama", "sampler.grid.n_steps=4", "n_samples=10", f"hydra.run.dir={out}"]
+    code, stdout, err = run_app("sample", *args, cwd=tmp_path)
+    assert code == 0, err
+    assert "(the run's own sampler)" not in stdout
+    summary = _summary(out)
+    assert (summary["sampler"], summary["sampler_of_run"], summary["nfe_total"]) == ("euler_maruyama", False, 4)
+
+
+def test_a_sweep_over_the_runs_sampler_and_another(dpm_run, tmp_path):
+    args = ["-m", f"run_dir={dpm_run}", "sampler=run,ddim", "sampler.grid.n_steps=3", "n_samples=10", f"hydra.sweep.dir={tmp_path / 'm'}"]
+    code, _, err = run_app("sample", *args, cwd=tmp_path)
+    assert code == 0, err
+    own, ddim = _summary(tmp_path / "m" / "0-run"), _summary(tmp_path / "m" / "1-ddim")
+    assert (own["sampler"], own["nfe_total"], ddim["sampler"], ddim["nfe_total"]) == ("dpm_solver", 3, "ddim", 3)
+
+
+def test_sde_train_refuses_sampler_run(tmp_path):
+    code, _, err = run_app("train", "sampler=run", *TINY, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    _one_line_refusal(code, err, "sampler=run takes the sampler of a trained run", "choose a sampler=<name>")
+    assert list(tmp_path.iterdir()) == []

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor
 
 from .._checks import check_range
@@ -64,6 +66,8 @@ from ._common import (
 )
 
 PROG = "sde-sample"
+RUN_SAMPLER = "run"
+"""``sampler=run``, the default (``conf/sampler/run.yaml``): the sampler the run was trained with."""
 TASKS = ("sample", "inpaint", "sdedit")
 MASK = 2
 """Stream number of :func:`stream_seed` for the random inpainting mask (0 and 1 are the prior and step noise)."""
@@ -272,9 +276,43 @@ def _task_text(task: str, extra: dict, score: ScoreFn) -> str:
     return words
 
 
-def run(cfg: DictConfig, out_dir: Path, *, sampler_name: str = "sampler") -> dict:
+def _run_sampler_name(trained) -> str:
+    """The name the run chose its sampler by (``sampler=<name>`` of sde-train, in its
+    ``.hydra/hydra.yaml``), else the name of its sampler function."""
+    hydra_yaml = trained.run_dir / ".hydra" / "hydra.yaml"
+    name = None
+    if hydra_yaml.is_file():
+        try:
+            name = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.runtime.choices.sampler", default=None)
+        except (OSError, ValueError, OmegaConfBaseException):
+            name = None
+    target = OmegaConf.select(trained.config, "sampler.fn._target_", default="sampler")
+    return str(name) if name else str(target).rsplit(".", 1)[-1]
+
+
+def with_run_sampler(cfg: DictConfig, trained, overrides: Sequence[str]) -> tuple[DictConfig, str]:
+    """``cfg`` with the run's own sampler (``sampler=run``): the ``sampler`` section of its saved
+    config, with the command line's ``sampler.*`` overrides (``overrides``, as Hydra records them)
+    set on top; and the name the run chose that sampler by."""
+    saved = OmegaConf.select(trained.config, "sampler", default=None)
+    if not isinstance(saved, DictConfig) or "fn" not in saved or "grid" not in saved:
+        raise ConfigError(f"{trained.run_dir} saved no sampler in .hydra/config.yaml; name one: sampler=<name>")
+    merged = OmegaConf.to_container(cfg)
+    assert isinstance(merged, dict)  # an app's config is a mapping
+    merged["sampler"] = OmegaConf.to_container(saved)
+    own = OmegaConf.create(merged)
+    for line in overrides:
+        key = override_key(line)
+        if key.startswith("sampler."):
+            OmegaConf.update(own, key, OmegaConf.select(cfg, key), force_add=True)
+    return own, _run_sampler_name(trained)
+
+
+def run(cfg: DictConfig, out_dir: Path, *, sampler_name: str = "sampler", sampler_overrides: Sequence[str] = ()) -> dict:
     """Load ``cfg.run_dir``, run ``cfg.task`` for ``cfg.n_samples`` samples, write the files into
-    ``out_dir`` and print one line; returns the summary (also written to ``sample_summary.json``)."""
+    ``out_dir`` and print one line; returns the summary (also written to ``sample_summary.json``).
+    ``sampler_name`` is the sampler group's choice; ``run`` samples with the run's own sampler, with
+    ``sampler_overrides`` (the command line's overrides; those of ``sampler.*`` keys count) on top."""
     n, batch_size, seed, progress = _check_options(cfg)
     threads = set_threads(cfg.get("threads", "auto"))
     progress = show_progress(progress)
@@ -286,9 +324,13 @@ def run(cfg: DictConfig, out_dir: Path, *, sampler_name: str = "sampler") -> dic
     precision, compiled = speed_settings(cfg, trained.device)
     trained.score_model = accelerate(trained.score_model, precision=precision, compile=compiled, device=trained.device)
     score = _score(cfg, trained)
+    from_run = sampler_name == RUN_SAMPLER
+    if from_run:
+        cfg, sampler_name = with_run_sampler(cfg, trained, sampler_overrides)
     built = build_sampler(cfg, trained.sde)  # refused here, before the first line, when it cannot be built
+    origin = " (the run's own sampler)" if from_run else ""
     say(
-        f"{PROG}: {cfg.task} with {sampler_name} from step {trained.step} of {trained.run_dir} on {trained.device}, "
+        f"{PROG}: {cfg.task} with {sampler_name}{origin} from step {trained.step} of {trained.run_dir} on {trained.device}, "
         f"{thread_text(threads)}{speed_text(precision, compiled)}"
     )
     try:
@@ -351,6 +393,7 @@ def run(cfg: DictConfig, out_dir: Path, *, sampler_name: str = "sampler") -> dic
         "classifier_dir": cfg.get("classifier_dir"),
         "classifier_scale": float(cfg.get("classifier_scale", 1.0)) if cfg.get("classifier_dir") else None,
         "sampler": sampler_name,
+        "sampler_of_run": from_run,  # sampler=run: the run's own sampler section, with sampler.* overrides on top
         "n_samples": n,
         "batch_size": batch_size,
         "seed": seed,
@@ -389,12 +432,32 @@ def _check_only_sampler_group(argv: list[str]) -> None:
             )
 
 
+def _for_run_sampler(argv: list[str]) -> list[str]:
+    """``argv`` made ready for ``sampler=run`` (no ``sampler=<name>`` given, or ``run`` among those
+    given): the run's sampler section is only known once the run is loaded, so ``sampler.*`` overrides
+    become ``++sampler.*`` (set, even where ``run`` has no such key yet) and :func:`with_run_sampler`
+    sets them on the run's section. ``sampler/grid=<name>`` needs a named sampler: refused. A sweep
+    (``-m``) is first composed with the default sampler, ``run``, whatever samplers it sweeps over."""
+    choices = [v for a in argv if override_key(a) == "sampler" and "=" in a for v in a.split("=", 1)[1].split(",")]
+    if choices and RUN_SAMPLER not in choices and not {"-m", "--multirun"} & set(argv):
+        return argv
+    if not choices or RUN_SAMPLER in choices:
+        for arg in argv:
+            if override_key(arg).startswith("sampler/"):
+                fail(
+                    PROG,
+                    f"{arg.split('=')[0]}=... sets the grid of a sampler you name: add sampler=<name> "
+                    f"(without one, sde-sample uses the run's own sampler, grid included; sampler.grid.n_steps=<N> changes its steps)",
+                )
+    return [f"++{a}" if "=" in a and not a.startswith(("+", "~")) and override_key(a).startswith("sampler.") else a for a in argv]
+
+
 @hydra.main(version_base=None, config_path="pkg://sde_diffusion.conf", config_name="sample")
 def _main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
     with refusals(PROG, out_dir, unreadable_checkpoint="sample another run, or train this one again"):
-        run(cfg, out_dir, sampler_name=hydra_cfg.runtime.choices.get("sampler", "sampler"))
+        run(cfg, out_dir, sampler_name=hydra_cfg.runtime.choices.get("sampler", "sampler"), sampler_overrides=hydra_cfg.overrides.task)
 
 
 def main() -> None:
@@ -402,6 +465,7 @@ def main() -> None:
     OmegaConf.register_new_resolver("sde_diffusion_group_options", lambda group: ", ".join(group_options()[group]), replace=True)
     check_group_choices(PROG, sys.argv[1:])
     _check_only_sampler_group(sys.argv[1:])
+    sys.argv[1:] = _for_run_sampler(sys.argv[1:])  # Hydra reads sys.argv
     check_composes(PROG, "sample", sys.argv[1:])
     _main()
 
