@@ -45,6 +45,7 @@ from .losses import (
 from .models import (
     Autoencoder,
     DataParameterization,
+    EDMPreconditioning,
     EpsilonParameterization,
     GaussianFourierEmbedding,
     LearnedVarianceParameterization,
@@ -137,6 +138,7 @@ __all__ = [
     "GaussianFourierEmbedding",
     "SinusoidalEmbedding",
     "ScoreParameterization",
+    "EDMPreconditioning",
     "EpsilonParameterization",
     "DataParameterization",
     "VPredictionParameterization",

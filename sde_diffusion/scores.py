@@ -147,6 +147,47 @@ class VPredictionParameterization(_Parameterization):
         return -(s * x + m * self._net(x, t, y, cond)) / (s * (m**2 + s**2))
 
 
+class EDMPreconditioning(_Parameterization):
+    """EDM's preconditioned denoiser for any Gaussian path (Karras et al. 2022, Sec. 5 and Table 1).
+
+    In the path's scaled variables, noise level ``sigma = s/m`` and ``y = x/m`` (so ``y = x0 + sigma z``),
+    the network ``F`` gives the denoiser
+
+        D(y, sigma) = c_skip y + c_out F(c_in y, c_noise),
+        c_skip = sd^2 / (sigma^2 + sd^2),   c_out = sigma sd / sqrt(sigma^2 + sd^2),
+        c_in = 1 / sqrt(sigma^2 + sd^2),   c_noise = log(sigma) / 4,
+
+    with ``sd = sigma_data``, the data's standard deviation: the network's input and its training
+    target have unit variance at every noise level, and ``D -> y`` as ``sigma -> 0`` without the
+    network having to learn the identity. ``D`` estimates ``E[x0 | x_t]``, so
+    ``score = (m D - x) / s^2``. The network's time input is ``c_noise``, not ``t``.
+    """
+
+    def __init__(self, net: nn.Module, sde: SDE, sigma_data: float = 1.0):
+        super().__init__(net, sde)
+        if not float(sigma_data) > 0:
+            raise ValueError(
+                f"sigma_data must be > 0 (the data's standard deviation; EDM uses 0.5 for images in [-1, 1]), got {sigma_data}"
+            )
+        self.sigma_data = float(sigma_data)
+
+    def denoise(self, x: Tensor, t: Tensor, y: Tensor | None = None, cond: Conditioning | None = None) -> Tensor:
+        """``D``, the estimate of ``x0`` given ``x_t = x`` at time ``t``, shape ``(B, *dims)``."""
+        t = batch_time(t, x)
+        m, s = self._kernel(x, t)
+        sigma, sd2 = s / m, self.sigma_data**2
+        scaled = x / m
+        c_in, c_skip = (sigma**2 + sd2).rsqrt(), sd2 / (sigma**2 + sd2)
+        c_out = sigma * self.sigma_data * c_in
+        c_noise = (torch.log(s) - torch.log(m)).reshape(x.shape[0]) / 4
+        return c_skip * scaled + c_out * self._net(c_in * scaled, c_noise, y, cond)
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, cond: Conditioning | None = None) -> Tensor:
+        t = batch_time(t, x)
+        m, s = self._kernel(x, t)
+        return (m * self.denoise(x, t, y, cond) - x) / s**2
+
+
 class VelocityParameterization(_Parameterization):
     """The network predicts the probability-flow velocity ``v(x, t) = f(x, t) - g(t)^2 score / 2``
     (Song et al. 2021, Eq. 13), which for a Gaussian path is the flow-matching vector field

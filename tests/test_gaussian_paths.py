@@ -346,3 +346,56 @@ def test_flow_matching_trains_samples_and_evaluates_in_the_apps(tmp_path):
     assert proc.returncode == 0, proc.stderr
     record = json.loads((run / "eval.json").read_text())[-1]
     assert record["nll_nats_per_dim"] == pytest.approx(summary["held_out_nll_nats_per_dim"], rel=1e-4)
+
+
+@pytest.mark.parametrize("sde", [sd.VPSDE(), sd.SubVPSDE(), sd.VESDE(), sd.EDMSDE(), sd.RectifiedFlow(), ScaledPath()], ids=repr)
+def test_edm_preconditioning_with_the_ideal_network_gives_the_exact_score_on_every_path(sde):
+    """A network that returns the ideal F = (E[x0 | x_t] - c_skip y) / c_out from what it is given
+    (c_in y and c_noise = log(sigma) / 4, nothing else) makes the preconditioned score the exact
+    mixture score (Karras et al. 2022, Table 1, in the path's sigma = s/m and y = x/m)."""
+    dist, sigma_data = mixture(dim=3, seed=2), 0.7
+    exact = dist.score_fn(sde)
+
+    class IdealF(torch.nn.Module):
+        def forward(self, u, c_noise):
+            sigma = torch.exp(4 * c_noise)
+            t = sde.time_from_log_snr(-2 * torch.log(sigma)).to(u)
+            m = sde.kernel(t)[0][:, None]
+            y = u * torch.sqrt(sigma**2 + sigma_data**2)[:, None]
+            x = m * y
+            s = sigma[:, None] * m
+            denoised = (x + s**2 * exact(x, t)) / m  # Tweedie: E[x0 | x_t]
+            c_skip = sigma_data**2 / (sigma**2 + sigma_data**2)
+            c_out = sigma * sigma_data / torch.sqrt(sigma**2 + sigma_data**2)
+            return (denoised - c_skip[:, None] * y) / c_out[:, None]
+
+    model = sd.EDMPreconditioning(IdealF(), sde, sigma_data=sigma_data)
+    g = torch.Generator().manual_seed(0)
+    t = torch.linspace(0.05, 0.95, 12, dtype=F64) * sde.T
+    x0 = dist.sample(12, generator=g, dtype=F64)
+    x, _, _ = sde.perturb(x0, t, generator=g)
+    torch.testing.assert_close(model(x, t), exact(x, t), rtol=1e-6, atol=1e-6)
+    m, s = sde.kernel(t)
+    torch.testing.assert_close(model.denoise(x, t), (x + s[:, None] ** 2 * exact(x, t)) / m[:, None], rtol=1e-6, atol=1e-6)
+
+
+def test_edm_preconditioning_feeds_the_network_unit_variance_inputs_and_refuses_a_bad_sigma_data():
+    """On data of standard deviation sigma_data, the network's input c_in y has unit variance at
+    every noise level (EDM's c_in), here on the EDM path from sigma 0.01 to 80 (within 5 s.e.)."""
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, u, c_noise):
+            seen.append(u)
+            return torch.zeros_like(u)
+
+    sde, n = sd.EDMSDE(), 20_000
+    model = sd.EDMPreconditioning(Recorder(), sde, sigma_data=2.0)
+    g = torch.Generator().manual_seed(1)
+    for sigma in (0.01, 1.0, 80.0):
+        x0 = 2.0 * torch.randn(n, 2, generator=g, dtype=F64)
+        x, _, _ = sde.perturb(x0, torch.full((n,), sigma, dtype=F64), generator=g)
+        model(x, torch.full((n,), sigma, dtype=F64))
+        assert (seen[-1].var(0) - 1).abs().max() < 5 * math.sqrt(2 / n), (sigma, seen[-1].var(0))
+    with pytest.raises(ValueError, match="sigma_data must be > 0"):
+        sd.EDMPreconditioning(Recorder(), sde, sigma_data=0.0)

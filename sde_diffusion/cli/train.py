@@ -438,10 +438,12 @@ def _path_hint(exp) -> str:
     """A fix specific to the run's path and network for samples out of range, or ''."""
     from ..scores import EpsilonParameterization
 
-    if isinstance(exp.score_model, EpsilonParameterization) and exp.sde.T > 1.5 and len(exp.data.data_shape) == 1:
+    data_std = float(exp.data.test.std())
+    if isinstance(exp.score_model, EpsilonParameterization) and exp.sde.prior_std > 10 * data_std:
+        fix = "model=mlp_edm" if len(exp.data.data_shape) == 1 else "model.parameterization._target_=sde_diffusion.EDMPreconditioning"
         return (
-            f"this path's time (the noise level) runs to {exp.sde.T:g}, where noise prediction and the default network's time features, "
-            f"made for t in [0, 1], fail: use model=mlp_edm (x0 prediction, time features for t up to 80)"
+            f"noise prediction on a path whose noise reaches {exp.sde.prior_std:g} (data std {data_std:.2g}) feeds the network inputs "
+            f"of that size and amplifies its errors: use EDM's preconditioning ({fix})"
         )
     return ""
 

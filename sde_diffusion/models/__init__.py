@@ -2,6 +2,7 @@
 
 from ..scores import (
     DataParameterization,
+    EDMPreconditioning,
     EpsilonParameterization,
     LearnedVarianceParameterization,
     ScoreParameterization,
@@ -16,6 +17,7 @@ __all__ = [
     "GaussianFourierEmbedding",
     "SinusoidalEmbedding",
     "ScoreParameterization",
+    "EDMPreconditioning",
     "EpsilonParameterization",
     "LearnedVarianceParameterization",
     "DataParameterization",
