@@ -60,6 +60,7 @@ from .models import (
 )
 from .precision import MixedPrecision, accelerate
 from .runs import TrainedRun, load_run
+from .sample_range import SampleRange, sample_range
 from .samplers import (
     AncestralPredictor,
     AnnealedLangevinCorrector,
@@ -179,6 +180,8 @@ __all__ = [
     "Checkerboard",
     "eight_gaussians_mixture",
     "sliced_wasserstein",
+    "sample_range",
+    "SampleRange",
     "uniform_time_grid",
     "log_snr_time_grid",
     "quadratic_time_grid",

@@ -95,6 +95,7 @@ class SampleAppConfig:
     classifier_dir: str | None = MISSING
     classifier_scale: float = MISSING
     low_res: str | None = MISSING
+    weights: str = MISSING
 
 
 @dataclass
@@ -125,6 +126,7 @@ class EvalAppConfig:
     n_time_samples: int = MISSING
     elbo_eps: Any = MISSING  # a time or "auto"
     time_variable: str = MISSING
+    weights: str = MISSING
 
 
 SCHEMAS = {"train_schema": TrainAppConfig, "sample_schema": SampleAppConfig, "eval_schema": EvalAppConfig}

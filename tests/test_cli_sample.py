@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 from functools import partial
+from pathlib import Path
 
 import matplotlib.image
 import numpy as np
@@ -29,7 +30,7 @@ from sde_diffusion import samplers as S
 from sde_diffusion.cli import sample as app
 from sde_diffusion.cli.train import _grid_labels
 from sde_diffusion.samplers import draw
-from sde_diffusion.cli._common import group_options
+from sde_diffusion.cli._common import group_options, sliced_w2_to_held_out
 from sde_diffusion.config import ConfigError, build_experiment, build_sampler
 from sde_diffusion.plotting import _tile_images, image_grid
 from sde_diffusion.training import CheckpointError, Trainer
@@ -449,3 +450,41 @@ def test_class_labels_need_a_conditional_run_and_rows_need_images(run_dir, tmp_p
     summary = _sample(run_dir, tmp_path, "pc", "task=inpaint", "mask=left", "n_samples=4", "sampler.grid.n_steps=3")
     saved = np.load(tmp_path / "samples.npz")
     assert summary["mask"] == "left" and np.array_equal(saved["samples"][:, 1], saved["inputs"][:, 1])
+
+
+# ------------------------------------------------------------------ range, weights, class reference
+def test_guided_samples_are_compared_with_the_held_out_data_of_their_class(digits_run, tmp_path):
+    summary = _sample(digits_run, tmp_path, "dpm_solver", "class_label=7", "n_samples=8", "sampler.grid.n_steps=4")
+    trained = sd.load_run(digits_run, "cpu")
+    sevens = trained.data.test[trained.data.test_labels == 7]
+    samples = torch.from_numpy(np.load(tmp_path / "samples.npz")["samples"])
+    assert summary["sliced_w2_reference"] == "held-out data of class 7"
+    assert summary["sliced_w2_vs_held_out"] == pytest.approx(sliced_w2_to_held_out(samples, sevens))
+    unguided = _sample(digits_run, tmp_path / "all", "dpm_solver", "n_samples=8", "sampler.grid.n_steps=4")
+    assert unguided["sliced_w2_reference"] == "all held-out data"
+
+
+def test_the_summary_states_the_range_and_a_stray_sample_set_is_warned(run_dir, tmp_path, capsys):
+    """The module's 30-step run: its samples leave the checkerboard's range; sde-sample records the
+    fraction and the ratio, and warns in one line."""
+    summary = _sample(run_dir, tmp_path, "euler_maruyama", "n_samples=50")
+    samples = torch.from_numpy(np.load(tmp_path / "samples.npz")["samples"])
+    expected = sd.sample_range(samples, sd.load_run(run_dir, "cpu").data.test)
+    assert summary["samples_outside_range"] == pytest.approx(expected.fraction_outside)
+    assert summary["sample_range"]["material"] == expected.material
+    out = capsys.readouterr().out
+    assert ("WARNING: the samples leave the data's range" in out) == expected.material
+    assert f"{100 * expected.fraction_outside:.1f}% of values outside the data's range" in out
+
+
+def test_weights_raw_samples_the_last_steps_weights(run_dir, tmp_path):
+    ema = _sample(run_dir, tmp_path / "ema", "ddim", "n_samples=20")
+    raw = _sample(run_dir, tmp_path / "raw", "ddim", "n_samples=20", "weights=raw")
+    assert ema["weights"] == "ema" and raw["weights"] == "raw"
+    state = torch.load(Path(run_dir) / "checkpoints" / "last.pt", weights_only=True)
+    model = sd.load_run(run_dir, "cpu", weights="raw").score_model
+    torch.testing.assert_close(model.state_dict(), {k: v for k, v in state["model"].items()}, rtol=0, atol=0)
+    a, b = (np.load(tmp_path / d / "samples.npz")["samples"] for d in ("ema", "raw"))
+    assert not np.allclose(a, b)
+    with pytest.raises(ConfigError, match="weights must be one of ema, raw"):
+        _sample(run_dir, tmp_path / "bad", "ddim", "n_samples=2", "weights=last")

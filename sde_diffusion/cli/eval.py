@@ -123,7 +123,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         raise ConfigError(f"run_dir={run_dir} is not a directory; pass the directory sde-train wrote")
     ctx = distributed.current()
     device = f"cuda:{ctx.local_rank}" if ctx.active and str(cfg.device) in ("auto", "cuda") and torch.cuda.is_available() else cfg.device
-    trained = load_run(run_dir, device)
+    trained = load_run(run_dir, device, weights=str(cfg.get("weights", "ema")))
     require_score_run(trained, PROG)
     precision, compiled = speed_settings(cfg, trained.device)
     if precision != "fp32" and cfg.bound in ("ode", "latent"):

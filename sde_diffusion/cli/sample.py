@@ -39,6 +39,7 @@ from ..config import ConfigError, build_sampler, on_driver, one_line
 from ..plotting import image_grid, plot_samples
 from ..precision import accelerate
 from ..runs import load_run
+from ..sample_range import range_advice, sample_range
 from ..samplers.base import SamplerOutput
 from ..samplers.controllable import MASK_REGIONS, inpaint, inpainting_mask, sdedit
 from ..samplers.draw import DrawnSamples, draw_samples, sample_in_batches, stream_seed, super_resolve
@@ -319,7 +320,7 @@ def run(cfg: DictConfig, out_dir: Path, *, sampler_name: str = "sampler", sample
     run_dir = Path(str(cfg.run_dir)).expanduser()
     if not run_dir.is_dir():
         raise ConfigError(f"run_dir={run_dir} is not a directory; pass the directory sde-train wrote")
-    trained = load_run(run_dir, cfg.device)
+    trained = load_run(run_dir, cfg.device, weights=str(cfg.get("weights", "ema")))
     require_score_run(trained, PROG)
     precision, compiled = speed_settings(cfg, trained.device)
     trained.score_model = accelerate(trained.score_model, precision=precision, compile=compiled, device=trained.device)
@@ -380,8 +381,12 @@ def run(cfg: DictConfig, out_dir: Path, *, sampler_name: str = "sampler", sample
         shown = inputs if mask is None else torch.where(mask, inputs, blank)
         plot_samples(shown, test, out_dir / "inputs.png", title=f"{trained.data.name}: inputs{words}", units=units)
     n_bad = int((~torch.isfinite(samples.reshape(n, -1))).any(dim=1).sum())
-    # sde-train's quality number: equal to its summary's for the same sampler, seed and n_samples
-    sw2 = sliced_w2_to_held_out(samples, held_out) if task == "sample" else None
+    # sde-train's quality number: equal to its summary's for the same sampler, seed and n_samples;
+    # guided samples of one class against the held-out data of that class
+    reference, of_class = _reference(trained, held_out, cfg.get("class_label"), latents is not None)
+    sw2 = sliced_w2_to_held_out(samples, reference) if task == "sample" else None
+    # the model's own samples (latents for a latent run) against its held-out data
+    in_range = sample_range(samples if latents is None else latents, reference if latents is None else trained.data.test)
 
     summary = {
         "run_dir": str(trained.run_dir),
@@ -402,19 +407,41 @@ def run(cfg: DictConfig, out_dir: Path, *, sampler_name: str = "sampler", sample
         "nfe_total": int(arrays["nfe"]),
         "seconds": round(drawn.seconds, 3),
         "nonfinite_samples": n_bad,
+        "weights": str(cfg.get("weights", "ema")),
         "sliced_w2_vs_held_out": sw2,
+        "sliced_w2_reference": of_class or "all held-out data",
+        "samples_outside_range": in_range.fraction_outside,
+        "samples_max_abs_ratio": in_range.max_abs_ratio,
+        "sample_range": {**in_range.as_dict(), "of": "latents" if latents is not None else "samples"},
         "threads": threads,
         "plot": plot.name if plot else None,
         "out_dir": str(out_dir),
     }
     (out_dir / "sample_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     warning = f"; WARNING: {n_bad} samples are not finite" if n_bad else ""
-    quality = "" if sw2 is None else f", sliced W2 to held-out data {sw2:.4f}"
+    quality = "" if sw2 is None else f", sliced W2 to {of_class or 'held-out data'} {sw2:.4f}"
+    what = "latents" if latents is not None else "values"
+    quality += f", {100 * in_range.fraction_outside:.1f}% of {what} outside the data's range (largest |x| {in_range.max_abs_ratio:.1f}x the data's)"
+    if in_range.material:
+        say(
+            f"{PROG}: WARNING: the {'latents' if latents is not None else 'samples'} leave the data's range: {in_range.text()}; {range_advice(in_range)}"
+        )
     say(
         f"{PROG}: {n} samples by {sampler_name}{words} from step {trained.step} of {trained.run_dir}: {nfe} per "
         f"sample ({summary['nfe_total']} batched evaluations), {drawn.seconds:.2f} s{quality}{warning}; wrote {out_dir}"
     )
     return summary
+
+
+def _reference(trained, held_out: Tensor, class_label, latent: bool) -> tuple[Tensor, str | None]:
+    """The held-out data the samples are compared with, and its name when it is not all of it: the
+    held-out points of ``class_label`` for class-guided samples of labelled data (all of them for
+    a latent run, whose labels are of the latents' images)."""
+    labels = trained.data.test_labels
+    if class_label is None or labels is None or latent or labels.shape[0] != held_out.shape[0]:
+        return held_out, None
+    chosen = held_out[labels.cpu() == int(class_label)]
+    return (chosen, f"held-out data of class {class_label}") if chosen.shape[0] else (held_out, None)
 
 
 def _check_only_sampler_group(argv: list[str]) -> None:
