@@ -29,3 +29,12 @@ def run_app(module: str, *args: str, cwd) -> tuple[int, str, str]:
             code = exit_info.code if isinstance(exit_info.code, int) else 1
     torch.set_num_threads(1)  # the apps set their own thread count
     return code, out.getvalue(), err.getvalue()
+
+
+def sampler_section(name: str):
+    """The ``sampler`` section ``sde-train sampler=<name>`` composes (the sampler's file with its grid
+    from ``conf/sampler/grid/``), as a DictConfig with ``fn`` and ``grid``."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module("sde_diffusion.conf", version_base=None):
+        return compose(config_name="config", overrides=[f"sampler={name}"]).sampler

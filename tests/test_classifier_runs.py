@@ -61,7 +61,7 @@ def test_sde_sample_guides_with_the_classifier(runs, tmp_path):
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr
         assert f"class 3, classifier guidance {scale}" in proc.stdout
-        outs[scale] = torch.from_numpy(np.load(tmp_path / str(scale) / "samples.npz")["samples"])
+        outs[scale] = torch.from_numpy(np.load(tmp_path / str(scale) / "samples.npz")["samples_unclipped"])
         summary = json.loads((tmp_path / str(scale) / "sample_summary.json").read_text())
         assert summary["classifier_scale"] == scale and summary["classifier_dir"] == str(runs / "clf")
     proc = _cli(
@@ -69,7 +69,7 @@ def test_sde_sample_guides_with_the_classifier(runs, tmp_path):
         f"hydra.run.dir={tmp_path / 'plain'}", cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    plain = torch.from_numpy(np.load(tmp_path / "plain" / "samples.npz")["samples"])
+    plain = torch.from_numpy(np.load(tmp_path / "plain" / "samples.npz")["samples_unclipped"])
     assert torch.equal(outs[0], plain) and not torch.allclose(outs[3], plain)
 
 

@@ -114,7 +114,9 @@ def test_samples_equal_a_direct_sampler_call_on_the_ema_model(run_dir, tmp_path,
     assert json.loads((tmp_path / "sample_summary.json").read_text()) == summary
     assert summary["nfe_per_batch"] == [8, 8] and summary["checkpoint_step"] == 30
     assert (tmp_path / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    first, line = capsys.readouterr().out.strip().splitlines()  # the start line (threads), then the result
+    first, *warnings, line = capsys.readouterr().out.strip().splitlines()  # the start line (threads), then the result
+    assert all(w.startswith("sde-sample: WARNING: the samples leave the data's range") for w in warnings) and len(warnings) <= 1
+    assert bool(warnings) == summary["sample_range"]["material"]
     assert re.fullmatch(rf"sde-sample: sample with {sampler} from step 30 of .* on cpu, \d+ threads?", first)
     assert re.search(rf"40 samples by {sampler} .*: 8 NFE per sample \(16 batched evaluations\), \d+\.\d\d s", line)
     assert f"sliced W2 to held-out data {summary['sliced_w2_vs_held_out']:.4f}" in line
@@ -368,7 +370,7 @@ def test_sde_train_draws_a_guided_grid_of_classes(digits_run):
     labels = _grid_labels(20, 10)  # 4 rows of 5 columns: classes 0, 1, 2, 3
     sample = partial(draw.draw_samples, trained.sde, sampler=fn, grid=grid, data_shape=(1, 8, 8), n=20, batch_size=20, seed=0)
     guided = sample(score_fn=S.GuidedScore(trained.score_model, labels, 1.5)).samples
-    saved = torch.from_numpy(np.load(digits_run / "samples.npz")["samples"])
+    saved = torch.from_numpy(np.load(digits_run / "samples.npz")["samples_unclipped"])
     torch.testing.assert_close(saved, guided, rtol=0, atol=0)
     # neither unguided nor other labels give these samples
     assert not torch.allclose(saved, sample(score_fn=S.GuidedScore(trained.score_model, labels, 0.0)).samples)
@@ -382,7 +384,7 @@ def test_class_label_and_guidance_give_the_guided_samples(digits_run, tmp_path):
     trained = sd.load_run(digits_run, "cpu")
     fn, grid = build_sampler(_sample_config(digits_run, "sampler=dpm_solver", "sampler.grid.n_steps=4"))
     expected = draw.draw_samples(trained.sde, S.GuidedScore(trained.score_model, 7, 2.0), fn, grid, (1, 8, 8), 8, batch_size=1000, seed=0)
-    torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "samples.npz")["samples"]), expected.samples, rtol=0, atol=0)
+    torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "samples.npz")["samples_unclipped"]), expected.samples, rtol=0, atol=0)
     assert summary["class_label"] == 7 and summary["guidance"] == 2.0 and summary["task"] == "sample"
 
 
@@ -398,7 +400,7 @@ def test_inpainting_held_out_digits_keeps_their_known_pixels(digits_run, tmp_pat
         return S.inpaint(trained.sde, trained.score_model, x, mask, ts, generator=generator, sampler=fn)
 
     inputs, expected = _by_hand(digits_run, inpaint, 12, 5)
-    samples = torch.from_numpy(saved["samples"])
+    samples = torch.from_numpy(saved["samples_unclipped"])
     torch.testing.assert_close(samples, expected, rtol=0, atol=0)
     assert torch.equal(samples[:, mask], inputs[:, mask]) and not torch.isclose(samples[:, ~mask], inputs[:, ~mask]).all()
     assert np.array_equal(saved["inputs"], inputs.numpy()) and np.array_equal(saved["mask"], mask.numpy())
@@ -417,7 +419,7 @@ def test_sdedit_of_held_out_digits_towards_a_class(digits_run, tmp_path):
         return S.sdedit(trained.sde, S.GuidedScore(trained.score_model, 3, 1.0), x, 0.5, ts, sampler=fn, generator=generator)
 
     _, expected = _by_hand(digits_run, sdedit, 6, 1000)
-    torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "samples.npz")["samples"]), expected, rtol=0, atol=0)
+    torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "samples.npz")["samples_unclipped"]), expected, rtol=0, atol=0)
     ts = grid(sd.VPSDE())
     assert summary["t0"] == 0.5 and summary["nfe_per_batch"] == [int((ts < 0.5).sum())]
 
@@ -457,7 +459,7 @@ def test_guided_samples_are_compared_with_the_held_out_data_of_their_class(digit
     summary = _sample(digits_run, tmp_path, "dpm_solver", "class_label=7", "n_samples=8", "sampler.grid.n_steps=4")
     trained = sd.load_run(digits_run, "cpu")
     sevens = trained.data.test[trained.data.test_labels == 7]
-    samples = torch.from_numpy(np.load(tmp_path / "samples.npz")["samples"])
+    samples = torch.from_numpy(np.load(tmp_path / "samples.npz")["samples_unclipped"])
     assert summary["sliced_w2_reference"] == "held-out data of class 7"
     assert summary["sliced_w2_vs_held_out"] == pytest.approx(sliced_w2_to_held_out(samples, sevens))
     unguided = _sample(digits_run, tmp_path / "all", "dpm_solver", "n_samples=8", "sampler.grid.n_steps=4")

@@ -8,9 +8,9 @@ import math
 
 import pytest
 import torch
+from analytic import gaussian, mixture
 
 import sde_diffusion as sd
-from analytic import gaussian, mixture
 from sde_diffusion.examples.quadratic_vp import QuadraticVPSDE
 from sde_diffusion.likelihood import log_likelihood
 
@@ -75,6 +75,24 @@ class ScaledPath(sd.GaussianPathSDE):
         return 1.5 * torch.sqrt(-torch.expm1(-12.0 * t**2))
 
 
+class ConstantMeanPath(sd.GaussianPathSDE):
+    """A VE-type user path written as the README writes paths: ``m = torch.ones_like(t)`` (no graph
+    back to ``t``) and ``s = 0.05 (1000)^t``; the derived SDE is ``dx = s sqrt(2 ln 1000) dw`` with zero drift."""
+
+    def mean_coeff(self, t):
+        return torch.ones_like(t)
+
+    def std(self, t):
+        return 0.05 * 1000.0**t
+
+
+class ConstantNumberPath(ConstantMeanPath):
+    """The same path with ``m`` a plain number, which does not even have ``t``'s shape."""
+
+    def mean_coeff(self, t):
+        return 1.0
+
+
 def test_a_users_path_derives_its_sde_prior_and_log_snr():
     sde = ScaledPath()
     t = torch.linspace(0.0, 1.0, 21, dtype=F64)
@@ -102,11 +120,12 @@ def test_a_users_path_derives_its_sde_prior_and_log_snr():
         (sd.euler_maruyama, {}, sd.uniform_time_grid, 1000),
     ],
 )
-@pytest.mark.parametrize("path", [ScaledPath, sd.RectifiedFlow])
+@pytest.mark.parametrize("path", [ScaledPath, sd.RectifiedFlow, ConstantMeanPath])
 def test_a_users_path_samples_its_gaussian_data_with_every_kernel_sampler(sampler, options, grid, n_steps, path):
     """Exact score of Gaussian data: samples have the mean and covariance of p_eps within 5
-    standard errors (covariance entries: se = sqrt((S_ij^2 + S_ii S_jj) / n)); for the user's path
-    and for rectified flow, with no special case in any sampler."""
+    standard errors (covariance entries: se = sqrt((S_ij^2 + S_ii S_jj) / n)); for the user's path,
+    rectified flow and a path written with ``m = torch.ones_like(t)`` (whose Euler-Maruyama and
+    probability-flow samplers use the derived drift and diffusion), with no special case in any sampler."""
     sde, dist, eps, n = path(), gaussian(dim=2, seed=4), 1e-3, 8000
     g = torch.Generator().manual_seed(5)
     x_T = sde.prior_sample((n, 2), generator=g, dtype=F64)
@@ -120,30 +139,13 @@ def test_a_users_path_samples_its_gaussian_data_with_every_kernel_sampler(sample
     assert ((torch.cov(out.T) - cov).abs() < 5 * se_cov + 0.01 * cov.abs().max()).all(), (torch.cov(out.T), cov)
 
 
-def test_a_users_path_gives_the_closed_form_likelihood():
-    sde, dist, eps = ScaledPath(), gaussian(dim=2, seed=1), 1e-3
+@pytest.mark.parametrize("path", [ScaledPath, ConstantMeanPath])
+def test_a_users_path_gives_the_closed_form_likelihood(path):
+    sde, dist, eps = path(), mixture(dim=2, seed=1), 1e-3
     x = dist.sample(16, generator=torch.Generator().manual_seed(0), dtype=F64)
     out = log_likelihood(sde, dist.score_fn(sde), x, eps=eps, rtol=1e-8, atol=1e-8)
     exact_terminal = out.logp - sde.prior_logp(out.latent) + dist.log_prob(out.latent, sde.T, sde)
     assert (exact_terminal - dist.log_prob(x, eps, sde)).abs().max() / 2 < 1e-4
-
-
-class ConstantMeanPath(sd.GaussianPathSDE):
-    """A VE-type user path written as the README writes paths: ``m = torch.ones_like(t)`` (no graph
-    back to ``t``) and ``s = 0.05 (1000)^t``; the derived SDE is ``dx = s sqrt(2 ln 1000) dw`` with zero drift."""
-
-    def mean_coeff(self, t):
-        return torch.ones_like(t)
-
-    def std(self, t):
-        return 0.05 * 1000.0**t
-
-
-class ConstantNumberPath(ConstantMeanPath):
-    """The same path with ``m`` a plain number, which does not even have ``t``'s shape."""
-
-    def mean_coeff(self, t):
-        return 1.0
 
 
 @pytest.mark.parametrize("path", [ConstantMeanPath, ConstantNumberPath])
@@ -155,33 +157,6 @@ def test_a_path_with_a_constant_mean_coefficient_has_zero_drift_and_the_closed_f
     m, s = sde.kernel(t)
     assert m.shape == s.shape == t.shape and torch.equal(m, torch.ones_like(t))
     assert sde.prior_std == pytest.approx(50.0)
-
-
-@pytest.mark.parametrize(
-    "sampler, options, grid, n_steps",
-    [(sd.euler_maruyama, {}, sd.uniform_time_grid, 1000), (sd.probability_flow_sampler, {"method": "rk4"}, sd.uniform_time_grid, 100)],
-)
-def test_a_constant_mean_path_samples_with_the_reverse_sde_and_the_probability_flow(sampler, options, grid, n_steps):
-    """The samplers that use the drift and diffusion (not only the kernel) on the constant-m path:
-    Gaussian data's mean and covariance at eps within 5 standard errors."""
-    sde, dist, eps, n = ConstantMeanPath(), gaussian(dim=2, seed=4), 1e-3, 8000
-    g = torch.Generator().manual_seed(5)
-    x_T = sde.prior_sample((n, 2), generator=g, dtype=F64)
-    with torch.no_grad():
-        out = sampler(sde, dist.score_fn(sde), x_T, grid(sde, n_steps, eps, dtype=F64), generator=g, **options).samples
-    _, s = sde.kernel(torch.tensor(eps, dtype=F64))
-    mean, cov = dist.means[0], dist.covs[0] + s**2 * torch.eye(2, dtype=F64)
-    assert ((out.mean(0) - mean).abs() < 5 * (cov.diagonal() / n).sqrt()).all(), (out.mean(0), mean)
-    se_cov = ((cov**2 + cov.diagonal()[:, None] * cov.diagonal()[None, :]) / n).sqrt()
-    assert ((torch.cov(out.T) - cov).abs() < 5 * se_cov + 0.01 * cov.abs().max()).all(), (torch.cov(out.T), cov)
-
-
-def test_a_constant_mean_path_gives_the_closed_form_likelihood():
-    sde, dist, eps = ConstantMeanPath(), mixture(dim=2, seed=1), 1e-3
-    x = dist.sample(16, generator=torch.Generator().manual_seed(0), dtype=F64)
-    out = log_likelihood(sde, dist.score_fn(sde), x, eps=eps, rtol=1e-8, atol=1e-8)
-    exact_terminal = out.logp - sde.prior_logp(out.latent) + dist.log_prob(out.latent, sde.T, sde)
-    assert (exact_terminal - dist.log_prob(x, eps, sde)).abs().max() / 2 < 1e-4
 
 
 def test_a_users_path_trains():

@@ -479,7 +479,7 @@ def test_latent_run_decodes_its_samples(runs):
     codec, images = load_codec(runs / "ae", "cpu")
     with torch.no_grad():
         decoded = codec.decode(torch.from_numpy(saved["samples_latent"]))
-    torch.testing.assert_close(torch.from_numpy(saved["samples"]), decoded, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.from_numpy(saved["samples_unclipped"]), decoded, rtol=1e-5, atol=1e-5)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["autoencoder_dir"] == str(runs / "ae") and summary["n_samples"] == 10
     assert "latent_sliced_w2_vs_held_out" in summary
@@ -547,7 +547,7 @@ def test_sde_sample_decodes_a_latent_run(runs, tmp_path):
     codec, _ = load_codec(runs / "ae", "cpu")
     with torch.no_grad():
         decoded = codec.decode(torch.from_numpy(saved["samples_latent"]))
-    torch.testing.assert_close(torch.from_numpy(saved["samples"]), decoded, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.from_numpy(saved["samples_unclipped"]), decoded, rtol=1e-5, atol=1e-5)
     code, _, err = run_app(
         "sample", f"run_dir={runs / 'latent'}", *args, "task=inpaint", f"hydra.run.dir={tmp_path / 'inpaint'}", cwd=tmp_path
     )

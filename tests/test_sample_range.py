@@ -131,3 +131,48 @@ def test_the_readme_edm_recipe_gives_samples_in_the_data_range(tmp_path):
     s = _summary(tmp_path / "run")
     assert not s["sample_range"]["material"] and s["sliced_w2_vs_held_out"] < 0.4, s
     assert "WARNING" not in out
+
+
+def test_the_ema_lag_check_works_for_negative_losses():
+    """Sliced score matching's loss is negative: the EMA lags when its loss is above the raw
+    weights' by more than a tenth of their magnitude."""
+    from sde_diffusion.cli.train import _warnings
+
+    fine = sample_range(torch.zeros(4, 2), torch.tensor([[-1.0, 1.0]]))
+    lag = _warnings(object(), fine, None, loss_ema=-5.0, loss_raw=-6.0, latent=False)
+    assert len(lag) == 1 and "is 1 above the raw weights' -6.0000" in lag[0]
+    assert _warnings(object(), fine, None, loss_ema=-6.0, loss_raw=-5.0, latent=False) == []
+
+
+def test_flow_matching_without_the_velocity_network_is_refused_in_one_line(tmp_path):
+    code, out, err = run_app("train", "sde=rectified_flow", "loss=flow_matching", "train.steps=2", "hydra.run.dir=run", cwd=tmp_path)
+    assert code == 2 and err.count("\n") == 1 and "add model=mlp_velocity" in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_held_out_nll_is_priced_before_it_runs_and_image_samples_are_saved_clipped(tmp_path, monkeypatch):
+    """With the threshold at 0 s the estimate is always printed: the pilot's NFE and the time, before
+    the evaluation's own result; the digits' samples.npz holds clipped samples and the raw values."""
+    import numpy as np
+
+    from sde_diffusion.cli import train
+
+    monkeypatch.setattr(train, "COST_SHOWN", 0.0)
+    code, out, err = run_app(
+        "train", "data=digits", "model=unet", "model.net.channels=8", "train.steps=2", "eval_points=40", "n_samples=16",
+        "sampler=ddim", "sampler.grid.n_steps=3", "progress=false", "hydra.run.dir=run", cwd=tmp_path,
+    )  # fmt: skip
+    assert code == 0, err
+    lines = out.splitlines()
+    priced = [i for i, line in enumerate(lines) if "held-out NLL on 40 points next, about" in line]
+    assert len(priced) == 1 and "8-point solve took" in lines[priced[0]] and "eval_points=0 skips it" in lines[priced[0]]
+    saved = np.load(tmp_path / "run" / "samples.npz")
+    test = _test_data(tmp_path / "run")
+    assert saved["samples"].min() >= test.min() and saved["samples"].max() <= test.max()
+    np.testing.assert_array_equal(np.clip(saved["samples_unclipped"], test.min(), test.max()), saved["samples"])
+
+
+def _test_data(run_dir):
+    import sde_diffusion as sd
+
+    return sd.load_run(run_dir, "cpu").data.test.numpy()

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import functools
 import math
-from pathlib import Path
 
 import pytest
 import torch
 from analytic import KernelFreeOU, KernelFreeVP, core_sdes, gaussian, mixture
+from apps import sampler_section
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 import sde_diffusion as sd
 from sde_diffusion import samplers as S
@@ -29,7 +28,6 @@ from sde_diffusion.timesteps import edm_time_grid, log_snr_time_grid, uniform_ti
 
 F64 = torch.float64
 EPS = 1e-3
-CONF = Path(__file__).parents[1] / "conf" / "sampler"
 SDES = {**core_sdes(), "custom": QuadraticVPSDE()}
 
 # name: (sampler, options, grid, steps N -> exact NFE)
@@ -186,7 +184,7 @@ def features(x: torch.Tensor, dist: sd.GaussianMixture, sde: sd.SDE) -> torch.Te
     return torch.cat([x, x[:, i] * x[:, j], comp.to(x.dtype), dist.log_prob(x, EPS, sde)[:, None]], 1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def reference_features(sde_name: str, seed: int = 6) -> torch.Tensor:
     """Features of ``N_REFERENCE`` exact samples of ``p_eps`` of ``mixture(2)`` under ``SDES[sde_name]``."""
     sde, dist, g = SDES[sde_name], mixture(2), torch.Generator().manual_seed(seed)
@@ -354,7 +352,7 @@ CONFIGS = {  # config: the call it must build
 
 @pytest.mark.parametrize("config", CONFIGS)
 def test_configs_build_the_documented_sampler(config):
-    cfg = OmegaConf.load(CONF / f"{config}.yaml")
+    cfg = sampler_section(config)
     sde, dist = sd.VPSDE(), gaussian(2)
     fn, ts = instantiate(cfg.fn), instantiate(cfg.grid)(sde, device="cpu", dtype=F64)
     x = sde.prior_sample((4, 2), generator=torch.Generator().manual_seed(15), dtype=F64)

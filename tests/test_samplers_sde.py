@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import functools
 import math
-from pathlib import Path
 
+import analytic
 import pytest
 import torch
 import torchsde
+from apps import sampler_section
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from scipy import stats
 from tqdm.auto import tqdm
 
-import analytic
 import sde_diffusion as sd
 from sde_diffusion import samplers as S
 from sde_diffusion.samplers.torchsde_sampler import _SDE_TYPES, _GridIndexReverseSDE
@@ -38,7 +37,6 @@ PREDICTORS = {
     "ancestral": S.AncestralPredictor(),
     "ancestral_forward": S.AncestralPredictor(variance="forward"),
 }
-CONF = Path(__file__).resolve().parents[1] / "conf" / "sampler"
 
 
 def gen(seed: int) -> torch.Generator:
@@ -366,7 +364,7 @@ def sliced_w1(x: torch.Tensor, y: torch.Tensor, n_proj: int = 64) -> float:
     return ((x @ dirs).sort(0)[0] - (y @ dirs).sort(0)[0]).abs().mean().item()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def sliced_w1_floor(shape: tuple[int, ...], n: int) -> tuple[float, float]:
     """Mean and std of the sliced W1 between two independent exact sample sets of size ``n`` (16 pairs)."""
     dist = analytic.mixture(dim=math.prod(shape), event_shape=shape)
@@ -452,7 +450,7 @@ def test_torchsde_higher_order_methods_match_the_marginal(sde_name, method):
     assert_gaussian(out.samples, *marginal_law(dist, sde, EPS))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def strong_solution(method: str, substeps: int) -> torch.Tensor:
     """The VP reverse SDE (Gaussian data, 64 paths, 8 grid intervals) on one fixed Brownian path: a
     BrownianInterval with ``halfway_tree`` samples the same path whatever the query points, and
@@ -594,7 +592,7 @@ def test_invalid_arguments_are_rejected():
                                   "torchsde", "euler_maruyama"])
 def test_config_instantiates_and_samples(name):
     """Each conf/sampler YAML builds its sampler and grid as the app does and samples (grid shortened)."""
-    cfg = OmegaConf.load(CONF / f"{name}.yaml")
+    cfg = sampler_section(name)
     fn = instantiate(cfg.fn)
     sde, dist = SDES["ve"], analytic.mixture()
     ts = instantiate(cfg.grid, n_steps=6)(sde, device="cpu", dtype=F64)

@@ -351,6 +351,8 @@ def run(cfg: DictConfig, out_dir: Path, *, sampler_name: str = "sampler", sample
         "nfe_per_sample": drawn.nfe.numpy(),
         "seconds": np.float64(drawn.seconds),
     }
+    if samples.dim() == 4:  # images: the data's range, as the pictures show them; the sampler's values beside
+        arrays.update(samples=samples.clamp(float(held_out.min()), float(held_out.max())).numpy(), samples_unclipped=samples.numpy())
     if trained.data.scale is not None:
         arrays["samples_raw"] = trained.data.unstandardize(samples).numpy()
     if inputs is not None:

@@ -158,6 +158,9 @@ def _eval_points(cfg: DictConfig) -> int:
 PILOT_POINTS = 8
 """Points of the pilot solve that prices the held-out NLL before it runs."""
 
+COST_SHOWN = 20.0
+"""Seconds of estimated held-out NLL above which the estimate is printed before the evaluation."""
+
 
 def _held_out_nll(exp, score_model, n_points: int, seed: int) -> dict:
     """Probability-flow NLL of ``score_model`` on the first ``n_points`` held-out points, with the
@@ -165,7 +168,7 @@ def _held_out_nll(exp, score_model, n_points: int, seed: int) -> dict:
 
     A pilot solve on :data:`PILOT_POINTS` points first prices the evaluation (the solve's NFE is set
     by the model, 400 on a good VP toy and thousands on a poor one, and each NFE costs in proportion
-    to the points); when the estimate passes 20 s it is printed, with how to skip or shrink it."""
+    to the points); when the estimate passes :data:`COST_SHOWN` it is printed, with how to skip or shrink it."""
     if n_points == 0:
         return {}
     data = exp.data
@@ -180,11 +183,11 @@ def _held_out_nll(exp, score_model, n_points: int, seed: int) -> dict:
         seed=seed,
         density=data.distribution,
     )
-    if n > PILOT_POINTS:
+    if n > 4 * PILOT_POINTS:  # a smaller evaluation costs little more than its pilot would
         pilot = nll(n_points=PILOT_POINTS)
         points, mid = data.test[:n].to(exp.device), 0.5 * float(exp.sde.T)
         estimate = pilot["seconds"] * _forward_seconds(score_model, points, mid) / _forward_seconds(score_model, points[:PILOT_POINTS], mid)
-        if estimate > 20:
+        if estimate > COST_SHOWN:
             say(
                 f"{PROG}: held-out NLL on {n} points next, about {_duration(estimate)} (a {PILOT_POINTS}-point solve took "
                 f"{pilot['nfe']:.0f} NFE, {pilot['seconds']:.1f} s); eval_points=<fewer> shrinks it, eval_points=0 skips it "
@@ -363,7 +366,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         "ema_decay_last_step": trainer.ema.last_decay,
         "held_out_loss_ema": held_out_loss,
         "held_out_loss_raw": held_out_loss_raw,
-        "held_out_loss_ema_over_raw": held_out_loss / held_out_loss_raw if held_out_loss_raw else None,
+        "held_out_loss_ema_over_raw": held_out_loss / held_out_loss_raw if held_out_loss_raw > 0 else None,
         **held_out_nll,
         "sampler": sampler_name,
         "nfe": nfe,
@@ -426,9 +429,10 @@ def _warnings(exp, in_range: SampleRange, raw_check, loss_ema: float, loss_raw: 
         raw_range = None if raw_check is None else raw_check[0]
         what = "the latents leave the latent data's range" if latent else "the samples leave the data's range"
         out.append(f"{what}: {in_range.text()}; {range_advice(in_range, raw_range, hint=_path_hint(exp))}")
-    if loss_ema > (1 + EMA_LAG) * abs(loss_raw):
+    if loss_ema - loss_raw > EMA_LAG * abs(loss_raw):  # differences, not ratios: a loss may be negative (ssm)
+        by = f"{loss_ema / loss_raw:.2f}x" if loss_raw > 0 else f"{loss_ema - loss_raw:.4g} above"
         out.append(
-            f"the EMA weights' held-out loss {loss_ema:.4f} is {loss_ema / loss_raw:.2f}x the raw weights' {loss_raw:.4f}: the average still "
+            f"the EMA weights' held-out loss {loss_ema:.4f} is {by} the raw weights' {loss_raw:.4f}: the average still "
             f"remembers early weights; train longer, lower train.ema_decay, or use the raw weights (weights=raw in sde-sample and sde-eval)"
         )
     return out
