@@ -483,6 +483,11 @@ def test_latent_run_decodes_its_samples(runs):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["autoencoder_dir"] == str(runs / "ae") and summary["n_samples"] == 10
     assert "latent_sliced_w2_vs_held_out" in summary
+    # the range check is of the latents against the held-out latents, which the decoder's clipping would hide
+    trained_latents = sd.load_run(run, "cpu").data.test
+    expected = sd.sample_range(torch.from_numpy(saved["samples_latent"]), trained_latents)
+    assert summary["sample_range"]["of"] == "latents" and summary["samples_outside_range"] == pytest.approx(expected.fraction_outside)
+    assert " NLL of the latents " in (run / "train.log").read_text() or "held_out_nll_nats_per_dim" not in summary
     # the latents are draw_samples of the run's EMA model with its sampler, seed 0 (class grid labels)
     trained = sd.load_run(run, "cpu")
     assert trained.data.data_shape == (2, 4, 4) and trained.data.levels is None

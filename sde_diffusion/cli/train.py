@@ -405,9 +405,9 @@ def _range_text(r: SampleRange, latent: bool) -> str:
 
 @torch.no_grad()
 def _raw_weights_check(exp, raw, cfg: DictConfig, precision: str, compiled: bool, guidance: float) -> tuple[SampleRange, dict]:
-    """Samples of the raw weights, drawn as the EMA's were (at most 1,000), when the EMA's leave the
-    data's range: do the raw weights do better? Returns their range and a summary entry."""
-    n = min(int(cfg.n_samples), 1000)
+    """Samples of the raw weights, drawn as the EMA's were (at most 500: a fraction, not a picture), when
+    the EMA's leave the data's range: do the raw weights do better? Returns their range and a summary entry."""
+    n = min(int(cfg.n_samples), 500)
     net = accelerate(raw, precision=precision, compile=compiled, device=exp.device)
     drawn = _sample(exp, net, n, int(cfg.seed), exp.options.progress, guidance)
     samples = drawn.samples.float()
