@@ -405,3 +405,14 @@ def test_cli_errors_exit_non_zero_with_one_line(tmp_path, args, message):
     assert proc.returncode == 2
     assert proc.stderr.startswith("sde-eval: error: ") and message in proc.stderr
     assert proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_sde_eval_weights_raw_evaluates_the_last_steps_weights(run_dir, tmp_path):
+    """weights=raw: the NLL of the raw weights, equal to the library's evaluation of load_run(weights='raw'),
+    and recorded; the EMA's differs."""
+    raw = eval_run(_eval_config(run_dir, "n_points=16", "weights=raw"), tmp_path / "raw")
+    ema = eval_run(_eval_config(run_dir, "n_points=16"), tmp_path / "ema")
+    assert (raw["weights"], ema["weights"]) == ("raw", "ema") and raw["nll_nats_per_dim"] != ema["nll_nats_per_dim"]
+    trained = sd.load_run(run_dir, "cpu", weights="raw")
+    direct = sd.evaluate_nll(trained.sde, trained.score_model, trained.data.test, n_points=16, seed=0, density=trained.data.distribution)
+    assert raw["nll_nats_per_dim"] == pytest.approx(direct["nll_nats_per_dim"], rel=1e-6)

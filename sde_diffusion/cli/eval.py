@@ -178,6 +178,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         "checkpoint_step": trained.step,
         "data": data.name,
         "split": cfg.split,
+        "weights": str(cfg.get("weights", "ema")),
         **settings,
         **result,  # the resolved divergence replaces "auto"
         "device": str(trained.device),
