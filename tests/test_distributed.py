@@ -165,3 +165,24 @@ def test_batch_must_split_into_micro_batches():
     model = sd.EpsilonParameterization(sd.TimeMLP((2,), hidden_dim=8, n_layers=1), sde)
     with pytest.raises(ValueError, match=r"batch_size \(64\) must be divisible .* 3"):
         sd.Trainer(model, sde, torch.randn(100, 2), sd.TrainOptions(batch_size=64, grad_accumulation=3, progress=False))
+
+
+def test_a_finished_rank_waits_at_shutdown_for_rank_0s_work(tmp_path):
+    """shutdown(wait=True) meets every rank before leaving the group: rank 1 finishes at once, rank 0
+    works 3 s alone (its evaluation after training) and both leave together, with exit code 0.
+    Leaving early made gloo abort rank 1 in about one job in five."""
+    script = tmp_path / "meet.py"
+    script.write_text(
+        "import json, sys, time\n"
+        "from sde_diffusion import distributed\n"
+        "ctx = distributed.init_distributed('cpu')\n"
+        "if ctx.is_main:\n"
+        "    time.sleep(3)\n"
+        "distributed.shutdown(ctx, wait=True)\n"
+        "print(json.dumps({'rank': ctx.rank, 'left': time.time()}))\n"
+    )
+    start = time.time()
+    proc = _torchrun(_exe("python"), [str(script)], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    left = {r["rank"]: r["left"] for r in map(json.loads, (x for x in proc.stdout.splitlines() if x.startswith("{")))}
+    assert set(left) == {0, 1} and left[1] - start >= 3 and abs(left[1] - left[0]) < 1.5, left

@@ -149,8 +149,10 @@ def torchrun_session(prog: str, argv: list[str], run_dir_pattern: str) -> Iterat
     ctx = _join_torchrun(prog, argv, run_dir_pattern)
     try:
         yield ctx
-    finally:
+    except BaseException:
         distributed.shutdown(ctx)
+        raise
+    distributed.shutdown(ctx, wait=True)
 
 
 def _join_torchrun(prog: str, argv: list[str], run_dir_pattern: str) -> distributed.DistributedContext:
