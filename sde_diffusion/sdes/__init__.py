@@ -1,6 +1,7 @@
 """Forward SDEs, their schedules, and the processes derived from them."""
 
-from .base import SDE, ScoreFn
+from ..types import ScoreFn
+from .base import SDE
 from .discrete import DDPMSDE, DiscreteBeta, DiscreteSchedule, cosine_betas, linear_betas
 from .edm import EDMSDE
 from .flow import RectifiedFlow

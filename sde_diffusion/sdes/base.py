@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .._noise import NoiseSource, randn, randn_like
 from .._shapes import batch_time, expand_like, flat_dim
-from ..scores import ScoreFn
+from ..types import ScoreFn
 
 if TYPE_CHECKING:
     from .reverse import ProbabilityFlowODE, ReverseSDE
@@ -29,6 +29,11 @@ class SDE(abc.ABC):
     perturbation kernel ``p_0t(x_t | x_0) = N(m(t) x_0, s(t)^2 I)`` is known in closed form,
     :meth:`kernel`. Everything else (marginal sampling, prior, Euler-Maruyama discretization,
     reverse-time SDE, probability-flow ODE, log-SNR) is derived here.
+
+    The conversions between the predictions a network can make (score, noise ``eps``, clean data
+    ``x0``, Salimans & Ho's ``v``, the probability-flow velocity) are methods here too, derived from
+    the kernel (or from the drift and diffusion, for the velocity), so every parameterization,
+    sampler and bound uses the same formulas on every SDE.
 
     Shapes: data ``x`` is ``(B, *dims)``; times and per-sample coefficients are ``(B,)``; methods
     that take a time accept a Python number or 0-d tensor as well and broadcast it over the batch.
@@ -134,6 +139,85 @@ class SDE(abc.ABC):
         t = batch_time(t, x)
         dt = batch_time(dt, x)
         return self.drift(x, t) * expand_like(dt, x), self.diffusion(t) * dt.sqrt()
+
+    # --------------------------------------------------------- conversions on the Gaussian path
+    # With x_t = m x0 + s eps, eps ~ N(0, I): the score S = grad log p_t(x_t) = -E[eps | x_t] / s,
+    # the data prediction E[x0 | x_t] (Tweedie), Salimans & Ho's v and the probability-flow velocity
+    # are one prediction in five coordinates. ``kernel``: (m(t), s(t)) when the caller holds them (a
+    # sampler's table), numbers or tensors of shape () or (B,), used as given; by default the kernel
+    # is evaluated at t. All inputs and outputs are (B, *dims); t is a number, a 0-d tensor or (B,).
+    def _coefficients(self, t: float | Tensor, like: Tensor, kernel: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
+        """``(m(t), s(t))`` reshaped to broadcast against ``like`` ``(B, *dims)``. Evaluated in the
+        wider of ``like``'s dtype and ``t``'s (the default dtype for a number), so a half-precision
+        network output never rounds the time or the kernel."""
+        if kernel is not None:
+            m, s = (torch.as_tensor(c, device=like.device) for c in kernel)
+        else:
+            t = torch.as_tensor(t, device=like.device)
+            dtype = torch.promote_types(like.dtype, t.dtype if t.is_floating_point() else torch.get_default_dtype())
+            m, s = self.kernel(batch_time(t, like.new_empty(like.shape[:1], dtype=dtype)))
+        return expand_like(m, like), expand_like(s, like)
+
+    def eps_from_score(self, score: Tensor, t: float | Tensor, *, kernel: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """The noise prediction ``eps = -s(t) score``: the kernel's score is ``-(x - m x0) / s^2 = -eps / s``
+        (Vincent 2011), so a score is ``-E[eps | x_t] / s`` (Ho et al. 2020's eps-prediction)."""
+        _, s = self._coefficients(t, score, kernel)
+        return -s * score
+
+    def score_from_eps(self, eps: Tensor, t: float | Tensor, *, kernel: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """The score ``-eps / s(t)`` of a noise prediction (inverse of :meth:`eps_from_score`)."""
+        _, s = self._coefficients(t, eps, kernel)
+        return eps / -s
+
+    def x0_from_score(self, x: Tensor, score: Tensor, t: float | Tensor, *, kernel: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """Tweedie's denoiser ``E[x0 | x_t = x] = (x + s(t)^2 score) / m(t)`` (Robbins 1956; Efron 2011,
+        "Tweedie's Formula and Selection Bias", for the kernel ``N(m x0, s^2 I)``): exact when ``score``
+        is the score of ``p_t``, a score model's data prediction otherwise."""
+        m, s = self._coefficients(t, x, kernel)
+        return (x + s**2 * score) / m
+
+    def score_from_x0(self, x: Tensor, x0: Tensor, t: float | Tensor, *, kernel: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """The score ``(m(t) x0 - x) / s(t)^2`` of a data prediction ``x0`` at ``x`` (inverse of
+        :meth:`x0_from_score`; Karras et al. 2022, Eq. 3, in the path's ``m`` and ``s``)."""
+        m, s = self._coefficients(t, x, kernel)
+        return (m * x0 - x) / s**2
+
+    def x0_from_eps(self, x: Tensor, eps: Tensor, t: float | Tensor, *, kernel: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """The data prediction ``(x - s(t) eps) / m(t)`` of a noise prediction (Ho et al. 2020, Eq. 15)."""
+        m, s = self._coefficients(t, x, kernel)
+        return (x - s * eps) / m
+
+    def eps_from_x0(self, x: Tensor, x0: Tensor, t: float | Tensor, *, kernel: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """The noise prediction ``(x - m(t) x0) / s(t)`` of a data prediction (inverse of :meth:`x0_from_eps`)."""
+        m, s = self._coefficients(t, x, kernel)
+        return (x - m * x0) / s
+
+    def v_from_eps_x0(self, eps: Tensor, x0: Tensor, t: float | Tensor, *, kernel: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """Salimans & Ho's ``v = m(t) eps - s(t) x0`` (Salimans & Ho 2022, "Progressive Distillation",
+        Sec. 4, written for any kernel; with ``m^2 + s^2 = 1`` it is their ``alpha eps - sigma x``)."""
+        m, s = self._coefficients(t, eps, kernel)
+        return m * eps - s * x0
+
+    def score_from_v(self, x: Tensor, v: Tensor, t: float | Tensor, *, kernel: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """The score of a ``v`` prediction. Inverting ``[x; v] = [[m, s], [-s, m]] [x0; eps]`` gives
+        ``eps = (s x + m v) / (m^2 + s^2)``, so ``score = -(s x + m v) / (s (m^2 + s^2))``."""
+        m, s = self._coefficients(t, x, kernel)
+        return -(s * x + m * v) / (s * (m**2 + s**2))
+
+    def velocity_from_score(self, x: Tensor, score: Tensor, t: float | Tensor) -> Tensor:
+        """The probability-flow velocity ``f(x, t) - g(t)^2 score / 2`` (Song et al. 2021, Eq. 13); for
+        a Gaussian path, the flow-matching field ``E[m'(t) x0 + s'(t) eps | x_t]`` (Lipman et al. 2023,
+        Eq. 8). Needs only the drift and the diffusion, not the kernel."""
+        t = batch_time(t, x)
+        g = expand_like(self.diffusion(t), x)
+        return self.drift(x, t) - 0.5 * g**2 * score
+
+    def score_from_velocity(self, x: Tensor, velocity: Tensor, t: float | Tensor) -> Tensor:
+        """The score ``2 (f(x, t) - velocity) / g(t)^2`` of a velocity prediction (inverse of
+        :meth:`velocity_from_score`; times with ``g(t) > 0``)."""
+        t = batch_time(t, x)
+        g2 = expand_like(self.diffusion(t) ** 2, x)
+        return 2.0 * (self.drift(x, t) - velocity) / g2
 
     def reverse(self, score_fn: ScoreFn) -> ReverseSDE:
         """The reverse-time SDE driven by ``score_fn`` (Anderson 1982; Song et al. 2021, Eq. 6)."""
