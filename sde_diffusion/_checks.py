@@ -10,7 +10,8 @@ import math
 def _bounds_text(low, high, low_open: bool, high_open: bool, integer: bool) -> str:
     kind = "an integer" if integer else "a number"
     if low is not None and high is not None:
-        return f"lie in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        return f"be an integer in {interval}" if integer else f"lie in {interval}"
     if low is not None:
         if low == 0 and low_open:
             return "be a positive " + ("integer" if integer else "number")

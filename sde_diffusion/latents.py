@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ._checks import check_range
 from .data.dataset import Dataset
 from .losses.autoencoder import decoder_log_prob
 
@@ -119,8 +120,7 @@ def latent_dataset(autoencoder_dir: str, draws: int = 1, seed: int = 0) -> Datas
     of a latent diffusion model (``experiment=latent_digits``). Continuous data (``levels`` None)."""
     if autoencoder_dir is None:
         raise ValueError("latent data need autoencoder_dir=<a finished sde-train task=autoencoder run> (experiment=latent_digits)")
-    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
-        raise ValueError(f"draws must be a positive integer (latent draws per training image), got {draws!r}")
+    draws = check_range("draws", draws, low=1, integer=True, hint="latent draws per training image")
     codec, images = load_codec(autoencoder_dir, "cpu")
     gen = torch.Generator().manual_seed(seed)
 

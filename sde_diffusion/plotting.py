@@ -20,6 +20,8 @@ import matplotlib.ticker as ticker  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
 
+from ._checks import check_range
+
 
 def scatter_samples(samples: torch.Tensor, data: torch.Tensor, path: str | Path, *, title: str = "", units: str | None = None) -> Path:
     """Save :func:`scatter_figure` as a PNG at ``path`` (cropped to its contents, nothing cut off)."""
@@ -294,8 +296,7 @@ def image_figure(
     lo, hi = (float(v) for v in value_range)
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
         raise ValueError(f"value_range must be two finite numbers lo < hi, got {value_range!r}")
-    if isinstance(max_images, bool) or int(max_images) != max_images or max_images < 1:
-        raise ValueError(f"max_images must be a positive integer, got {max_images!r}")
+    max_images = check_range("max_images", max_images, low=1, integer=True)
     images = samples[: int(max_images)]
     channels = images.shape[1]
     if channels not in (1, 3):

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
+from ._checks import check_range
+
 MARGIN = 0.1
 """Default margin: the data's range ``[lo, hi]`` is widened by this fraction of ``hi - lo`` on each side."""
 
@@ -77,8 +79,7 @@ def sample_range(samples: Tensor, data: Tensor, *, margin: float = MARGIN) -> Sa
     Computed on the CPU in float64 in one pass; ``margin >= 0`` widens the range by that fraction of
     its width on each side, so that a good model's tails (a Gaussian cluster's outermost samples, a
     pixel slightly past the clipping range) are not counted."""
-    if margin < 0:
-        raise ValueError(f"margin must be >= 0 (a fraction of the data's range), got {margin}")
+    margin = check_range("margin", margin, low=0.0, hint="a fraction of the data's range")
     if samples.shape[1:] != data.shape[1:]:
         raise ValueError(f"samples {tuple(samples.shape)} and data {tuple(data.shape)} differ in their per-sample shape")
     x = samples.detach().reshape(-1).double().cpu()

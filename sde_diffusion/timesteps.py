@@ -10,14 +10,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._checks import check_range
 from .sdes.base import SDE
 
 
 def _check(n_steps: int, eps: float, T: float) -> None:
-    if int(n_steps) != n_steps or n_steps < 1:
-        raise ValueError(f"n_steps must be a positive integer, got {n_steps}")
-    if not 0.0 <= eps < T:
-        raise ValueError(f"need 0 <= eps < T, got eps={eps}, T={T}")
+    check_range("n_steps", n_steps, low=1, integer=True)
+    check_range("eps", eps, low=0.0, high=T, high_open=True, hint=f"the grid ends at eps and starts at T = {T:g}")
 
 
 def uniform_time_grid(sde: SDE, n_steps: int, eps: float = 1e-3, *, dtype=torch.float32, device=None) -> Tensor:

@@ -16,6 +16,7 @@ from sde_diffusion._checks import check_range
         (0, dict(low=1, integer=True), "x must be an integer >= 1, got 0"),
         (2.5, dict(low=0, integer=True), "x must be an integer >= 0, got 2.5"),
         (1.0, dict(low=0, high=1, high_open=True), "x must lie in [0, 1), got 1.0"),
+        (2.5, dict(low=1, high=16, integer=True), "x must be an integer in [1, 16], got 2.5"),
         (True, dict(low=0), "x must be a number >= 0, got True"),
         (math.nan, dict(low=0), "x must be a number >= 0, got nan"),
         (math.inf, dict(), "x must be a finite number, got inf"),

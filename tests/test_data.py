@@ -81,7 +81,7 @@ def test_toy_moments_match_closed_forms(name):
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True])
 def test_toy_rejects_bad_sample_counts(bad):
-    with pytest.raises(ValueError, match="positive integer"):
+    with pytest.raises(ValueError, match="the number of samples must be an integer >= 1"):
         sdd.two_moons(bad, _gen())
 
 
@@ -109,7 +109,7 @@ def test_toy_dataset_determinism_and_independent_streams():
 
 @pytest.mark.parametrize("seed", [-1, 1.5])
 def test_toy_dataset_rejects_bad_seeds(seed):
-    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+    with pytest.raises(ValueError, match="seed must be an integer >= 0"):
         toy_dataset("rings", 10, 10, seed=seed)
 
 
@@ -366,7 +366,7 @@ def test_npz_needs_a_row_in_each_split(tmp_path, rows, fraction):
 
 @pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1])
 def test_npz_rejects_bad_test_fraction(tmp_path, fraction):
-    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+    with pytest.raises(ValueError, match=r"test_fraction must lie in \(0, 1\)"):
         npz_dataset(_save(tmp_path, x=np.zeros((10, 2))), test_fraction=fraction)
 
 

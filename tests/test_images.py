@@ -196,7 +196,7 @@ def _nan_images():
         ({"x": np.full((4, 3, 3), -1, dtype=np.int16)}, {"levels": 17}, "values from -1 to -1, outside the 17 levels"),
         ({"x": np.full((4, 3, 3), 200, dtype=np.int64)}, {}, r"int64, whose bit depth cannot be inferred .* bits=8"),
         ({"x": _uint8_images()}, {"bits": 8, "levels": 256}, "bits or levels, not both"),
-        ({"x": _uint8_images()}, {"bits": 17}, "bits must be an integer from 1 to 16"),
+        ({"x": _uint8_images()}, {"bits": 17}, r"bits must be an integer in \[1, 16\]"),
         ({"x": _uint8_images(), "y": np.arange(20.0)}, {"labels_key": "y"}, r"dtype float64 .* labels.astype\(np.int64\)"),
         ({"x": _uint8_images(), "y": np.arange(19)}, {"labels_key": "y"}, r"shape \(19,\) but must be \(20,\)"),
         ({"x": _uint8_images(), "y": np.arange(20) - 1}, {"labels_key": "y"}, "non-negative"),
@@ -224,7 +224,7 @@ def _images(n, seed=0):
     [
         ({"n_classes": None}, "give all three or none"),
         ({"test_labels": None}, "give all three or none"),
-        ({"n_classes": 0}, "n_classes must be a positive integer"),
+        ({"n_classes": 0}, "n_classes must be an integer >= 1"),
         ({"train_labels": torch.zeros(5, dtype=torch.long)}, r"train_labels must be an int64 tensor of shape \(6,\)"),
         ({"test_labels": torch.zeros(3, dtype=torch.int32)}, r"test_labels must be an int64 tensor of shape \(3,\), one label per test sample; got torch.int32"),
         ({"train_labels": torch.tensor([0, 1, 2, 3, 0, 1])}, r"train_labels must lie in 0..2 \(n_classes=3\); got values from 0 to 3"),

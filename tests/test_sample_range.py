@@ -41,7 +41,7 @@ def test_samples_of_the_data_distribution_are_not_flagged_and_diverged_ones_are(
 def test_bad_inputs_are_refused():
     with pytest.raises(ValueError, match="per-sample shape"):
         sample_range(torch.zeros(3, 2), torch.zeros(3, 3))
-    with pytest.raises(ValueError, match="margin must be >= 0"):
+    with pytest.raises(ValueError, match="margin must be a number >= 0"):
         sample_range(torch.zeros(3, 2), torch.zeros(3, 2), margin=-0.1)
 
 

@@ -183,10 +183,10 @@ def test_closed_form_inverse_log_snr_equals_the_bisection(sde):
     "make, message",
     [
         (lambda: sd.VPSDE(beta_min=20, beta_max=0.1), "beta_min .* must be smaller than beta_max"),
-        (lambda: sd.VPSDE(beta_min=-1), "beta_min must be >= 0"),
+        (lambda: sd.VPSDE(beta_min=-1), "beta_min must be a number >= 0"),
         (lambda: sd.SubVPSDE(beta_min=5, beta_max=5), "must be smaller"),
         (lambda: sd.VESDE(sigma_min=50, sigma_max=0.01), "sigma_min .* must be smaller than sigma_max"),
-        (lambda: sd.VESDE(sigma_min=0), "sigma_min must be > 0"),
+        (lambda: sd.VESDE(sigma_min=0), "sigma_min must be a positive number"),
         (lambda: sd.CosineVPSDE(s=-1), "s must be > 0"),
     ],
 )

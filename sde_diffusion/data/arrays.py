@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._checks import check_range
 from .._shapes import check_data
 from .dataset import Dataset
 
@@ -71,8 +72,7 @@ def npz_dataset(
         ValueError: not an ``.npz``; ``key`` missing; non-numeric dtype; NaN or inf; fewer than 2
             axes; empty; too few rows for both splits to get one.
     """
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must lie strictly between 0 and 1, got {test_fraction}")
+    check_range("test_fraction", test_fraction, low=0.0, high=1.0, low_open=True, high_open=True)
     if isinstance(seed, bool) or int(seed) != seed:
         raise ValueError(f"seed must be an integer, got {seed!r}")
     path = Path(path)

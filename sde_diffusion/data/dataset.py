@@ -9,6 +9,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from .._checks import check_range
 from .._shapes import check_data
 
 
@@ -102,16 +103,15 @@ class Dataset:
             raise ValueError(
                 f"train_labels, test_labels and n_classes describe labelled data together: give all three or none (got only {', '.join(given)})"
             )
-        if isinstance(self.n_classes, bool) or not isinstance(self.n_classes, int) or self.n_classes < 1:
-            raise ValueError(f"n_classes must be a positive integer, got {self.n_classes!r}")
+        n_classes = check_range("n_classes", self.n_classes, low=1, integer=True)
         for split in ("train", "test"):
             y, n = getattr(self, f"{split}_labels"), len(getattr(self, split))
             if not isinstance(y, Tensor) or y.dtype != torch.int64 or y.shape != (n,):
                 what = f"{y.dtype} of shape {tuple(y.shape)}" if isinstance(y, Tensor) else type(y).__name__
                 raise ValueError(f"{split}_labels must be an int64 tensor of shape ({n},), one label per {split} sample; got {what}")
-            if bool(((y < 0) | (y >= self.n_classes)).any()):
+            if bool(((y < 0) | (y >= n_classes)).any()):
                 raise ValueError(
-                    f"{split}_labels must lie in 0..{self.n_classes - 1} (n_classes={self.n_classes}); got values from {int(y.min())} to {int(y.max())}"
+                    f"{split}_labels must lie in 0..{n_classes - 1} (n_classes={n_classes}); got values from {int(y.min())} to {int(y.max())}"
                 )
 
     @property

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._checks import check_range
 from ..conditioning import downsample
 from .arrays import _read_array
 from .dataset import Dataset
@@ -40,8 +41,7 @@ def _split(x: Tensor, labels: Tensor | None, n_test: int, seed: int) -> tuple[Te
     """Shuffle rows with a permutation seeded by ``seed``; the first ``n_test`` become the test split.
     Returns ``train, test, train_labels, test_labels`` (labels None when ``labels`` is None)."""
     n = x.shape[0]
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    seed = check_range("seed", seed, low=0, integer=True)
     if not 1 <= n_test < n:
         raise ValueError(f"the test split must hold between 1 and {n - 1} of the {n} images, got {n_test}; change test_fraction or n_test")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
@@ -84,13 +84,9 @@ def _image_levels(raw: np.ndarray, name: str, bits: int | None, levels: int | No
     if bits is not None and levels is not None:
         raise ValueError(f"give bits or levels, not both (got bits={bits}, levels={levels})")
     if bits is not None:
-        if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 16:
-            raise ValueError(f"bits must be an integer from 1 to 16 (8 for 8-bit images), got {bits!r}")
-        return 2**bits
+        return 2 ** check_range("bits", bits, low=1, high=16, integer=True, hint="8 for 8-bit images")
     if levels is not None:
-        if isinstance(levels, bool) or not isinstance(levels, int) or not 2 <= levels <= _MAX_LEVELS:
-            raise ValueError(f"levels must be an integer from 2 to {_MAX_LEVELS} (e.g. 17 for the digits), got {levels!r}")
-        return levels
+        return check_range("levels", levels, low=2, high=_MAX_LEVELS, integer=True, hint="e.g. 17 for the digits")
     if raw.dtype.kind == "u" and raw.dtype.itemsize <= 2:
         return 2 ** (8 * raw.dtype.itemsize)
     top = int(raw.max())
@@ -174,8 +170,7 @@ def npz_image_dataset(
             message says how to convert); not 3-D or 4-D; values outside ``0 .. K - 1``; a bit depth
             that cannot be inferred; bad labels; a split without rows.
     """
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must lie strictly between 0 and 1, got {test_fraction}")
+    check_range("test_fraction", test_fraction, low=0.0, high=1.0, low_open=True, high_open=True)
     path = Path(path)
     raw = _read_array(path, key)
     name = f"array {key!r} in {str(path)!r}"
@@ -238,8 +233,7 @@ def class_subset(dataset: Dataset, classes: list[int], per_class: int | None = N
     wanted = sorted({int(c) for c in classes})
     if not wanted or wanted[0] < 0 or wanted[-1] >= dataset.n_classes:
         raise ValueError(f"classes must be labels in 0..{dataset.n_classes - 1}, got {list(classes)!r}")
-    if per_class is not None and (isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1):
-        raise ValueError(f"per_class must be a positive integer or null (all rows), got {per_class!r}")
+    per_class = check_range("per_class", per_class, low=1, integer=True, optional=True, hint="null: all rows")
     gen = torch.Generator().manual_seed(seed)
     rows = []
     for c in wanted:

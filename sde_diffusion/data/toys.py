@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._checks import check_range
 from .dataset import Dataset, Density
 from .gmm import GaussianMixture
 
@@ -25,9 +26,7 @@ EIGHT_GAUSSIANS_STD = math.sqrt(2.0) / 4.0
 
 
 def _check_n(n: int) -> int:
-    if isinstance(n, bool) or int(n) != n or n < 1:
-        raise ValueError(f"the number of samples must be a positive integer, got {n!r}")
-    return int(n)
+    return check_range("the number of samples", n, low=1, integer=True)
 
 
 def _randn(n: int, generator: torch.Generator | None) -> Tensor:
@@ -173,8 +172,7 @@ TOY_NAMES: tuple[str, ...] = tuple(_TOYS)
 def _split_generators(seed: int) -> tuple[torch.Generator, torch.Generator]:
     """Independent train and test generators spawned from ``seed`` (numpy's SeedSequence), so the
     test split neither repeats nor depends on the train split (nor on its size)."""
-    if isinstance(seed, bool) or int(seed) != seed or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    seed = check_range("seed", seed, low=0, integer=True)
     children = np.random.SeedSequence(int(seed)).spawn(2)
     train, test = (torch.Generator().manual_seed(int(c.generate_state(1, np.uint64)[0])) for c in children)
     return train, test

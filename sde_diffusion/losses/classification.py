@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from .._checks import check_range
 from ..sdes.base import SDE
 from ..sdes.simulate import sample_marginal
 
@@ -19,8 +20,7 @@ def classifier_loss(log_prob_fn, sde: SDE, x0: Tensor, *, eps: float = 1e-5, gen
     Trainer passes a model trained on labelled data (``lambda x, t: model(x, t, y)`` for
     :class:`~sde_diffusion.models.UNetClassifier` and :class:`~sde_diffusion.models.TimeClassifierMLP`).
     """
-    if not 0.0 < eps < sde.T:
-        raise ValueError(f"eps must lie in (0, T) = (0, {sde.T}), got {eps}")
+    eps = check_range("eps", eps, low=0.0, high=sde.T, low_open=True, high_open=True, hint="a time in (0, T)")
     t = eps + (sde.T - eps) * torch.rand(x0.shape[0], generator=generator, device=x0.device, dtype=x0.dtype)
     with torch.no_grad():
         x_t = sample_marginal(sde, x0, t, generator=generator)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._checks import check_range
 from .._shapes import expand_like
 from ..scores import ScoreFn
 from ..sdes.base import SDE
@@ -15,8 +16,7 @@ _REDUCTIONS = ("sum", "mean")
 
 
 def _check(sde: SDE, eps: float, reduce: str) -> None:
-    if not 0.0 < eps < sde.T:
-        raise ValueError(f"eps must lie in (0, T) = (0, {sde.T}), got {eps} (the usual value is 1e-5)")
+    check_range("eps", eps, low=0.0, high=sde.T, low_open=True, high_open=True, hint="a time in (0, T); the usual value is 1e-5")
     if reduce not in _REDUCTIONS:
         raise ValueError(f"reduce must be one of {_REDUCTIONS}, got {reduce!r}")
 
@@ -87,8 +87,7 @@ def sliced_score_matching(
     _check(sde, eps, reduce)
     if projection not in ("rademacher", "gaussian"):
         raise ValueError(f"projection must be 'rademacher' or 'gaussian', got {projection!r}")
-    if n_projections < 1:
-        raise ValueError(f"n_projections must be >= 1, got {n_projections}")
+    check_range("n_projections", n_projections, low=1, integer=True)
     if getattr(weighting, "needs_kernel", False) and not sde.has_kernel:
         raise ValueError(f"{weighting!r} needs the SDE's kernel; use LikelihoodWeighting()")
     t = weighting.sample_time(sde, x0.shape[0], eps, generator=generator, device=x0.device, dtype=x0.dtype)

@@ -17,13 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._checks import check_range
 from .blocks import ResBlock, Upsample, conv3x3, group_norm
 
 
 def _check_positive(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"Autoencoder {name} must be a positive integer, got {value!r}")
-    return value
+    return check_range(f"Autoencoder {name}", value, low=1, integer=True)
 
 
 class Autoencoder(nn.Module):

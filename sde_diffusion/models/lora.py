@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._checks import check_range
+
 TARGETS = {
     "linear": (nn.Linear,),
     "conv": (nn.Conv2d,),
@@ -80,8 +82,7 @@ def add_lora(model: nn.Module, rank: int = 4, alpha: float | None = None, target
     """Freeze every parameter of ``model`` and wrap its layers of kind ``targets`` (:data:`TARGETS`)
     in :class:`LoRALayer` of ``rank`` and ``alpha`` (default ``rank``: scaling 1), in place; layers
     whose qualified name contains any of ``skip`` are left alone. Returns the wrapped layers' names."""
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-        raise ValueError(f"LoRA rank must be a positive integer, got {rank!r}")
+    rank = check_range("LoRA rank", rank, low=1, integer=True)
     if targets not in TARGETS:
         raise ValueError(f"LoRA targets must be one of {', '.join(TARGETS)}, got {targets!r}")
     alpha = float(rank if alpha is None else alpha)

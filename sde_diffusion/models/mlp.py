@@ -6,6 +6,7 @@ import math
 
 from torch import Tensor, nn
 
+from .._checks import check_range
 from .embeddings import GaussianFourierEmbedding
 
 
@@ -46,8 +47,8 @@ class TimeMLP(nn.Module):
         data_shape = tuple(int(d) for d in data_shape)
         if not data_shape or any(d < 1 for d in data_shape):
             raise ValueError(f"data_shape must be a non-empty tuple of positive sizes, got {data_shape}")
-        if hidden_dim < 1 or n_layers < 1:
-            raise ValueError(f"need hidden_dim >= 1 and n_layers >= 1, got {hidden_dim} and {n_layers}")
+        hidden_dim = check_range("hidden_dim", hidden_dim, low=1, integer=True)
+        n_layers = check_range("n_layers", n_layers, low=1, integer=True)
         self.data_shape = data_shape
         self.learn_variance = bool(learn_variance)
         self.out_shape = (data_shape[0] * (1 + self.learn_variance), *data_shape[1:])

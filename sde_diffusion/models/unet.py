@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._checks import check_range
 from .._shapes import batch_time
 from ..conditioning import Conditioning
 from .blocks import ResAttnBlock, Upsample, conv3x3, group_norm, zero_init
@@ -16,9 +17,7 @@ from .embeddings import GaussianFourierEmbedding, SinusoidalEmbedding
 
 
 def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"UNet {name} must be a positive integer, got {value!r}")
-    return value
+    return check_range(f"UNet {name}", value, low=1, integer=True)
 
 
 class UNet(nn.Module):
@@ -85,12 +84,10 @@ class UNet(nn.Module):
         channel_mult = [_positive_int("channel_mult entries", m) for m in channel_mult]
         if not channel_mult:
             raise ValueError("UNet channel_mult must list at least one level, e.g. [1, 2, 2]")
-        if not (isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0):
-            raise ValueError(f"UNet dropout must lie in [0, 1), got {dropout!r}")
+        dropout = check_range("UNet dropout", dropout, low=0.0, high=1.0, high_open=True)
         if n_classes is not None:
             _positive_int("n_classes", n_classes)
-        if isinstance(cond_channels, bool) or not isinstance(cond_channels, int) or cond_channels < 0:
-            raise ValueError(f"UNet cond_channels must be an integer >= 0 (0: no conditioning image), got {cond_channels!r}")
+        cond_channels = check_range("UNet cond_channels", cond_channels, low=0, integer=True, hint="0: no conditioning image")
         self.cond_channels = cond_channels
         self.data_shape = data_shape
         self.n_classes = n_classes

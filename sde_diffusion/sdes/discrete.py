@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from .._checks import check_range
 from .._shapes import expand_like
 from .vp import VariancePreservingSDE
 
@@ -196,8 +197,7 @@ class DDPMSDE(VariancePreservingSDE):
             makers = {"linear": linear_betas, "cosine": cosine_betas}
             if schedule not in makers:
                 raise ValueError(f"schedule must be 'linear', 'cosine' or a DiscreteSchedule, got {schedule!r}")
-            if int(T) != T or T < 1:
-                raise ValueError(f"T must be a positive integer number of steps, got {T}")
+            check_range("T", T, low=1, integer=True, hint="the number of steps")
             schedule = DiscreteSchedule(makers[schedule](int(T)))
         self.discrete = schedule
         super().__init__(DiscreteBeta(schedule))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._checks import check_range
 from .gaussian_path import GaussianPathSDE
 
 
@@ -24,9 +25,9 @@ class RectifiedFlow(GaussianPathSDE):
     """
 
     def __init__(self, t_max: float = 0.999):
-        t_max = float(t_max)
-        if not 0.5 < t_max < 1.0:
-            raise ValueError(f"t_max must lie in (0.5, 1): the path is singular at t = 1; got {t_max} (the default is 0.999)")
+        t_max = check_range(
+            "t_max", t_max, low=0.5, high=1.0, low_open=True, high_open=True, hint="the path is singular at t = 1; the default is 0.999"
+        )
         self.T = t_max
 
     def mean_coeff(self, t: Tensor) -> Tensor:

@@ -10,6 +10,8 @@ import math
 import torch
 from torch import Tensor
 
+from .._checks import check_range
+
 
 class LinearBeta:
     """``beta(t) = beta_min + t (beta_max - beta_min)``; ``B(t) = beta_min t + t^2 (beta_max - beta_min) / 2``.
@@ -20,10 +22,8 @@ class LinearBeta:
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0):
         beta_min, beta_max = float(beta_min), float(beta_max)
-        if not (math.isfinite(beta_min) and math.isfinite(beta_max)):
-            raise ValueError(f"beta_min and beta_max must be finite, got {beta_min} and {beta_max}")
-        if beta_min < 0:
-            raise ValueError(f"beta_min must be >= 0, got {beta_min}")
+        check_range("beta_min", beta_min, low=0.0, hint="the default is 0.1")
+        check_range("beta_max", beta_max, low=0.0, low_open=True, hint="the default is 20")
         if beta_min >= beta_max:
             raise ValueError(
                 f"beta_min ({beta_min}) must be smaller than beta_max ({beta_max}); the defaults are beta_min=0.1, beta_max=20"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from .._checks import check_range
 from .._noise import NoiseSource, randn_like
 from .._shapes import batch_time, expand_like
 from .base import SDE
@@ -23,8 +24,7 @@ def simulate_forward(
     grid of step ``t / n_steps``. Uses ``drift`` and ``diffusion`` directly (not ``discretize``),
     ``x <- x + f(x, t) dt + g(t) sqrt(dt) z``; weak order 1 in ``dt``.
     """
-    if n_steps < 1:
-        raise ValueError(f"n_steps must be >= 1, got {n_steps}")
+    n_steps = check_range("n_steps", n_steps, low=1, integer=True)
     t_end = batch_time(t, x0)
     dt = t_end / n_steps
     sqrt_dt = expand_like(dt.sqrt(), x0)

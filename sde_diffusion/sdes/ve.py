@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor
 
+from .._checks import check_range
 from .._shapes import batch_time
 from .gaussian_path import GaussianPathSDE
 
@@ -23,10 +24,8 @@ class VESDE(GaussianPathSDE):
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0):
         sigma_min, sigma_max = float(sigma_min), float(sigma_max)
-        if not (math.isfinite(sigma_min) and math.isfinite(sigma_max)):
-            raise ValueError(f"sigma_min and sigma_max must be finite, got {sigma_min} and {sigma_max}")
-        if sigma_min <= 0:
-            raise ValueError(f"sigma_min must be > 0, got {sigma_min} (the default is 0.01)")
+        check_range("sigma_min", sigma_min, low=0.0, low_open=True, hint="the default is 0.01")
+        check_range("sigma_max", sigma_max, low=0.0, low_open=True, hint="the default is 50")
         if sigma_min >= sigma_max:
             raise ValueError(
                 f"sigma_min ({sigma_min}) must be smaller than sigma_max ({sigma_max}); the defaults are sigma_min=0.01, sigma_max=50"
