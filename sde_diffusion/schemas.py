@@ -44,7 +44,19 @@ class SamplerConfig:
 
 
 @dataclass
-class TrainAppConfig:
+class AppConfig:
+    """The keys every app has: where and how fast it runs, and its seed."""
+
+    seed: int = MISSING
+    device: str = MISSING  # auto, cpu, cuda, cuda:<index>
+    threads: Any = MISSING  # a positive integer or "auto"
+    progress: bool = MISSING
+    precision: str = MISSING  # fp32, bf16 or fp16
+    compile: bool = MISSING
+
+
+@dataclass
+class TrainAppConfig(AppConfig):
     """``sde-train``'s top level (``conf/config.yaml``)."""
 
     sde: Any = MISSING
@@ -62,31 +74,19 @@ class TrainAppConfig:
     finetune: Any = None  # with init_from: what trains (LoRAFinetune, EmbeddingFinetune, FullFinetune by _target_)
     init_from: Any = None  # a finished run to fine-tune
     autoencoder_dir: Any = None  # experiment=latent_digits: the task=autoencoder run whose latents the model learns
-    seed: int = MISSING
-    device: str = MISSING
     n_samples: int = MISSING
     guidance: float = MISSING
     eval_points: int = MISSING
-    threads: Any = MISSING  # a positive integer or "auto"
-    progress: bool = MISSING
-    precision: str = MISSING  # fp32, bf16 or fp16
-    compile: bool = MISSING
 
 
 @dataclass
-class SampleAppConfig:
+class SampleAppConfig(AppConfig):
     """``sde-sample``'s top level (``conf/sample.yaml``)."""
 
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     run_dir: str = MISSING
     n_samples: int = MISSING
     batch_size: int = MISSING
-    seed: int = MISSING
-    device: str = MISSING
-    threads: Any = MISSING
-    progress: bool = MISSING
-    precision: str = MISSING
-    compile: bool = MISSING
     task: str = MISSING
     mask: str = MISSING
     t0: float = MISSING
@@ -99,7 +99,7 @@ class SampleAppConfig:
 
 
 @dataclass
-class EvalAppConfig:
+class EvalAppConfig(AppConfig):
     """``sde-eval``'s top level (``conf/eval.yaml``)."""
 
     run_dir: str = MISSING
@@ -113,12 +113,6 @@ class EvalAppConfig:
     atol: float = MISSING
     method: str = MISSING
     eps: float = MISSING
-    seed: int = MISSING
-    device: str = MISSING
-    threads: Any = MISSING
-    progress: bool = MISSING
-    precision: str = MISSING
-    compile: bool = MISSING
     backend: str = MISSING
     bound: str = MISSING
     variance: str = MISSING
