@@ -3,6 +3,8 @@
 ``import sde_diffusion as sd`` gives the public API below; everything else is private.
 """
 
+from typing import TYPE_CHECKING
+
 from . import conditioning, degradations, distributed, image_metrics
 from .conditioning import ConditionedScore, Conditioning, SuperResolution
 from .data import (
@@ -59,7 +61,6 @@ from .models import (
     VPredictionParameterization,
 )
 from .precision import MixedPrecision, accelerate
-from .runs import TrainedRun, load_run
 from .sample_range import SampleRange, sample_range
 from .samplers import (
     AncestralPredictor,
@@ -230,3 +231,19 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
 ]
+
+
+if TYPE_CHECKING:
+    from .runs import TrainedRun, load_run
+
+_LAZY = {"load_run": "runs", "TrainedRun": "runs"}
+"""Names loaded on first use: reloading a run reads its Hydra config, so importing them here would
+load Hydra and OmegaConf with every ``import sde_diffusion`` (the core needs neither)."""
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

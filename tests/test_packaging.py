@@ -33,3 +33,19 @@ def test_wheel_contains_the_configs(tmp_path):
     assert "sde_diffusion/conf/config.yaml" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "sde-train = sde_diffusion.cli.train:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+def test_importing_the_library_loads_no_app_layer():
+    """``import sde_diffusion`` loads the core only: neither Hydra, OmegaConf nor matplotlib, which
+    the apps and the plots need (``sd.load_run`` loads them on first use)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, sde_diffusion as sd\n"
+        "heavy = {'hydra', 'omegaconf', 'matplotlib'}\n"
+        "assert not heavy & set(sys.modules), sorted(heavy & set(sys.modules))\n"
+        "assert callable(sd.load_run) and 'omegaconf' in sys.modules\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
