@@ -65,7 +65,9 @@ from .sample_range import SampleRange, sample_range
 from .samplers import (
     AncestralPredictor,
     AnnealedLangevinCorrector,
+    ClassifierGuidedScore,
     EulerMaruyamaPredictor,
+    GuidedScore,
     LangevinCorrector,
     NoCorrector,
     NoPredictor,
@@ -91,7 +93,6 @@ from .samplers import (
     tweedie_denoise,
     unipc,
 )
-from .scores import ClassifierGuidedScore, GuidedScore
 from .sdes import (
     DDPMSDE,
     EDMSDE,

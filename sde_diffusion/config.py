@@ -373,7 +373,7 @@ def _check_loss_fits_model(loss_fn, score_model) -> None:
     velocity (rectified flow, 2,000 steps on the checkerboard: sliced W2 0.70 with noise prediction,
     the raw weights' held-out loss 2.3x the EMA's; 0.14 with model=mlp_velocity)."""
     from .losses.weighting import FlowMatchingWeighting
-    from .scores import VelocityParameterization
+    from .models import VelocityParameterization
 
     weighting = getattr(loss_fn, "keywords", {}).get("weighting")
     if isinstance(weighting, FlowMatchingWeighting) and not isinstance(score_model, VelocityParameterization):

@@ -43,7 +43,8 @@ from ..sample_range import range_advice, sample_range
 from ..samplers.base import SamplerOutput
 from ..samplers.controllable import MASK_REGIONS, inpaint, inpainting_mask, sdedit
 from ..samplers.draw import DrawnSamples, draw_samples, sample_in_batches, stream_seed, super_resolve
-from ..scores import ClassifierGuidedScore, GuidedScore, ScoreFn, check_guidance
+from ..samplers.guidance import ClassifierGuidedScore, GuidedScore, check_guidance
+from ..types import ScoreFn
 from ._common import (
     cascade_sr_dir,
     check_composes,

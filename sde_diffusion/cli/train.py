@@ -35,7 +35,7 @@ from ..precision import accelerate
 from ..sample_range import SampleRange, range_advice, sample_range
 from ..samplers.cold import ALGORITHMS, cold_sample
 from ..samplers.draw import DrawnSamples, draw_samples, super_resolve
-from ..scores import GuidedScore, check_guidance
+from ..samplers.guidance import GuidedScore, check_guidance
 from ..training import NonFiniteLossError, Trainer, TrainingInterrupted, evaluate_loss, load_checkpoint
 from . import _resume
 from ._common import (
@@ -440,7 +440,7 @@ def _warnings(exp, in_range: SampleRange, raw_check, loss_ema: float, loss_raw: 
 
 def _path_hint(exp) -> str:
     """A fix specific to the run's path and network for samples out of range, or ''."""
-    from ..scores import EpsilonParameterization
+    from ..models import EpsilonParameterization
 
     data_std = float(exp.data.test.std())
     if isinstance(exp.score_model, EpsilonParameterization) and exp.sde.prior_std > 10 * data_std:

@@ -130,7 +130,7 @@ class GaussianMixture:
 
     def classifier(self, sde: SDE):
         """The exact noisy-data classifier as ``log_prob(x, t, y) -> (B,)``, the form classifier
-        guidance takes (:class:`~sde_diffusion.scores.ClassifierGuidedScore`)."""
+        guidance takes (:class:`~sde_diffusion.samplers.ClassifierGuidedScore`)."""
 
         def log_prob(x: Tensor, t: Tensor, y: Tensor) -> Tensor:
             return self.class_log_prob(x, y, t, sde)

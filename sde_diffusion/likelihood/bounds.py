@@ -35,8 +35,8 @@ from torch import Tensor
 from .._shapes import expand_like, flat_dim
 from ..losses.vlb import VARIANCES, discretized_gaussian_log_prob, model_prediction, prior_term, step_terms
 from ..losses.weighting import discrete_chain
-from ..scores import ScoreFn
 from ..sdes.base import SDE
+from ..types import ScoreFn
 
 
 def _stratified_uniform(n_points: int, n: int, generator, device) -> Tensor:

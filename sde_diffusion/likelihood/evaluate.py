@@ -33,8 +33,8 @@ from .._seeding import derive_seed
 from .._shapes import check_data, flat_dim
 from ..data.dataset import Density
 from ..distributed import SINGLE, DistributedContext, all_gather_objects
-from ..scores import ScoreFn
 from ..sdes.base import SDE
+from ..types import ScoreFn
 from .bits import bits_per_dim, dequantization_offset, dequantize, nats_per_dim
 from .bounds import continuous_elbo, discrete_vlb
 from .latent import latent_bound

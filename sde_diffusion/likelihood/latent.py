@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..scores import ScoreFn
 from ..sdes.base import SDE
+from ..types import ScoreFn
 from .ode import log_likelihood
 
 

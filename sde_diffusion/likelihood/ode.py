@@ -31,9 +31,10 @@ from torchdiffeq import odeint
 
 from .._shapes import check_data, flat_dim
 from .._solvers import ODE_ADAPTIVE_ORDERS as ADAPTIVE_ORDERS
-from ..scores import CountingScore, ScoreFn
+from ..scores import CountingScore
 from ..sdes.base import SDE
 from ..sdes.reverse import TimeChangedFlow
+from ..types import ScoreFn
 from .divergence import PROBES, basis_probes, jacobian_quadratic_forms, random_probes
 from .scipy_backend import solve_ivp_reference
 

@@ -87,7 +87,7 @@ class LossAwareStepSampler:
 class HybridLoss:
     """``loss_fn(score_fn, sde, x0, generator=...) -> (B,)``: iDDPM's hybrid loss (module docstring)
     on a discrete-time SDE (:class:`~sde_diffusion.sdes.DDPMSDE`) with a learned-variance model
-    (:class:`~sde_diffusion.scores.LearnedVarianceParameterization`).
+    (:class:`~sde_diffusion.models.LearnedVarianceParameterization`).
 
     Args:
         vlb_weight: ``lambda`` (0.001 in iDDPM).

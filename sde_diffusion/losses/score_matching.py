@@ -6,10 +6,9 @@ import torch
 from torch import Tensor
 
 from .._checks import check_range
-from .._shapes import expand_like
-from ..scores import ScoreFn
 from ..sdes.base import SDE
 from ..sdes.simulate import sample_marginal
+from ..types import ScoreFn
 from .weighting import LikelihoodWeighting, NoiseWeighting
 
 _REDUCTIONS = ("sum", "mean")
@@ -40,7 +39,8 @@ def denoising_score_matching(
 
     ``lambda(t) || s_theta(x_t, t) + z / s(t) ||^2`` with ``x_t = m(t) x0 + s(t) z``, ``z ~ N(0, I)``,
     ``t`` drawn by ``weighting`` (default :class:`NoiseWeighting`, ``lambda = s^2``: the eps loss).
-    Computed as ``(lambda / s^2) || s s_theta + z ||^2`` for numerical range at small ``s``, with the
+    Computed as ``(lambda / s^2) || eps_hat - z ||^2``, ``eps_hat = -s s_theta``
+    (:meth:`~sde_diffusion.sdes.SDE.eps_from_score`), for numerical range at small ``s``, with the
     weighting's own ``weight_over_variance`` when it has one (see :mod:`.weighting`).
 
     ``x0``: ``(B, *dims)``. Returns ``(B,)``: the squared norm summed (``reduce="sum"``) or averaged
@@ -54,7 +54,7 @@ def denoising_score_matching(
         )
     t = weighting.sample_time(sde, x0.shape[0], eps, generator=generator, device=x0.device, dtype=x0.dtype)
     x_t, z, s = sde.perturb(x0, t, generator=generator)
-    residual = expand_like(s, x0) * score_fn(x_t, t) + z
+    residual = sde.eps_from_score(score_fn(x_t, t), t) - z
     ratio = getattr(weighting, "weight_over_variance", None)
     ratio = weighting.weight(sde, t, eps) / s**2 if ratio is None else ratio(sde, t, eps)
     return ratio * _reduce(residual**2, reduce)

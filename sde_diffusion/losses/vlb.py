@@ -106,7 +106,7 @@ def model_prediction(score_fn, sde: SDE, x: Tensor, t: Tensor, variance: str) ->
             ) from None
     else:
         score, v = score_fn(x, t), None
-    return -expand_like(sde.kernel(t)[1], x) * score, v
+    return sde.eps_from_score(score, t), v
 
 
 def step_terms(

@@ -1,6 +1,8 @@
 """Raw time-conditioned networks and the wrappers that turn them into score functions."""
 
-from ..scores import (
+from .embeddings import GaussianFourierEmbedding, SinusoidalEmbedding
+from .mlp import TimeMLP
+from .parameterizations import (
     DataParameterization,
     EDMPreconditioning,
     EpsilonParameterization,
@@ -9,8 +11,6 @@ from ..scores import (
     VelocityParameterization,
     VPredictionParameterization,
 )
-from .embeddings import GaussianFourierEmbedding, SinusoidalEmbedding
-from .mlp import TimeMLP
 
 __all__ = [
     "TimeMLP",

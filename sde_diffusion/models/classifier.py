@@ -6,7 +6,7 @@ Both networks return logits ``(B, K)`` from ``forward(x, t)`` and the log-probab
 ``log p_phi(y | x_t, t)`` ``(B,)`` from ``forward(x, t, y)``: the second form is how the Trainer
 calls a model trained on labelled data, so a classifier trains through the same loop, checkpoints
 and resume as a score model (:func:`~sde_diffusion.losses.classifier_loss`), and how
-:class:`~sde_diffusion.scores.ClassifierGuidedScore` differentiates it.
+:class:`~sde_diffusion.samplers.ClassifierGuidedScore` differentiates it.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ class TimeMLP(nn.Module):
 
     ``learn_variance=True`` doubles the output: ``(B, 2 d_0, *data_shape[1:])``, the prediction
     followed by a second block for the variance interpolation of
-    :class:`~sde_diffusion.scores.LearnedVarianceParameterization` (Nichol & Dhariwal 2021, Sec. 3.1).
+    :class:`~sde_diffusion.models.LearnedVarianceParameterization` (Nichol & Dhariwal 2021, Sec. 3.1).
     """
 
     def __init__(

@@ -52,7 +52,7 @@ class UNet(nn.Module):
             attribute (default :class:`GaussianFourierEmbedding`); an MLP maps it to
             ``4 * channels`` features.
         learn_variance: double the output channels (``2C``): the prediction, then the variance
-            interpolation of :class:`~sde_diffusion.scores.LearnedVarianceParameterization`
+            interpolation of :class:`~sde_diffusion.models.LearnedVarianceParameterization`
             (Nichol & Dhariwal 2021, Sec. 3.1).
         cond_channels: channels of a conditioning image (SR3, Saharia et al. 2021; cascades, Ho et
             al. 2022), 0 for none. The image, of any size, is resized to ``H x W`` (nearest

@@ -6,7 +6,7 @@ per-sample noise to all of them.
 """
 
 from .._noise import PerSampleNoise
-from ..scores import ClassifierGuidedScore, CountingScore, GuidedScore, check_guidance
+from ..scores import CountingScore
 from .base import SamplerOutput
 from .cold import cold_sample
 from .controllable import MASK_REGIONS, NoisedKnown, inpaint, inpainting_mask, sdedit
@@ -18,6 +18,7 @@ from .draw import DrawnSamples, draw_samples, sample_in_batches, super_resolve
 from .driver import Prediction, Solve, Step, sample_on_grid
 from .edm import EDMStep, edm_sde, heun
 from .euler_maruyama import euler_maruyama
+from .guidance import ClassifierGuidedScore, GuidedScore, check_guidance
 from .ipndm import IPNDMStep, ipndm
 from .ode import ode_decode, ode_encode, probability_flow_sampler
 from .predictor_corrector import PredictorCorrectorStep, predictor_corrector, tweedie_denoise

@@ -13,10 +13,10 @@ import torch
 from torch import Tensor
 
 from .._noise import NoiseSource
-from ..scores import ScoreFn
 from ..sdes.base import SDE
 from ..sdes.simulate import sample_marginal
 from ..timesteps import check_grid
+from ..types import ScoreFn
 from .base import SamplerOutput
 from .driver import X0Correction
 

@@ -23,8 +23,8 @@ import torch
 from torch import Tensor
 
 from ..losses.vlb import VARIANCES
-from ..scores import ScoreFn
 from ..sdes.base import SDE
+from ..types import ScoreFn
 from .base import SamplerOutput, with_order
 from .driver import Solve, Step, sample_on_grid
 
@@ -75,7 +75,7 @@ def ddpm(
         ts: decreasing times ``(K,)``, usually :func:`~sde_diffusion.timesteps.discrete_time_grid`
             (steps of the chain, strided to ``K``); any grid ending above 0 works.
         variance: ``"large"`` (``sigma^2 = beta``), ``"small"`` (``beta_tilde``) or ``"learned"``
-            (a :class:`~sde_diffusion.scores.LearnedVarianceParameterization` model).
+            (a :class:`~sde_diffusion.models.LearnedVarianceParameterization` model).
         denoise_to_zero: finish with ``x0_hat`` at ``ts[-1]`` (DDPM's noiseless last step); NFE = K.
         driver: ``generator``, ``progress``, ``callback``, ``x0_correction`` of
             :func:`~sde_diffusion.samplers.driver.sample_on_grid`.

@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 from .._noise import PerSampleNoise
 from .._seeding import derive_seed
 from ..conditioning import ConditionedScore, SuperResolution
-from ..scores import ScoreFn
 from ..sdes.base import SDE
+from ..types import ScoreFn
 from .base import SamplerOutput
 
 PRIOR_BLOCK = 256

@@ -8,11 +8,12 @@ hook (thresholding, inpainting) and the last-step rules (lower-order final steps
 methods, and ``denoise_to_zero``, the data prediction at the last time).
 
 Steps see the model only through :meth:`Solve.predict`, which evaluates the score once and returns
-the three equivalent predictions of the Gaussian kernel ``x_t = m(t) x_0 + s(t) eps``
-(docs/references.md, parameterizations): ``x0_hat = (x + s^2 score) / m``, ``eps_hat = -s score``
-and the score itself. When an ``x0`` correction is set, it changes ``x0_hat`` and the other two are
-derived from the corrected ``x0_hat``, so every sampler, first-order or multistep, stochastic or not,
-sees the same corrected model.
+the three equivalent predictions of the Gaussian kernel ``x_t = m(t) x_0 + s(t) eps`` by the SDE's
+conversions: Tweedie's ``x0_hat = (x + s^2 score) / m`` (:meth:`~sde_diffusion.sdes.SDE.x0_from_score`),
+``eps_hat = -s score`` (:meth:`~sde_diffusion.sdes.SDE.eps_from_score`) and the score itself. When an
+``x0`` correction is set, it changes ``x0_hat`` and the other two are derived from the corrected
+``x0_hat`` (:meth:`~sde_diffusion.sdes.SDE.eps_from_x0`, :meth:`~sde_diffusion.sdes.SDE.score_from_eps`),
+so every sampler, first-order or multistep, stochastic or not, sees the same corrected model.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ from tqdm.auto import tqdm
 
 from .._noise import NoiseSource, randn_like
 from .._shapes import batch_time
-from ..scores import CountingScore, ScoreFn
+from ..scores import CountingScore
 from ..sdes.base import SDE
 from ..sdes.tables import kernel_table
 from ..timesteps import check_grid
+from ..types import ScoreFn
 from .base import SamplerOutput
 
 X0Correction = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -88,7 +90,7 @@ class Solve:
 
         ``kernel``: ``(m(t), s(t))`` when the caller has them (grid times), else they are computed.
         ``variance``: also return the model's learned variance interpolation (the model is called as
-        ``score_fn(x, t, variance=True)``, :class:`~sde_diffusion.scores.LearnedVarianceParameterization`).
+        ``score_fn(x, t, variance=True)``, :class:`~sde_diffusion.models.LearnedVarianceParameterization`).
         """
         t_batch = batch_time(t, x)
         interp = None
@@ -104,13 +106,14 @@ class Solve:
             score = self.score(x, t_batch)
         if not self.sde.has_kernel:
             return Prediction(None, None, score, interp)
-        m, s = kernel if kernel is not None else self.kernel_at(t_batch[0], x)
-        x0 = (x + s**2 * score) / m
+        kernel = kernel if kernel is not None else self.kernel_at(t_batch[0], x)
+        sde = self.sde
+        x0 = sde.x0_from_score(x, score, t_batch, kernel=kernel)
         if self.x0_correction is None:
-            return Prediction(x0, -s * score, score, interp)
+            return Prediction(x0, sde.eps_from_score(score, t_batch, kernel=kernel), score, interp)
         x0 = self.x0_correction(x0, x, t_batch)
-        eps = (x - m * x0) / s
-        return Prediction(x0, eps, -eps / s, interp)
+        eps = sde.eps_from_x0(x, x0, t_batch, kernel=kernel)
+        return Prediction(x0, eps, sde.score_from_eps(eps, t_batch, kernel=kernel), interp)
 
     def predict_at(self, x: Tensor, i: int, *, variance: bool = False) -> Prediction:
         """:meth:`predict` at the grid time ``ts[i]``, with the tabulated kernel."""

@@ -6,8 +6,8 @@ from typing import Any
 
 from torch import Tensor
 
-from ..scores import ScoreFn
 from ..sdes.base import SDE
+from ..types import ScoreFn
 from .base import SamplerOutput, with_order
 from .correctors import NoCorrector
 from .driver import sample_on_grid

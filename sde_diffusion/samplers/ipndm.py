@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..scores import ScoreFn
 from ..sdes.base import SDE
+from ..types import ScoreFn
 from .base import SamplerOutput, with_order
 from .driver import Solve, Step, sample_on_grid
 

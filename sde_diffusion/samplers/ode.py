@@ -15,9 +15,10 @@ from tqdm.auto import tqdm
 
 from .._solvers import ODE_ADAPTIVE_ORDERS as ADAPTIVE_ORDERS
 from .._solvers import ODE_FIXED_GRID_ORDERS as FIXED_GRID_ORDERS
-from ..scores import CountingScore, ScoreFn
+from ..scores import CountingScore
 from ..sdes.base import SDE
 from ..timesteps import check_grid
+from ..types import ScoreFn
 from .base import SamplerOutput, with_order
 
 

@@ -6,10 +6,10 @@ from typing import Any
 
 from torch import Tensor
 
-from .._shapes import batch_time, expand_like
-from ..scores import ScoreFn
+from .._shapes import batch_time
 from ..sdes.base import SDE
 from ..timesteps import check_grid
+from ..types import ScoreFn
 from .base import SamplerOutput
 from .correctors import Corrector, NoCorrector
 from .driver import Step, sample_on_grid
@@ -20,8 +20,7 @@ def tweedie_denoise(sde: SDE, score_fn: ScoreFn, x: Tensor, t: float | Tensor) -
     """Tweedie's posterior mean ``E[x_0 | x_t = x] = (x + s(t)^2 score(x, t)) / m(t)`` (Efron 2011;
     docs/references.md, discretizations). ``x``: ``(B, *dims)``; one score evaluation."""
     t = batch_time(t, x)
-    m, s = sde.kernel(t)
-    return (x + expand_like(s**2, x) * score_fn(x, t)) / expand_like(m, x)
+    return sde.x0_from_score(x, score_fn(x, t), t)
 
 
 def _check_policies(sde: SDE, sampler: str, *policies, needs_kernel: bool = False) -> None:

@@ -19,8 +19,8 @@ from torch import Tensor
 
 from .._noise import NoiseSource, randn_like
 from .._shapes import batch_time, expand_like
-from ..scores import ScoreFn
 from ..sdes.base import SDE
+from ..types import ScoreFn
 
 
 class Predictor(abc.ABC):

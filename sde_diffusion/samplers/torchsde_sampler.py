@@ -26,9 +26,10 @@ from .._noise import NoiseSource, PerSampleNoise
 from .._seeding import derive_seed
 from .._shapes import batch_time
 from .._solvers import SDE_STRONG_ORDERS as METHOD_ORDERS  # the reverse SDE's noise g(t) is additive
-from ..scores import CountingScore, ScoreFn
+from ..scores import CountingScore
 from ..sdes.base import SDE
 from ..timesteps import check_grid
+from ..types import ScoreFn
 from .base import SamplerOutput, with_order
 
 _SDE_TYPES = {"euler": "ito", "milstein": "ito", "srk": "ito", "reversible_heun": "stratonovich"}
