@@ -20,19 +20,20 @@ import matplotlib.image
 import numpy as np
 import pytest
 import torch
+from analytic import KernelFreeVP, gaussian, gaussian_marginal_cov
 from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 import sde_diffusion as sd
-from analytic import KernelFreeVP, gaussian, gaussian_marginal_cov
 from sde_diffusion import samplers as S
 from sde_diffusion.cli import sample as app
-from sde_diffusion.cli.train import _grid_labels
-from sde_diffusion.samplers import draw
 from sde_diffusion.cli._common import group_options, sliced_w2_to_held_out
-from sde_diffusion.config import ConfigError, build_experiment, build_sampler
+from sde_diffusion.cli.train import _grid_labels
+from sde_diffusion.config import ConfigError, build_sampler
 from sde_diffusion.plotting import _tile_images, image_grid
+from sde_diffusion.runs import build_experiment
+from sde_diffusion.samplers import draw
 from sde_diffusion.training import CheckpointError, Trainer
 
 SAMPLE = [sys.executable, "-m", "sde_diffusion.cli.sample"]
@@ -243,7 +244,7 @@ def test_default_output_directories_name_the_sampler():
         ("n_samples=0", "n_samples must be an integer >= 1"),
         ("batch_size=0", "batch_size must be an integer >= 1"),
         ("seed=-1", "seed must be an integer >= 0"),
-        ("sampler.grid.n_steps=0", "sampler.grid: n_steps must be a positive integer"),
+        ("sampler.grid.n_steps=0", "sampler.grid: n_steps must be an integer >= 1"),
     ],
 )
 def test_bad_options_are_refused(run_dir, tmp_path, override, message):

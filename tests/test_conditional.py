@@ -6,18 +6,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_module
-from torch import nn
-
-import sde_diffusion as sd
 from analytic import mixture
-from sde_diffusion import samplers as S
-from sde_diffusion.cli.train import _grid_labels, _guidance, _train_labels
-from sde_diffusion.config import ConfigError, build_experiment
-from sde_diffusion.training import load_checkpoint
+from hydra import compose, initialize_config_module
 from test_samplers_sde import assert_gaussian
 from test_training import _assert_same_state, _Crash, _crash_at
 from test_unet import _switch_on, _tiny
+from torch import nn
+
+import sde_diffusion as sd
+from sde_diffusion import samplers as S
+from sde_diffusion.cli.train import _grid_labels, _guidance, _train_labels
+from sde_diffusion.config import ConfigError
+from sde_diffusion.runs import build_experiment
+from sde_diffusion.training import load_checkpoint
 
 F64 = torch.float64
 PARAMETERIZATIONS = [sd.ScoreParameterization, sd.EpsilonParameterization, sd.DataParameterization]

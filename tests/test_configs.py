@@ -14,7 +14,6 @@ from sde_diffusion.cli._common import group_options
 from sde_diffusion.config import (
     ConfigError,
     build_dataset,
-    build_experiment,
     build_loss,
     build_sampler,
     build_score_model,
@@ -22,6 +21,7 @@ from sde_diffusion.config import (
     build_train_options,
     resolve_device,
 )
+from sde_diffusion.runs import build_experiment
 
 GROUPS = group_options()
 SMALL = ["data.n_train=500", "data.n_test=100"]

@@ -23,7 +23,7 @@ from .. import distributed
 from .._checks import check_range
 from .._seeding import derive_seed
 from ..conditioning import bicubic_upsample, downsample
-from ..config import ConfigError, build_experiment
+from ..config import ConfigError
 from ..finetune import prior_weights, trainable_parameters
 from ..image_metrics import super_resolution_scores
 from ..latents import latent_scale
@@ -32,6 +32,7 @@ from ..losses.autoencoder import autoencoder_terms
 from ..losses.classification import NOISE_LEVELS, noisy_accuracy
 from ..plotting import accuracy_curve, image_grid, loss_curve, plot_samples
 from ..precision import accelerate
+from ..runs import build_experiment
 from ..sample_range import SampleRange, range_advice, sample_range
 from ..samplers.cold import ALGORITHMS, cold_sample
 from ..samplers.draw import DrawnSamples, draw_samples, super_resolve
