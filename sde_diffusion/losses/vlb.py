@@ -11,7 +11,7 @@
 ``p_theta(x_{i-1} | x_i) = N(mu_theta, sigma_i^2)`` has the posterior mean at the model's
 ``x0_hat = (x_i - sqrt(1 - abar_i) eps_theta) / sqrt(abar_i)`` and a fixed or learned variance
 (:meth:`~sde_diffusion.sdes.DiscreteSchedule.reverse_log_variance`). All values are in nats.
-Shared by the hybrid training loss (:mod:`.ddpm`) and the bound of a trained model
+Shared by the hybrid training loss (:mod:`sde_diffusion.losses.ddpm`) and the bound of a trained model
 (:func:`~sde_diffusion.likelihood.discrete_vlb`).
 """
 

@@ -43,7 +43,7 @@ OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 """``optimizer(parameters) -> torch.optim.Optimizer``, e.g. ``functools.partial(torch.optim.AdamW, lr=1e-3)``."""
 
 ScheduleFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
-"""``lr_schedule(optimizer) -> LRScheduler``, stepped after every optimiser step (see :mod:`.schedules`)."""
+"""``lr_schedule(optimizer) -> LRScheduler``, stepped after every optimiser step (see :mod:`sde_diffusion.training.schedules`)."""
 
 
 class Conditioner(Protocol):
