@@ -24,7 +24,7 @@ A. Pixel vs latent diffusion at equal training time
   - autoencoder: ``train_task=autoencoder data=digits`` (``sde-train task=autoencoder``: 8x8 -> 4x4x2
     latents, KL weight 0.01, decoder discretized to the 17 levels), STEPS["autoencoder"] = 2000 steps; its
     training time is reported apart and not counted in the budget below; its own held-out VAE bound
-    (bits/dim) and LDM's scale factor come from sde-train's summary (``_autoencoder_summary``);
+    (bits/dim) and LDM's scale factor come from sde-train's summary (``tasks.AutoencoderTask``);
   - pixel model ``experiment=digits`` (class-conditional 1.1M-parameter U-Net on 8x8) and latent model
     ``experiment=latent_digits autoencoder_dir=<the autoencoder>`` (the U-Net on the 4x4x2 scaled latents,
     4 latent draws per training digit), each trained for the same wall-clock budget BUDGET_SECONDS = 300 s:
@@ -111,8 +111,9 @@ from omegaconf import OmegaConf  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 
 import sde_diffusion as sd  # noqa: E402
-from sde_diffusion.cli.train import _autoencoder_summary, _finetune_summary, _with_prior_samples  # noqa: E402
-from sde_diffusion.config import build_experiment  # noqa: E402
+from sde_diffusion.tasks import AutoencoderTask, Finished  # noqa: E402
+from sde_diffusion.tasks.score import _finetune_summary, with_prior_samples  # noqa: E402
+from sde_diffusion.runs import build_experiment  # noqa: E402
 from sde_diffusion.finetune import trainable_parameters  # noqa: E402
 from sde_diffusion.latents import load_codec  # noqa: E402
 from sde_diffusion.plotting import _tile_images  # noqa: E402
@@ -178,7 +179,7 @@ def train(cfg, log, name: str, *, run_dir: Path | None = None, budget: float | N
     labels = data.train_labels if getattr(exp.score_model, "n_classes", None) is not None else None
     train_data, row_weights, prior = data.train, None, {}
     if exp.finetune is not None and exp.finetune.prior_preservation > 0:
-        train_data, labels, row_weights, prior = _with_prior_samples(exp, train_data, labels, SEED)
+        train_data, labels, row_weights, prior = with_prior_samples(exp, train_data, labels, SEED)
     config = None
     if run_dir is not None:
         (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
@@ -249,9 +250,9 @@ def part_a(steps: dict, budget: float, quick: bool, log, runs: Path, clf, per_cl
     ae_overrides = ["train_task=autoencoder", "data=digits"]
     cfg_ae = _config(ae_overrides, steps["autoencoder"], quick)
     aexp, atrainer, aresult, ainfo = train(cfg_ae, log, "autoencoder (task=autoencoder data=digits)", run_dir=ae_dir)
-    ae_summary = _autoencoder_summary(
-        cfg_ae, aexp, atrainer, aresult, torch.get_num_threads(), ae_dir
-    )  # sde-train's: VAE bound, latents.json
+    ae_summary = AutoencoderTask().summarize(  # sde-train's: VAE bound, latents.json
+        Finished(aexp, atrainer, aresult, ae_dir, torch.get_num_threads(), int(cfg_ae.seed), int(cfg_ae.n_samples), "none", "autoencoder")
+    )
     codec, images = load_codec(ae_dir, "cpu")
 
     models = {}

@@ -265,6 +265,22 @@ def _grid_option(target: str) -> str | None:
     return None
 
 
+_TASK_OF_LOSS = {"classifier_loss": "classifier", "AutoencoderLoss": "autoencoder", "RestorationLoss": "cold", "restoration_loss": "cold"}
+"""The losses that make a run another task than a score model's, by their class or function name."""
+
+
+def task_name(cfg: DictConfig) -> str:
+    """The kind of run a config trains, a key of :data:`sde_diffusion.tasks.TASKS`: ``classifier``,
+    ``autoencoder`` or ``cold`` by its loss (``task=classifier``, ``task=autoencoder``,
+    ``experiment=digits_cold``), ``super_resolution`` by its ``conditioning``, else ``score``. Saved
+    configs of earlier runs name their task the same way."""
+    target = str(OmegaConf.select(cfg, "loss._target_", default="") or "")
+    by_loss = _TASK_OF_LOSS.get(target.rsplit(".", 1)[-1])
+    if by_loss is not None:
+        return by_loss
+    return "super_resolution" if OmegaConf.select(cfg, "conditioning", default=None) is not None else "score"
+
+
 def build_conditioner(cfg: DictConfig):
     """``conditioning`` (a super-resolution run's :class:`~sde_diffusion.conditioning.SuperResolution`),
     or None when the config has none; the network must then take a conditioning image."""

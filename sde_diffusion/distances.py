@@ -41,3 +41,11 @@ def sliced_wasserstein(a: Tensor, b: Tensor, *, n_projections: int = 256, genera
     pa, _ = (a @ u).sort(dim=0)
     pb, _ = (b @ u).sort(dim=0)
     return (pa - pb).pow(2).mean().sqrt().item()
+
+
+def sliced_w2_to_held_out(samples: torch.Tensor, held_out: torch.Tensor) -> float:
+    """The sample-quality number of ``sde-train``'s and ``sde-sample``'s summaries: sliced
+    2-Wasserstein distance between the first ``n = min(N_samples, N_held_out)`` samples and held-out
+    points (in the data's training units), with fixed projections, so the two apps agree."""
+    n = min(samples.shape[0], held_out.shape[0])
+    return sliced_wasserstein(samples[:n].float().cpu(), held_out[:n].float().cpu(), generator=torch.Generator().manual_seed(0))

@@ -100,11 +100,11 @@ class LatentCodec:
 
 def load_codec(autoencoder_dir: str | Path, device: str | torch.device = "cpu") -> tuple[LatentCodec, Dataset]:
     """The codec of a finished ``sde-train task=autoencoder`` run and the image data it was trained on."""
-    from .config import ConfigError
+    from .config import ConfigError, task_name
     from .runs import load_run  # runs builds models from configs, which build data sets: imported when needed
 
     run = load_run(autoencoder_dir, device)
-    if not getattr(run.score_model, "is_autoencoder", False):
+    if task_name(run.config) != "autoencoder":
         raise ConfigError(f"autoencoder_dir={autoencoder_dir} is not an autoencoder run: train one with sde-train task=autoencoder")
     try:
         scale = LatentScale.load(run.run_dir)
@@ -137,3 +137,10 @@ def latent_dataset(autoencoder_dir: str, draws: int = 1, seed: int = 0) -> Datas
         test_labels=images.test_labels,
         n_classes=images.n_classes,
     )
+
+
+@torch.no_grad()
+def decode_latents(codec, latents: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """The decoder's mean images of scaled latents ``(N, *latent_shape)``, on the CPU."""
+    device = next(codec.autoencoder.parameters()).device
+    return torch.cat([codec.decode(zb.to(device)).cpu() for zb in latents.split(batch_size)])

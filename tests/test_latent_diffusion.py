@@ -491,7 +491,7 @@ def test_latent_run_decodes_its_samples(runs):
     # the latents are draw_samples of the run's EMA model with its sampler, seed 0 (class grid labels)
     trained = sd.load_run(run, "cpu")
     assert trained.data.data_shape == (2, 4, 4) and trained.data.levels is None
-    from sde_diffusion.cli.train import _grid_labels
+    from sde_diffusion.tasks.score import grid_labels as _grid_labels
 
     sampler, grid = build_sampler(trained.config)
     score = sd.GuidedScore(trained.score_model, _grid_labels(10, 10), float(trained.config.guidance))

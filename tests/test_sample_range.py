@@ -86,7 +86,7 @@ def test_samples_in_range_give_no_warning(tmp_path):
 
 
 def test_the_ema_lag_warning_fires_in_one_direction_only():
-    from sde_diffusion.cli.train import _warnings
+    from sde_diffusion.tasks.score import _warnings
 
     class Exp:
         pass
@@ -136,7 +136,7 @@ def test_the_readme_edm_recipe_gives_samples_in_the_data_range(tmp_path):
 def test_the_ema_lag_check_works_for_negative_losses():
     """Sliced score matching's loss is negative: the EMA lags when its loss is above the raw
     weights' by more than a tenth of their magnitude."""
-    from sde_diffusion.cli.train import _warnings
+    from sde_diffusion.tasks.score import _warnings
 
     fine = sample_range(torch.zeros(4, 2), torch.tensor([[-1.0, 1.0]]))
     lag = _warnings(object(), fine, None, loss_ema=-5.0, loss_raw=-6.0, latent=False)
@@ -155,7 +155,7 @@ def test_the_held_out_nll_is_priced_before_it_runs_and_image_samples_are_saved_c
     the evaluation's own result; the digits' samples.npz holds clipped samples and the raw values."""
     import numpy as np
 
-    from sde_diffusion.cli import train
+    from sde_diffusion.tasks import score as train
 
     monkeypatch.setattr(train, "COST_SHOWN", 0.0)
     code, out, err = run_app(

@@ -21,12 +21,9 @@ from omegaconf import OmegaConf
 
 from .. import distributed
 from .._checks import check_range
-from ..config import ConfigError, one_line
-from ..distances import sliced_wasserstein
+from ..config import ConfigError, one_line, task_name
 from ..precision import check_compile, check_precision
 from ..training import CheckpointError, UnreadableCheckpointError
-
-log = logging.getLogger("sde_diffusion")
 
 _GROUP_CHOICE = re.compile(r"^(?P<group>[a-z_]+(?:/[a-z_]+)?)=(?P<value>[A-Za-z0-9_.,\-]+)$")
 
@@ -170,13 +167,6 @@ def _join_torchrun(prog: str, argv: list[str], run_dir_pattern: str) -> distribu
     return ctx
 
 
-def say(text: str) -> None:
-    """Print one of the run's lines to stdout and append it to the run's log file (``<app>.log`` in
-    the run directory, through Hydra's job logging: see ``conf/hydra/job_logging/run_log.yaml``)."""
-    print(text, flush=True)
-    log.info(text)
-
-
 def unused(run_dir: Path) -> bool:
     """True when ``run_dir`` holds nothing a run wrote: only Hydra's ``.hydra/`` and log files."""
     return run_dir.is_dir() and all(p.name == ".hydra" or (p.is_file() and p.suffix == ".log") for p in run_dir.iterdir())
@@ -274,34 +264,26 @@ def show_progress(requested: bool) -> bool:
     return True
 
 
-def sliced_w2_to_held_out(samples: torch.Tensor, held_out: torch.Tensor) -> float:
-    """The sample-quality number of ``sde-train``'s and ``sde-sample``'s summaries: sliced
-    2-Wasserstein distance between the first ``n = min(N_samples, N_held_out)`` samples and held-out
-    points (in the data's training units), with fixed projections, so the two apps agree."""
-    n = min(samples.shape[0], held_out.shape[0])
-    return sliced_wasserstein(samples[:n].float().cpu(), held_out[:n].float().cpu(), generator=torch.Generator().manual_seed(0))
-
-
 def require_score_run(trained, prog: str) -> None:
     """Refuse a run whose model is not a score model: a classifier (``task=classifier``) or a cold
     diffusion restorer (``experiment=digits_cold``), whose outputs are not scores."""
-    model = trained.score_model
-    if getattr(model, "is_classifier", False):
+    task = task_name(trained.config)
+    if task == "classifier":
         raise ConfigError(
             f"{trained.run_dir} holds a classifier (task=classifier), not a score model: use it as {prog} classifier_dir=... of a score run"
             if prog == "sde-sample"
             else f"{trained.run_dir} holds a classifier (task=classifier), not a score model; its summary.json holds its accuracy"
         )
-    if getattr(model, "is_restorer", False):
+    if task == "cold":
         raise ConfigError(
             f"{trained.run_dir} holds a cold diffusion restorer, not a score model; its samples and restoration errors are in the run directory (samples_*.png, summary.json)"
         )
-    if getattr(model, "is_autoencoder", False):
+    if task == "autoencoder":
         raise ConfigError(
             f"{trained.run_dir} holds an autoencoder (task=autoencoder), not a score model: train a latent diffusion model on it with "
             f"sde-train experiment=latent_digits autoencoder_dir={trained.run_dir}"
         )
-    if getattr(trained, "conditioner", None) is not None and prog != "sde-sample":
+    if task == "super_resolution" and prog != "sde-sample":
         raise ConfigError(
             f"{trained.run_dir} holds a super-resolution model, whose likelihood is conditional on a low-resolution image; "
             f"{prog} evaluates unconditional models only (its PSNR/SSIM are in summary.json; sde-sample run_dir=... super-resolves)"
@@ -368,10 +350,3 @@ def latent_codec(cfg, device):
     if not Path(str(path)).expanduser().is_dir():
         raise ConfigError(f"autoencoder_dir={path} is not a directory; pass a finished sde-train task=autoencoder run")
     return load_codec(Path(str(path)).expanduser(), device)
-
-
-@torch.no_grad()
-def decode_latents(codec, latents: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """The decoder's mean images of scaled latents ``(N, *latent_shape)``, on the CPU."""
-    device = next(codec.autoencoder.parameters()).device
-    return torch.cat([codec.decode(zb.to(device)).cpu() for zb in latents.split(batch_size)])

@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .. import distributed
 from .._atomic import write_atomically
+from .._log import say
 from ..config import ConfigError
 from ..likelihood.evaluate import evaluate_nll
 from ..precision import accelerate
@@ -45,7 +46,6 @@ from ._common import (
     override_key,
     refusals,
     require_score_run,
-    say,
     set_threads,
     show_progress,
     speed_settings,

@@ -33,9 +33,12 @@ from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor
 
 from .._checks import check_range
+from .._log import say
 from .._noise import PerSampleNoise
 from ..conditioning import downsample
-from ..config import ConfigError, build_sampler, on_driver, one_line
+from ..config import ConfigError, build_sampler, on_driver, one_line, task_name
+from ..distances import sliced_w2_to_held_out
+from ..latents import decode_latents
 from ..plotting import image_grid, plot_samples
 from ..precision import accelerate
 from ..runs import load_run
@@ -49,7 +52,6 @@ from ._common import (
     cascade_sr_dir,
     check_composes,
     check_group_choices,
-    decode_latents,
     fail,
     group_options,
     latent_codec,
@@ -57,10 +59,8 @@ from ._common import (
     override_key,
     refusals,
     require_score_run,
-    say,
     set_threads,
     show_progress,
-    sliced_w2_to_held_out,
     speed_settings,
     speed_text,
     super_resolve_with,
@@ -133,7 +133,7 @@ def _classifier_guided(cfg: DictConfig, trained, score: ScoreFn, label) -> Score
     """``score`` with classifier guidance by the classifier run in ``classifier_dir`` at ``classifier_scale``."""
     classifier_run = load_run(Path(str(cfg.classifier_dir)).expanduser(), trained.device)
     classifier = classifier_run.score_model
-    if not getattr(classifier, "is_classifier", False):
+    if task_name(classifier_run.config) != "classifier":
         raise ConfigError(
             f"classifier_dir={cfg.classifier_dir} holds a score model, not a classifier: train one with sde-train task=classifier"
         )

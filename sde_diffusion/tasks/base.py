@@ -1,0 +1,81 @@
+"""What every kind of sde-train run shares: the finished run a task summarizes, the task's interface,
+and the summary's training part. A task is a module of this package (score model, classifier,
+autoencoder, cold diffusion, super-resolution); the app chooses one from the run's config
+(:func:`sde_diffusion.config.task_name`) and calls it, so a new kind of run adds a module here and
+a name there, and no app dispatches on flags of the model."""
+
+from __future__ import annotations
+
+import abc
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from .._log import say
+
+PROG = "sde-train"
+
+
+@dataclass
+class Finished:
+    """A finished training run as its task summarizes it: the built experiment (``exp``), the
+    ``trainer`` and its ``result``, where it wrote (``run_dir``), and the app's settings that the
+    summary needs, as plain values (no config object reaches a task)."""
+
+    exp: Any  # sde_diffusion.runs.Experiment
+    trainer: Any  # sde_diffusion.training.Trainer
+    result: Any  # the trainer's FitResult
+    run_dir: Path
+    threads: int
+    seed: int
+    n_samples: int
+    sampler_name: str
+    loss_name: str
+    settings: dict = field(default_factory=dict)  # the run's resolved config, plain (a task's own section, e.g. cold)
+    precision: str = "fp32"
+    compiled: bool = False
+    eval_points: int = 0
+    guidance: float = 0.0
+    prior: dict = field(default_factory=dict)  # a fine-tuning run's prior-preservation samples, for the summary
+    sr: Any = None  # a cascade's second stage (a loaded super-resolution run)
+    super_resolve: Callable | None = None  # low-res images -> DrawnSamples by the cascade's second stage
+    latent: Any = None  # a latent run's (codec, image data)
+
+
+class Task(abc.ABC):
+    """One kind of sde-train run: what its first line says it trains, and its summary (files, the
+    summary line, ``summary.json``)."""
+
+    name: ClassVar[str]
+
+    def describe(self, exp) -> str:
+        """What the first line names as trained: the SDE by default."""
+        return type(exp.sde).__name__
+
+    @abc.abstractmethod
+    def summarize(self, run: Finished) -> dict:
+        """Evaluate, sample, plot and print the summary line; return the summary (also written to
+        ``summary.json``)."""
+
+
+def training_summary(result, threads: int) -> dict:
+    """The summary's training part, shared by every task."""
+    return {
+        "steps": result.steps,
+        "steps_run": result.steps_run,
+        "resumed_from_step": result.resumed_from,
+        "train_seconds": round(result.seconds, 3),
+        "steps_per_sec": round(result.steps_per_sec, 2),
+        "threads": threads,
+        "final_train_loss": result.last_loss,
+        "evaluated_weights": "ema",
+    }
+
+
+def write_summary(run_dir: Path, summary: dict) -> None:
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+__all__ = ["PROG", "Finished", "Task", "say", "training_summary", "write_summary"]
