@@ -69,3 +69,18 @@ def test_every_page_is_in_the_table_of_contents():
     index = (DOCS / "index.md").read_text()
     pages = {p.stem for p in DOCS.glob("*.md")} - {"index"}
     assert {page for page in pages if not re.search(rf"^{re.escape(page)}$", index, flags=re.M)} == set()
+
+
+def test_every_table_row_has_the_header_s_cells():
+    """A ``|`` inside a code span splits a Markdown table's cell (on GitHub as in the built pages)
+    unless written ``\\|``."""
+    for page in [ROOT / "README.md", *DOCS.glob("*.md")]:
+        cells, fence = None, False
+        for number, line in enumerate(page.read_text().splitlines(), 1):
+            fence ^= line.startswith("```")
+            if fence or not line.startswith("|"):
+                cells = None
+                continue
+            n = len(re.split(r"(?<!\\)\|", line)) - 2
+            cells = n if cells is None else cells
+            assert n == cells, f"{page.name}:{number} has {n} cells, its header {cells}"

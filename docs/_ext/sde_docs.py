@@ -112,7 +112,8 @@ def api_markdown(page: str, modules: list[str]) -> str:
     for module in modules:
         # a package's own names are re-exports, documented in the module that defines them
         options = ["   :no-members:"] if hasattr(__import__(module, fromlist=["_"]), "__path__") else []
-        lines += ["```{eval-rst}", f".. automodule:: {module}", *options, "```", ""]
+        heading = [f"## `{module.rsplit('.', 1)[1]}`", ""] if module != page else []
+        lines += [*heading, "```{eval-rst}", f".. automodule:: {module}", *options, "```", ""]
     return "\n".join(lines)
 
 
@@ -140,40 +141,19 @@ def generate(app=None) -> None:
             stale.unlink()
 
 
-# docutils' complaints about layout; unknown roles (Sphinx's :func: and the like) are not layout
-_LAYOUT_PROBLEMS = ("Unexpected indentation", "without a blank line", "start-string without end-string", "Unexpected section title")
+def skip_foreign(app, what, name, obj, skip, options):
+    """Leave out what a module imported from another library (``torchdiffeq.odeint``, Hydra's
+    ``instantiate``): it is documented there. Other members keep autodoc's decision."""
+    import inspect
 
-
-def layout_problems(text: str, env=None) -> list[str]:
-    """What docutils finds wrong with the layout of reStructuredText ``text`` (Sphinx's roles, which
-    are registered with docutils while Sphinx runs, need its ``env``)."""
-    import io
-
-    from docutils import nodes
-    from docutils.core import publish_doctree
-
-    doctree = publish_doctree(text, settings_overrides={"report_level": 5, "halt_level": 5, "warning_stream": io.StringIO(), "env": env})
-    messages = [m.astext() for m in doctree.findall(nodes.system_message) if m["level"] >= 2]
-    return [m for m in messages if any(p in m for p in _LAYOUT_PROBLEMS)]
-
-
-FALLBACKS: list[str] = []
-"""The objects whose docstring was shown as written (see :func:`plain_when_malformed`)."""
-
-
-def plain_when_malformed(app, what, name, obj, options, lines) -> None:
-    """A docstring written as prose with indented continuation lines, which reStructuredText reads
-    as stray block quotes and definition lists, is shown as written (a literal block) instead of
-    failing the build; ``sphinx-build -v`` names each one."""
-    if lines and layout_problems("\n".join(lines), app.env):
-        FALLBACKS.append(name)
-        from sphinx.util import logging
-
-        logging.getLogger(__name__).verbose("sde_docs: docstring of %s shown as written (its layout is not reStructuredText)", name)
-        lines[:] = ["::", ""] + ["    " + line if line else "" for line in lines] + [""]
+    module = getattr(obj, "__module__", None)
+    imported = (inspect.isroutine(obj) or inspect.isclass(obj)) and isinstance(module, str) and not module.startswith("sde_diffusion")
+    if what == "module" and imported:  # type aliases (Callable[...]) with this package's docstrings stay
+        return True
+    return None
 
 
 def setup(app):
+    app.connect("autodoc-skip-member", skip_foreign)
     app.connect("builder-inited", generate)
-    app.connect("autodoc-process-docstring", plain_when_malformed)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
