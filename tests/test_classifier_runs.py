@@ -37,6 +37,7 @@ def runs(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_a_classifier_run_reports_accuracy_per_noise_level(runs):
     summary = json.loads((runs / "clf" / "summary.json").read_text())
     assert summary["task"] == "classifier" and summary["n_classes"] == 10 and (runs / "clf" / "accuracy.png").is_file()
@@ -49,6 +50,7 @@ def test_a_classifier_run_reports_accuracy_per_noise_level(runs):
     assert first > 0.6 and abs(last - 0.1) < 0.1  # it learned the digits, and at t = T nothing is left to classify
 
 
+@pytest.mark.slow
 def test_sde_sample_guides_with_the_classifier(runs, tmp_path):
     """classifier_scale=0 gives the unguided samples exactly; a positive scale changes them, and the
     summary names the classifier and its scale."""
@@ -73,6 +75,7 @@ def test_sde_sample_guides_with_the_classifier(runs, tmp_path):
     assert torch.equal(outs[0], plain) and not torch.allclose(outs[3], plain)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "words"),
     [
@@ -88,6 +91,7 @@ def test_sde_sample_refuses_a_guidance_that_cannot_work(runs, tmp_path, args, wo
     assert proc.returncode != 0 and words in proc.stderr, proc.stderr
 
 
+@pytest.mark.slow
 def test_a_classifier_on_another_sde_is_refused(runs, tmp_path):
     proc = _cli(
         "sde_diffusion.cli.train", "task=classifier", "sde=ve", "data=digits", "train.steps=2", "train.progress=false",

@@ -249,6 +249,7 @@ def _reference(run_dir, n, batch_size):
     return torch.cat([-o.logp / 2 for o in outs]).double(), [o.nfe for o in outs], trained
 
 
+@pytest.mark.slow
 def test_train_summary_holds_the_held_out_nll_of_the_ema_model(run_dir):
     summary = json.loads((run_dir / "summary.json").read_text())
     nll, nfe, trained = _reference(run_dir, 64, 1000)
@@ -262,6 +263,7 @@ def test_train_summary_holds_the_held_out_nll_of_the_ema_model(run_dir):
     assert "held_out_bpd" not in summary  # continuous data
 
 
+@pytest.mark.slow
 def test_sde_eval_writes_records_equal_to_log_likelihood(run_dir, tmp_path):
     out_dir = tmp_path / "eval"
     before = json.loads((run_dir / "eval.json").read_text()) if (run_dir / "eval.json").exists() else []
@@ -291,6 +293,7 @@ def test_sde_eval_writes_records_equal_to_log_likelihood(run_dir, tmp_path):
     assert record["run_dir"] == str(trained.run_dir) and record["out_dir"] == str(out_dir)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "bound, statement",
     [
@@ -318,6 +321,7 @@ def _eval_config(run_dir, *overrides):
     return OmegaConf.merge(base, OmegaConf.from_dotlist([f"run_dir={run_dir}", "progress=false", *overrides]))
 
 
+@pytest.mark.slow
 def test_records_accumulate(run_dir, tmp_path):
     path = run_dir / "eval.json"
     first = eval_run(_eval_config(run_dir, "n_points=16"), tmp_path / "a")
@@ -328,6 +332,7 @@ def test_records_accumulate(run_dir, tmp_path):
     assert (second["divergence"], second["n_probes"], second["split"]) == ("hutchinson", 2, "train")
 
 
+@pytest.mark.slow
 def test_sde_eval_time_variable_is_recorded_and_gives_the_same_nll(run_dir, tmp_path):
     records = {
         v: eval_run(_eval_config(run_dir, "n_points=16", f"time_variable={v}", "rtol=1e-7", "atol=1e-7"), tmp_path / v)
@@ -371,6 +376,7 @@ def test_concurrent_appends_keep_every_record(tmp_path):
     assert sorted((r["worker"], r["i"]) for r in records) == [(w, i) for w in range(4) for i in range(25)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides, message",
     [
@@ -407,6 +413,7 @@ def test_cli_errors_exit_non_zero_with_one_line(tmp_path, args, message):
     assert proc.stderr.count("\n") == 1, proc.stderr
 
 
+@pytest.mark.slow
 def test_sde_eval_weights_raw_evaluates_the_last_steps_weights(run_dir, tmp_path):
     """weights=raw: the NLL of the raw weights, equal to the library's evaluation of load_run(weights='raw'),
     and recorded; the EMA's differs."""

@@ -74,6 +74,7 @@ def _copy_run(run_dir, dest, **changes):
 
 
 # ------------------------------------------------------------------------- samples and files
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["euler_maruyama", "pc", "dpm_solver_sde", "edm_sde", "ddim"])
 def test_samples_do_not_depend_on_the_batch_size(run_dir, tmp_path, sampler):
     """Per-sample noise streams (and per-sample prior blocks): the same samples, bit for bit, whether
@@ -92,6 +93,7 @@ def test_samples_do_not_depend_on_the_batch_size(run_dir, tmp_path, sampler):
     assert not np.array_equal(np.load(other / "samples.npz")["samples"], samples[0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["euler_maruyama", "dpm_solver"])
 def test_samples_equal_a_direct_sampler_call_on_the_ema_model(run_dir, tmp_path, capsys, sampler):
     summary = _sample(run_dir, tmp_path, sampler, "n_samples=40", "batch_size=25", "seed=7", "sampler.grid.n_steps=8")
@@ -124,6 +126,7 @@ def test_samples_equal_a_direct_sampler_call_on_the_ema_model(run_dir, tmp_path,
     assert f"sliced W2 to held-out data {summary['sliced_w2_vs_held_out']:.4f}" in line
 
 
+@pytest.mark.slow
 def test_other_seeds_give_other_samples_the_same_seed_the_same(run_dir, tmp_path):
     draw = []
     for i, seed in enumerate([0, 0, 1]):
@@ -239,6 +242,7 @@ def test_default_output_directories_name_the_sampler():
 
 
 # --------------------------------------------------------------------------------- errors
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "override, message",
     [
@@ -272,6 +276,7 @@ def test_wrong_types_and_unknown_keys_fail_at_compose_time_in_one_line(monkeypat
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_missing_or_incomplete_run_directories_are_refused(run_dir, tmp_path):
     with pytest.raises(ConfigError, match="run_dir is required"):
         app.run(_compose("progress=false"), tmp_path)
@@ -283,6 +288,7 @@ def test_missing_or_incomplete_run_directories_are_refused(run_dir, tmp_path):
         _sample(tmp_path / "no_ckpt", tmp_path, "ddim")
 
 
+@pytest.mark.slow
 def test_samplers_that_need_a_kernel_are_refused_on_an_sde_without_one(run_dir, tmp_path):
     run = _copy_run(
         run_dir,
@@ -314,6 +320,7 @@ def test_entry_point_refuses_unknown_samplers_and_fixed_groups(monkeypatch, caps
 
 
 # ---------------------------------------------------------------------- console, outside the repo
+@pytest.mark.slow
 def test_a_sweep_over_two_samplers_from_another_directory(run_dir, tmp_path):
     args = ["-m", f"run_dir={os.path.relpath(run_dir, tmp_path)}", "sampler=dpm_solver,heun", "n_samples=64",
             "batch_size=32", "sampler.grid.n_steps=4", "progress=false"]  # fmt: skip
@@ -329,6 +336,7 @@ def test_a_sweep_over_two_samplers_from_another_directory(run_dir, tmp_path):
         assert (out / "samples.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_errors_exit_non_zero_with_one_line(run_dir, tmp_path):
     (tmp_path / "no_ckpt").mkdir()
     shutil.copytree(run_dir / ".hydra", tmp_path / "no_ckpt" / ".hydra")
@@ -365,6 +373,7 @@ def _by_hand(run, fn, n, batch_size, seed=0):
     return inputs, torch.cat([o.samples for o in out])
 
 
+@pytest.mark.slow
 def test_sde_train_draws_a_guided_grid_of_classes(digits_run):
     trained = sd.load_run(digits_run, "cpu")
     assert trained.score_model.n_classes == 10
@@ -381,6 +390,7 @@ def test_sde_train_draws_a_guided_grid_of_classes(digits_run):
     assert picture.ndim == 3 and min(picture.shape[:2]) > 100
 
 
+@pytest.mark.slow
 def test_class_label_and_guidance_give_the_guided_samples(digits_run, tmp_path):
     summary = _sample(digits_run, tmp_path, "dpm_solver", "class_label=7", "guidance=2", "n_samples=8", "sampler.grid.n_steps=4")
     trained = sd.load_run(digits_run, "cpu")
@@ -390,6 +400,7 @@ def test_class_label_and_guidance_give_the_guided_samples(digits_run, tmp_path):
     assert summary["class_label"] == 7 and summary["guidance"] == 2.0 and summary["task"] == "sample"
 
 
+@pytest.mark.slow
 def test_inpainting_held_out_digits_keeps_their_known_pixels(digits_run, tmp_path, capsys):
     summary = _sample(digits_run, tmp_path, "reverse_diffusion", "task=inpaint", "mask=center", "n_samples=12", "batch_size=5",
                       "sampler.grid.n_steps=4")  # fmt: skip
@@ -411,6 +422,7 @@ def test_inpainting_held_out_digits_keeps_their_known_pixels(digits_run, tmp_pat
     assert "12 samples by reverse_diffusion, inpainting center from step 4" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_sdedit_of_held_out_digits_towards_a_class(digits_run, tmp_path):
     summary = _sample(digits_run, tmp_path, "ddim", "task=sdedit", "t0=0.5", "class_label=3", "guidance=1", "n_samples=6",
                       "sampler.grid.n_steps=10")  # fmt: skip
@@ -426,6 +438,7 @@ def test_sdedit_of_held_out_digits_towards_a_class(digits_run, tmp_path):
     assert summary["t0"] == 0.5 and summary["nfe_per_batch"] == [int((ts < 0.5).sum())]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "sampler, overrides, message",
     [
@@ -446,6 +459,7 @@ def test_bad_task_options_are_refused(digits_run, tmp_path, sampler, overrides, 
         _sample(digits_run, tmp_path, sampler, "n_samples=2", *overrides)
 
 
+@pytest.mark.slow
 def test_class_labels_need_a_conditional_run_and_rows_need_images(run_dir, tmp_path):
     with pytest.raises(ConfigError, match="class_label=0 needs a class-conditional run"):
         _sample(run_dir, tmp_path, "ddim", "class_label=0")
@@ -457,6 +471,7 @@ def test_class_labels_need_a_conditional_run_and_rows_need_images(run_dir, tmp_p
 
 
 # ------------------------------------------------------------------ range, weights, class reference
+@pytest.mark.slow
 def test_guided_samples_are_compared_with_the_held_out_data_of_their_class(digits_run, tmp_path):
     summary = _sample(digits_run, tmp_path, "dpm_solver", "class_label=7", "n_samples=8", "sampler.grid.n_steps=4")
     trained = sd.load_run(digits_run, "cpu")
@@ -468,6 +483,7 @@ def test_guided_samples_are_compared_with_the_held_out_data_of_their_class(digit
     assert unguided["sliced_w2_reference"] == "all held-out data"
 
 
+@pytest.mark.slow
 def test_the_summary_states_the_range_and_a_stray_sample_set_is_warned(run_dir, tmp_path, capsys):
     """The module's 30-step run: its samples leave the checkerboard's range; sde-sample records the
     fraction and the ratio, and warns in one line."""
@@ -481,6 +497,7 @@ def test_the_summary_states_the_range_and_a_stray_sample_set_is_warned(run_dir, 
     assert f"{100 * expected.fraction_outside:.1f}% of values outside the data's range" in out
 
 
+@pytest.mark.slow
 def test_weights_raw_samples_the_last_steps_weights(run_dir, tmp_path):
     ema = _sample(run_dir, tmp_path / "ema", "ddim", "n_samples=20")
     raw = _sample(run_dir, tmp_path / "raw", "ddim", "n_samples=20", "weights=raw")

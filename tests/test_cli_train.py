@@ -38,6 +38,7 @@ def _error_lines(proc):
     return [line for line in proc.stderr.splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_train_end_to_end_then_resume_from_outside_the_repo(tmp_path):
     run = tmp_path / "run"
     proc = _sde_train([*TINY, f"hydra.run.dir={run}"], cwd=tmp_path)
@@ -65,17 +66,17 @@ def test_train_end_to_end_then_resume_from_outside_the_repo(tmp_path):
 
 @pytest.mark.parametrize(
     "override, words",
-    [
+    [  # one of each kind of error in the quick subset (-m "not slow"), every one in the suite
         (["sde=foo"], ["unknown sde 'foo'", "subvp", "ve", "vp"]),
-        (["sde.beta_min=30"], ["sde:", "beta_min (30.0) must be smaller than beta_max (20.0)"]),
-        (["sde=ve", "sde.sigma_min=100"], ["sde:", "sigma_min (100.0) must be smaller than sigma_max (50.0)"]),
+        pytest.param(["sde.beta_min=30"], ["sde:", "beta_min (30.0) must be smaller than beta_max (20.0)"], marks=pytest.mark.slow),
+        pytest.param(["sde=ve", "sde.sigma_min=100"], ["sde:", "sigma_min (100.0) must be smaller than sigma_max (50.0)"], marks=pytest.mark.slow),
         (["train.lr=-1"], ["train:", "train.lr must be a positive number"]),
-        (["data=npz"], ["data", "path"]),
-        (["train.steps=abc"], ["train.steps: Value 'abc' of type 'str' could not be converted to Integer"]),
+        pytest.param(["data=npz"], ["data", "path"], marks=pytest.mark.slow),
+        pytest.param(["train.steps=abc"], ["train.steps: Value 'abc' of type 'str' could not be converted to Integer"], marks=pytest.mark.slow),
         (["train.stpes=10"], ["train.stpes: Key 'stpes' not in 'TrainConfig'"]),
-        (["eval_points=1.5"], ["eval_points: Value '1.5' of type 'float' could not be converted to Integer"]),
-        (["-m", "seed=0,1", "train.foo=1"], ["train.foo: Key 'foo' not in 'TrainConfig'"]),
-        (["optim=adamw", "optim.weight_decay=-1"], ["optim:", "weight_decay"]),
+        pytest.param(["eval_points=1.5"], ["eval_points: Value '1.5' of type 'float' could not be converted to Integer"], marks=pytest.mark.slow),
+        pytest.param(["-m", "seed=0,1", "train.foo=1"], ["train.foo: Key 'foo' not in 'TrainConfig'"], marks=pytest.mark.slow),
+        pytest.param(["optim=adamw", "optim.weight_decay=-1"], ["optim:", "weight_decay"], marks=pytest.mark.slow),
     ],
 )
 def test_invalid_config_fails_at_start_with_one_line(tmp_path, override, words):
@@ -95,6 +96,7 @@ def test_cuda_without_a_gpu_is_one_clear_line(tmp_path):
     assert proc.returncode != 0 and len(lines) == 1 and "device=cuda" in lines[0] and "device=cpu" in lines[0]
 
 
+@pytest.mark.slow
 def test_a_users_own_sde_trains_and_samples_without_editing_the_library(tmp_path):
     """A class in the user's own module, named by sde._target_, goes through loss, trainer and sampler."""
     (tmp_path / "my_sdes.py").write_text(
@@ -126,6 +128,7 @@ def test_a_users_own_sde_trains_and_samples_without_editing_the_library(tmp_path
     assert json.loads((run / "summary.json").read_text())["nfe"] == 10
 
 
+@pytest.mark.slow
 def test_the_shipped_custom_sde_example_runs_in_the_app(tmp_path):
     run = tmp_path / "run"
     proc = _sde_train([*TINY, "sde=quadratic_vp", "loss=dsm_importance", f"hydra.run.dir={run}"], cwd=tmp_path)

@@ -116,7 +116,7 @@ def test_bad_inputs_are_named():
     assert set(DEGRADATIONS) == {"blur", "mask", "pixelate"}
 
 
-@pytest.mark.parametrize("degradation", ["mask", "pixelate"])
+@pytest.mark.parametrize("degradation", ["mask", pytest.param("pixelate", marks=pytest.mark.slow)])
 def test_experiment_digits_cold_runs_end_to_end(tmp_path, degradation):
     """sde-train experiment=digits_cold degradation=...: trains the restorer, restores held-out digits
     with both algorithms and generates with both; the summary holds the numbers the images show."""
@@ -141,6 +141,7 @@ def test_experiment_digits_cold_runs_end_to_end(tmp_path, degradation):
     assert restorer.is_restorer
 
 
+@pytest.mark.slow
 def test_sampling_or_evaluating_a_restorer_as_a_score_is_refused(tmp_path):
     import os
     import subprocess

@@ -160,7 +160,7 @@ class ClassGaussians(nn.Module):
         return scores[y, torch.arange(x.shape[0])]
 
 
-@pytest.mark.parametrize("event_shape", [None, (1, 8, 8)], ids=["points", "images"])
+@pytest.mark.parametrize("event_shape", [None, pytest.param((1, 8, 8), marks=pytest.mark.slow)], ids=["points", "images"])
 def test_guided_scores_drive_any_sampler_to_the_chosen_classes(event_shape):
     """With exact class scores and w = 0 every class's samples follow that class's Gaussian
     (chi-square at p = 1e-6 on 1000 samples per class for points, 500 for images; DPM-Solver++ at 50
@@ -236,7 +236,7 @@ def test_label_dropout_replaces_labels_by_the_null_label_at_rate_p(tmp_path, p):
     assert torch.equal(y[~dropped], rows[~dropped])
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=["points", "images"])
+@pytest.mark.parametrize("shape", [SHAPES[0], pytest.param(SHAPES[1], marks=pytest.mark.slow)], ids=["points", "images"])
 def test_resume_with_labels_equals_an_uninterrupted_run(tmp_path, shape):
     full = _conditional_trainer(tmp_path / "full", shape)
     full.fit()

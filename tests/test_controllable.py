@@ -43,7 +43,7 @@ def conditional_law(dist: sd.GaussianMixture, x0: torch.Tensor, known: torch.Ten
 
 
 # ------------------------------------------------------------------------------------ inpainting
-@pytest.mark.parametrize("kind, region, n", [("points", "left", 4000), ("images", "center", 1000)])
+@pytest.mark.parametrize("kind, region, n", [("points", "left", 4000), pytest.param("images", "center", 1000, marks=pytest.mark.slow)])
 def test_inpainting_draws_the_exact_conditional_and_keeps_the_known_pixels(kind, region, n):
     """The unknown coordinates against the exact conditional law (chi-square on the whitened mean
     and covariance at p = 1e-6: at n = 4000 that resolves ~0.08 standard deviations in a mean and

@@ -115,6 +115,7 @@ def _cli(module: str, *args: str, cwd) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
 
 
+@pytest.mark.slow
 def test_a_ddpm_run_with_learned_variances_trains_samples_and_reports_each_bound(tmp_path):
     """sde=ddpm loss=ddpm_hybrid model=mlp_learned_variance sampler=ddpm end to end; then sde-eval
     writes one record per bound whose numbers are those of the library calls on the loaded run."""

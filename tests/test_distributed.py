@@ -68,6 +68,7 @@ def trained(tmp_path_factory):
     return root, ddp
 
 
+@pytest.mark.slow
 def test_ddp_training_equals_one_process_with_the_same_global_batch(trained):
     root, ddp = trained
     _assert_same_weights(root / "ddp", root / "single")
@@ -81,6 +82,7 @@ def test_ddp_training_equals_one_process_with_the_same_global_batch(trained):
     assert (root / "ddp" / ".hydra" / "config.yaml").exists()
 
 
+@pytest.mark.slow
 def test_streamed_ddp_training_equals_one_process(tmp_path):
     """train.data_on_device=false: every process gathers the same counter-based global batch from host
     memory (through loader workers) and trains its share of it; the result equals one process."""
@@ -92,6 +94,7 @@ def test_streamed_ddp_training_equals_one_process(tmp_path):
     _assert_same_weights(tmp_path / "ddp", tmp_path / "single")
 
 
+@pytest.mark.slow
 def test_sharded_evaluation_equals_one_process(trained):
     """110 points in batches of 40: rank 0 solves two batches, rank 1 one, each adaptive solve with
     its own step count; the results are gathered once at the end, so nothing waits mid-solve."""
@@ -132,6 +135,7 @@ def _rank_of(pid: int) -> int | None:
     return None
 
 
+@pytest.mark.slow
 def test_a_dead_rank_stops_the_job_and_resume_completes_it(tmp_path):
     run = tmp_path / "run"
     args = [*TINY, "train.steps=300", "train.log_every=1", f"hydra.run.dir={run}"]
@@ -167,6 +171,7 @@ def test_batch_must_split_into_micro_batches():
         sd.Trainer(model, sde, torch.randn(100, 2), sd.TrainOptions(batch_size=64, grad_accumulation=3, progress=False))
 
 
+@pytest.mark.slow
 def test_a_finished_rank_waits_at_shutdown_for_rank_0s_work(tmp_path):
     """shutdown(wait=True) meets every rank before leaving the group: rank 1 finishes at once, rank 0
     works 3 s alone (its evaluation after training) and both leave together, with exit code 0.

@@ -366,7 +366,6 @@ def _base_weights(root):
     return sd.load_run(root / "base", "cpu").score_model.state_dict()
 
 
-@pytest.mark.slow
 def test_lora_run_saves_only_its_adapters_and_keeps_the_base(runs):
     run = runs / "lora"
     summary = json.loads((run / "summary.json").read_text())

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "gpu.py"
 RESULTS = [ROOT / "benchmarks" / "results" / name for name in ("gpu.md", "gpu.json")]
@@ -35,6 +37,7 @@ def test_without_cuda_it_says_so_and_writes_nothing():
     assert _results_state() == before
 
 
+@pytest.mark.slow
 def test_quick_cpu_run_measures_training_in_fp32_and_bf16(tmp_path):
     before = _results_state()
     proc = _run("--device", "cpu", "--quick", "--out", str(tmp_path))

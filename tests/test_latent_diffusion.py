@@ -445,7 +445,6 @@ def runs(tmp_path_factory):
     return root
 
 
-@pytest.mark.slow
 def test_autoencoder_run_reports_its_bound_and_scale_factor(runs):
     run = runs / "ae"
     summary = json.loads((run / "summary.json").read_text())

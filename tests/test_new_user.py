@@ -65,6 +65,7 @@ def _assert_same_weights(a: Path, b: Path) -> None:
 
 
 # ------------------------------------------------------------------------- 1. EMA of short runs
+@pytest.mark.slow
 def test_a_1000_step_default_run_evaluates_trained_weights():
     """The default config at 1,000 steps: the EMA model's held-out NLL lies within 0.3 nats/dim of the
     raw model's and its samples in the data's range (without the warm-up, 37 % of the average was still
@@ -99,6 +100,7 @@ def ve_run(tmp_path_factory) -> Path:
     return root / "run"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, words",
     [
@@ -120,6 +122,7 @@ def test_a_refused_command_leaves_the_run_directory_byte_for_byte(ve_run, tmp_pa
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_resume_needs_no_overrides_repeated_and_continues_exactly(ve_run, tmp_path):
     """A 40-step VE run resumed to 60 steps with only train.steps given equals a 60-step run."""
     run = tmp_path / "resumed"
@@ -156,6 +159,7 @@ def test_resume_without_a_run_to_continue_is_refused_before_anything_is_written(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_refused_commands_of_every_app_leave_no_directory(ve_run, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(ve_run, broken)
@@ -215,6 +219,7 @@ def uninterrupted(tmp_path_factory) -> Path:
     return root / "run"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_an_interrupt_saves_a_checkpoint_that_resumes_to_the_uninterrupted_weights(uninterrupted, tmp_path, signum):
     run = tmp_path / "run"
@@ -242,6 +247,7 @@ def test_an_interrupt_saves_a_checkpoint_that_resumes_to_the_uninterrupted_weigh
 
 
 # -------------------------------------------------------------- 4-9. threads, sde-sample, output
+@pytest.mark.slow
 def test_threads_key_sets_torchs_threads_and_is_printed_first(ve_run, tmp_path):
     proc = _app("sde-sample", [f"run_dir={ve_run}", "threads=2", "n_samples=20", "batch_size=20", "sampler.grid.n_steps=5", "progress=false", f"hydra.run.dir={tmp_path / 'out'}"], cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -252,6 +258,7 @@ def test_threads_key_sets_torchs_threads_and_is_printed_first(ve_run, tmp_path):
             _common.set_threads(bad)
 
 
+@pytest.mark.slow
 def test_sde_sample_takes_hydra_overrides_and_reports_the_trainings_quality_number(ve_run, tmp_path):
     out = tmp_path / "out"
     args = [
@@ -281,6 +288,7 @@ def test_sde_sample_help_lists_only_its_own_group(tmp_path):
     assert "--cfg job" in proc.stdout and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_sde_train_help_opens_with_its_own_header_and_lists_every_group(tmp_path):
     # like sde-sample's help (issue 22: sde-train's opened with Hydra's stock "powered by Hydra" header)
     proc = _app("sde-train", ["--help"], cwd=tmp_path)
@@ -296,6 +304,7 @@ def test_sde_train_help_opens_with_its_own_header_and_lists_every_group(tmp_path
     assert "ddpm, ddpm_cosine, edm" in listed["sde"] and "--cfg job" in proc.stdout and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_sde_eval_help_says_what_its_bounds_are_of(tmp_path):
     proc = _app("sde-eval", ["--help"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -304,6 +313,7 @@ def test_sde_eval_help_says_what_its_bounds_are_of(tmp_path):
     assert "bound: ode" in proc.stdout and list(tmp_path.iterdir()) == []  # the config's keys follow
 
 
+@pytest.mark.slow
 def test_train_log_holds_the_runs_lines_and_samples_npz_the_raw_samples(ve_run):
     log = (ve_run / "train.log").read_text()
     assert re.search(r"^\[[\d\-: ,]+\] sde-train: checkerboard with VESDE", log, flags=re.M)
@@ -316,6 +326,7 @@ def test_train_log_holds_the_runs_lines_and_samples_npz_the_raw_samples(ve_run):
     assert summary["held_out_loss_raw"] > 0
 
 
+@pytest.mark.slow
 def test_standardized_data_saves_raw_samples(tmp_path):
     import numpy as np
 

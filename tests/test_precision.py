@@ -96,6 +96,7 @@ def test_fp32_checkpoints_carry_no_scaler(tmp_path):
 
 
 # ------------------------------------------------------------------------------------- compile
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="torch.compile on the CPU needs a C++ compiler")
 def test_compiled_and_eager_agree_to_1e_5_in_outputs_gradients_and_training():
     model, sde = _mlp()

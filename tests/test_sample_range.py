@@ -74,6 +74,7 @@ def test_an_untrained_edm_model_is_flagged_with_the_cause_and_the_fix(tmp_path):
     assert f"{100 * r['fraction_outside']:.1f}% of values outside the data's range" in out.splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_samples_in_range_give_no_warning(tmp_path):
     code, out, err = run_app(
         "train", "sampler.grid.n_steps=200", "train.steps=1500", "eval_points=0", "n_samples=500", "progress=false",
@@ -120,6 +121,7 @@ def test_the_sweep_table_shows_the_range_and_names_the_runs_that_stray(tmp_path,
     assert "WARNING: the samples of 1 run(s) leave the data's range" in out and out.rstrip().endswith(": 1")
 
 
+@pytest.mark.slow
 def test_the_readme_edm_recipe_gives_samples_in_the_data_range(tmp_path):
     """The README's recipe for sde=edm (EDM's preconditioning, model=mlp_edm), at its 2,000 steps:
     Heun's samples stay in the checkerboard's range (with model=mlp they spread to +-90)."""

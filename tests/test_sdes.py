@@ -14,7 +14,7 @@ from analytic import KernelFreeVP, all_sdes
 SDES = all_sdes()
 
 
-@pytest.mark.parametrize("name", list(SDES))
+@pytest.mark.parametrize("name", [n if n == "vp" else pytest.param(n, marks=pytest.mark.slow) for n in SDES])
 def test_kernel_matches_euler_maruyama_simulation(name):
     """Mean and variance of a fine forward Euler-Maruyama simulation match the closed-form kernel
     at t = 0.1, 0.5 and 1 (one batch, each path on its own grid of 1,000 steps).

@@ -593,7 +593,6 @@ def runs(tmp_path_factory):
     return root
 
 
-@pytest.mark.slow
 def test_digits_sr_reports_psnr_and_ssim_of_its_samples_beside_bicubic(runs):
     run = runs / "sr"
     summary = json.loads((run / "summary.json").read_text())

@@ -33,6 +33,7 @@ def _run(exe, args, cwd):
     return subprocess.run([path, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_two_by_two_multirun_and_its_summary(tmp_path):
     sweep = tmp_path / "sweep"
     proc = _run("sde-train", ["-m", *TINY, "sde=vp,subvp", "seed=0,1", f"hydra.sweep.dir={sweep}"], tmp_path)
@@ -51,6 +52,7 @@ def test_two_by_two_multirun_and_its_summary(tmp_path):
     assert "train.steps" not in rows[0]  # an override shared by every run is left out of the table
 
 
+@pytest.mark.slow
 def test_joblib_launcher_runs_a_two_job_sweep(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     sweep = tmp_path / "sweep"
