@@ -20,14 +20,27 @@ backends use the same Dormand-Prince tableau at the same tolerance; ``dlogp`` is
 Part 3, divergence blocks: one right-hand-side evaluation with all probes in one vectorised backward
 pass against blocks of ``P B <= PROBE_BLOCK_ROWS`` rows (likelihood/divergence.py).
 
+Part 4, per-evaluation overhead at D = 2: on the 2-D ring (benchmarks/samplers.py, 8 Gaussians,
+cheap exact score) the exact-divergence solve in t (dopri5, rtol = atol = 1e-5, float64, 1 thread)
+under VP (closed-form rates) and the shipped user path ``QuadraticVPSDE`` (rates by autograd), timed
+against its own score calls: ``solve_s``, ``score_s`` (wall time inside the score function, forward
+only), their ratio and ``(solve_s - score_s) / NFE``, what one evaluation costs besides the score
+(drift and diffusion, divergence backward passes, the integrator), best of ``--reps`` solves.
+``--part overhead --label NAME`` runs this part alone with whatever ``sde_diffusion`` is imported
+and stores its rows under ``NAME`` beside the rows already in the results file (the table shows
+the labels side by side); run it from outside the repository with ``PYTHONPATH`` pointing at an
+older checkout to measure that code with the same script.
+
 Threads: ``--threads`` limits torch's intra-op threads AND numpy's BLAS threads (threadpoolctl) to
 the same number, so both integrators get the same cores: an unlimited OpenBLAS on this shared
 2-core machine made scipy's RK45 step 15x slower at 15,000 state entries (oversubscription, not
 scipy). Within a configuration the backends are timed alternately (best of ``--reps``), so their
 ratio is meaningful even when absolute times are noisy.
 
-Usage: ``python benchmarks/likelihood.py [--quick] [--sde vp|subvp|ve] [--batch 32] [--reps 2]``.
-Writes ``benchmarks/results/likelihood.json`` and ``.md`` (``likelihood_quick.*`` with ``--quick``).
+Usage: ``python benchmarks/likelihood.py [--quick] [--sde vp|subvp|ve] [--batch 32] [--reps 2]
+[--part all|overhead] [--label NAME]``. Writes ``benchmarks/results/likelihood.json`` and ``.md``
+(``likelihood_quick.*`` with ``--quick``); ``--part overhead`` rewrites only part 4's rows of the
+given label and renders the rest from the stored results.
 """
 
 from __future__ import annotations
@@ -47,8 +60,11 @@ from threadpoolctl import threadpool_limits
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the shared analytic oracles
 
-import sde_diffusion as sd  # noqa: E402
 from analytic import core_sdes, mixture  # noqa: E402
+from samplers import ring_mixture  # noqa: E402  (the sibling benchmark's 2-D ring)
+
+import sde_diffusion as sd  # noqa: E402
+from sde_diffusion.examples.quadratic_vp import QuadraticVPSDE  # noqa: E402
 from sde_diffusion.likelihood import divergence, log_likelihood, nats_per_dim  # noqa: E402
 from sde_diffusion.likelihood.ode import AugmentedFlow  # noqa: E402
 
@@ -214,6 +230,46 @@ def block_rows(sde, cases):
     return rows
 
 
+# ------------------------------------------------------------------------------- part 4
+class TimedScore:
+    """A score that adds the wall time spent inside it (forward calls only) to ``seconds``."""
+
+    def __init__(self, score_fn):
+        self.score_fn = score_fn
+        self.seconds = 0.0
+
+    def __call__(self, x, t):
+        start = time.perf_counter()
+        out = self.score_fn(x, t)
+        self.seconds += time.perf_counter() - start
+        return out
+
+
+def overhead_rows(label, batches, reps, tol=1e-5):
+    """Part 4: solve time against the time inside the score, VP and a user path, on the 2-D ring."""
+    dist = ring_mixture()
+    rows = []
+    with threads_limited(1):
+        for name, sde in (("vp", sd.VPSDE()), ("user path (QuadraticVPSDE)", QuadraticVPSDE())):
+            score_fn = dist.score_fn(sde)
+            for batch in batches:
+                x = dist.sample(batch, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+                timed_solve(sde, score_fn, x[:2], "torchdiffeq", 1e-3)  # warm-up
+                best = None
+                for _ in range(reps):
+                    score = TimedScore(score_fn)
+                    out, seconds = timed_solve(sde, score, x, "torchdiffeq", tol)
+                    if best is None or seconds < best[1]:
+                        best = (out, seconds, score.seconds)
+                out, seconds, score_seconds = best
+                rows.append({"code": label, "sde": name, "dim": 2, "batch": batch, "tol": tol, "nfe": out.nfe,
+                             "solve_s": seconds, "score_s": score_seconds, "solve_over_score": seconds / score_seconds,
+                             "other_ms_per_nfe": (seconds - score_seconds) / out.nfe * 1e3,
+                             "mean_logp": out.logp.mean().item()})
+                print(format_row(OVERHEAD, rows[-1]), flush=True)
+    return rows
+
+
 # ------------------------------------------------------------------------------- tables
 def _fmt(value, spec):
     return "-" if value is None else format(value, spec)
@@ -227,6 +283,9 @@ SPEED = [("score", "score", "s"), ("D", "dim", "d"), ("dtype", "dtype", "s"), ("
          ("RHS share", "rhs_share", ".0%"), ("integrator ms/NFE", "solver_ms_per_nfe", ".3f"),
          ("err_solver", "err_solver", ".1e"), ("|dlogp|/D between backends", "dlogp", ".1e"),
          ("scipy / torchdiffeq time", "scipy_over_torchdiffeq", ".2f")]
+OVERHEAD = [("code", "code", "s"), ("SDE", "sde", "s"), ("D", "dim", "d"), ("B", "batch", "d"), ("NFE", "nfe", "d"),
+            ("solve (s)", "solve_s", ".3f"), ("in the score (s)", "score_s", ".3f"), ("solve / score", "solve_over_score", ".2f"),
+            ("rest per NFE (ms)", "other_ms_per_nfe", ".3f"), ("mean logp", "mean_logp", ".12f")]
 BLOCKS = [("score", "score", "s"), ("D", "dim", "d"), ("B", "batch", "d"), ("probes", "probes", "d"),
           ("one pass (ms)", "one_pass_ms", ".1f"), ("blocks (ms)", "blocks_ms", ".1f"), ("speed-up", "speedup", ".2f")]
 
@@ -281,7 +340,36 @@ def findings(speed):
     )
 
 
-def markdown(config, accuracy, ratios, speed, blocks):
+def overhead_section(rows):
+    """Part 4's table, the rows of each (SDE, B) side by side across code labels, and their speed-ups."""
+    if not rows:
+        return []
+    order = sorted(rows, key=lambda r: (r["sde"], r["batch"]))
+    lines = ["## Per-evaluation overhead at D = 2: the solve against its score calls (float64, 1 thread)", "",
+             "Exact divergence, dopri5 at rtol = atol = 1e-5 in t, on the 2-D ring of benchmarks/samplers.py. "
+             "solve / score: the solve's wall time over the time spent inside the score function; rest per NFE: "
+             "everything else (drift and diffusion, divergence backward passes, the integrator) per evaluation. "
+             "Each code label is a run of `--part overhead --label ...` on that code (module docstring: an older "
+             "commit is run with PYTHONPATH at its sde_diffusion); that option reruns this part alone, so the parts "
+             "above keep the numbers of the last full run.", "",
+             header(OVERHEAD), *(format_row(OVERHEAD, r) for r in order), ""]
+    labels = list(dict.fromkeys(r["code"] for r in rows))
+    if len(labels) > 1:
+        first, last = labels[0], labels[-1]
+        lines += [f"| SDE | B | solve time {first} / {last} | rest per NFE {first} / {last} | NFE equal | mean logp difference (abs) |",
+                  "|---|---|---|---|---|---|"]
+        for key in dict.fromkeys((r["sde"], r["batch"]) for r in order):
+            a = next((r for r in rows if r["code"] == first and (r["sde"], r["batch"]) == key), None)
+            b = next((r for r in rows if r["code"] == last and (r["sde"], r["batch"]) == key), None)
+            if a and b:
+                lines.append(f"| {key[0]} | {key[1]} | {a['solve_s'] / b['solve_s']:.2f} | "
+                             f"{a['other_ms_per_nfe'] / b['other_ms_per_nfe']:.2f} | {a['nfe'] == b['nfe']} | "
+                             f"{abs(a['mean_logp'] - b['mean_logp']):.1e} |")
+        lines.append("")
+    return lines
+
+
+def markdown(config, accuracy, ratios, speed, blocks, overhead=()):
     lines = [
         "# Probability-flow likelihood benchmark",
         "",
@@ -319,6 +407,7 @@ def markdown(config, accuracy, ratios, speed, blocks):
         header(BLOCKS),
         *(format_row(BLOCKS, r) for r in blocks),
         "",
+        *overhead_section(list(overhead)),
     ]
     return "\n".join(lines) + "\n"
 
@@ -332,7 +421,20 @@ def main(argv=None):
     parser.add_argument("--reps", type=int, default=2, help="timed solves per backend in the speed part (best kept)")
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts of the speed part")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--part", default="all", choices=("all", "overhead"), help="overhead: part 4 alone (module docstring)")
+    parser.add_argument("--label", default="this checkout", help="names part 4's rows (the code measured)")
     args = parser.parse_args(argv)
+    stem = "likelihood_quick" if args.quick else "likelihood"
+    overhead_batches = (32,) if args.quick else (32, 1000)
+    if args.part == "overhead":
+        if not (args.out / f"{stem}.json").is_file():
+            parser.error(f"--part overhead adds to {args.out / stem}.json, which does not exist: run the whole benchmark first")
+        print(header(OVERHEAD))
+        rows = overhead_rows(args.label, overhead_batches, max(args.reps, 5))
+        result = json.loads((args.out / f"{stem}.json").read_text())
+        result["overhead"] = [r for r in result.get("overhead", []) if r["code"] != args.label] + rows
+        write_results(args.out, stem, result)
+        return
     sde = core_sdes()[args.sde]
     f32, f64 = torch.float32, torch.float64
     threads = [int(t) for t in args.threads.split(",")]
@@ -359,12 +461,18 @@ def main(argv=None):
     print(verdict(speed))
     print(header(BLOCKS))
     blocks = block_rows(sde, cases)
-    stem = "likelihood_quick" if args.quick else "likelihood"
-    args.out.mkdir(parents=True, exist_ok=True)
-    result = {"config": config, "rows": accuracy, "ratios": ratios, "speed": speed, "divergence_blocks": blocks}
-    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2))
-    (args.out / f"{stem}.md").write_text(markdown(config, accuracy, ratios, speed, blocks))
-    print(f"wrote {args.out / stem}.json and .md")
+    print(header(OVERHEAD))
+    overhead = overhead_rows(args.label, overhead_batches, max(args.reps, 5))
+    result = {"config": config, "rows": accuracy, "ratios": ratios, "speed": speed, "divergence_blocks": blocks, "overhead": overhead}
+    write_results(args.out, stem, result)
+
+
+def write_results(out, stem, result):
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
+    md = markdown(result["config"], result["rows"], result["ratios"], result["speed"], result["divergence_blocks"], result.get("overhead", ()))
+    (out / f"{stem}.md").write_text(md)
+    print(f"wrote {out / stem}.json and .md")
 
 
 if __name__ == "__main__":

@@ -159,6 +159,80 @@ def test_a_path_with_a_constant_mean_coefficient_has_zero_drift_and_the_closed_f
     assert sde.prior_std == pytest.approx(50.0)
 
 
+FLOW_PATHS = {"scaled": ScaledPath(), "constant_mean": ConstantMeanPath(), **{k: SHIPPED[k] for k in ("vp", "subvp", "ve")}}
+
+
+def _closed_form_flow_coefficients(name: str, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(a(t), g(t)^2)`` in closed form: ScaledPath's ``-12 t`` and ``54 t`` (its docstring),
+    ConstantMeanPath's ``0`` and ``2 ln(1000) s^2``, the shipped SDEs' from Song et al. 2021."""
+    if name == "scaled":
+        return -12.0 * t, 54.0 * t
+    if name == "constant_mean":
+        return torch.zeros_like(t), 2.0 * math.log(1000.0) * (0.05 * 1000.0**t) ** 2
+    return _closed_form_drift_rate(name, t), _closed_form_g(name, t) ** 2
+
+
+@pytest.mark.parametrize("name", FLOW_PATHS)
+def test_the_one_place_flow_coefficients_give_f_minus_half_g2_score(name):
+    """The probability-flow velocity ``f - g^2 score / 2`` (Song et al. 2021, Eq. 13) and the reverse
+    drift ``f - g^2 score`` (Eq. 6), built from ``flow_coefficients`` (both rates in one derivation),
+    equal the same built the old way, from each rate derived on its own (``a = d log m/dt``,
+    ``g^2 = d s^2/dt - 2 a s^2``), to round-off, and the closed forms; in float64 and float32."""
+    sde = FLOW_PATHS[name]
+    t = torch.linspace(0.0, 1.0, 41, dtype=F64)
+    x = torch.randn(41, 3, dtype=F64, generator=torch.Generator().manual_seed(0))
+
+    def score(x, t):  # any field: the coefficients must not depend on it
+        return -x + torch.sin(3.0 * x) * t[:, None]
+
+    a_old = sde.log_mean_coeff_rate(t)
+    g2_old = (sde.variance_rate(t) - 2.0 * a_old * sde.kernel(t)[1] ** 2).clamp(min=0.0)
+    a, g2 = sde.flow_coefficients(t)
+    torch.testing.assert_close(a, a_old, rtol=1e-13, atol=0.0)
+    torch.testing.assert_close(g2, g2_old, rtol=1e-13, atol=1e-13)
+    a_exact, g2_exact = _closed_form_flow_coefficients(name, t)
+    torch.testing.assert_close(a, a_exact, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(g2, g2_exact, rtol=1e-6, atol=1e-6)
+    f_old = a_old[:, None] * x
+    torch.testing.assert_close(sde.probability_flow(score).drift(x, t), f_old - 0.5 * g2_old[:, None] * score(x, t), rtol=1e-13, atol=1e-12)
+    torch.testing.assert_close(sde.reverse(score).drift(x, t), f_old - g2_old[:, None] * score(x, t), rtol=1e-13, atol=1e-12)
+    x32, t32 = x.float(), t.float()
+    velocity32 = sde.probability_flow(score).drift(x32, t32)
+    assert velocity32.dtype == torch.float32
+    torch.testing.assert_close(velocity32, sde.probability_flow(score).drift(x, t).float(), rtol=1e-5, atol=1e-3)
+
+
+class CountedPath(ScaledPath):
+    """ScaledPath counting the autograd derivations of ``m`` and ``s``: calls with a ``t`` that requires grad."""
+
+    def __init__(self):
+        self.derivations = {"m": 0, "s": 0}
+
+    def mean_coeff(self, t):
+        self.derivations["m"] += int(torch.as_tensor(t).requires_grad)
+        return super().mean_coeff(t)
+
+    def std(self, t):
+        self.derivations["s"] += int(torch.as_tensor(t).requires_grad)
+        return super().std(t)
+
+
+@pytest.mark.parametrize("time_variable", ["t", "log_snr"])
+def test_each_evaluation_of_the_likelihoods_flow_derives_each_rate_once(time_variable):
+    """The drift and the diffusion each used to derive ``d log m/dt`` again: two derivations of ``m``
+    and one of ``s`` per evaluation, a fifth of a D = 2 likelihood solve (benchmarks/results/likelihood.md).
+    Now one of each per score evaluation, over a whole solve, and per reverse-SDE drift."""
+    sde, dist = CountedPath(), gaussian(dim=2, seed=4)
+    score = dist.score_fn(sde)
+    x = dist.sample(8, generator=torch.Generator().manual_seed(0), dtype=F64)
+    out = log_likelihood(sde, score, x, eps=1e-3, rtol=1e-4, atol=1e-4, time_variable=time_variable)
+    assert out.nfe > 10
+    assert sde.derivations == {"m": out.nfe, "s": out.nfe}
+    sde.derivations = {"m": 0, "s": 0}
+    sde.reverse(score).drift(x, 0.5)
+    assert sde.derivations == {"m": 1, "s": 1}
+
+
 def test_a_users_path_trains():
     """Denoising score matching through the Trainer: a small network learns the score of Gaussian
     data well enough that its ODE samples recover the data mean and spread."""
@@ -303,6 +377,7 @@ def test_rectified_flow_samples_a_mixture_and_its_likelihood_matches_vps():
         assert (exact_terminal - dist.log_prob(x, eps, path)).abs().max() / 2 < 1e-4
 
 
+@pytest.mark.slow
 def test_flow_matching_trains_samples_and_evaluates_in_the_apps(tmp_path):
     import json
     import shutil

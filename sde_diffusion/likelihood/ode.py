@@ -155,8 +155,9 @@ def log_likelihood(
     only close to its prior (1e-3 to 1e-2 nats/dim for the default VP and VE on a 2-D mixture).
 
     Args:
-        sde: any SDE; only ``probability_flow`` (built from ``drift`` and ``diffusion``),
-            ``prior_logp`` and ``T`` are used.
+        sde: any SDE; only ``probability_flow`` (built from ``drift_and_diffusion_squared``: ``drift``
+            and ``diffusion``, or a Gaussian path's rates derived once per evaluation), ``prior_logp``
+            and ``T`` are used.
         score_fn: ``score(x, t) -> (B, *dims)`` for ``x`` ``(B, *dims)``, ``t`` ``(B,)``;
             differentiable in ``x``, samples must not interact (no batch statistics).
         x: data ``(B, *dims)``, float32 or float64; the solve runs in ``x``'s dtype and device.

@@ -56,6 +56,15 @@ class SDE(abc.ABC):
     def prior_std(self) -> float:
         """Standard deviation of the isotropic Gaussian prior ``p_T = N(0, prior_std^2 I)``."""
 
+    def drift_and_diffusion_squared(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``f(x, t)`` (shape ``(B, *dims)``) and ``g(t)^2`` (shape ``(B,)``) together: what one
+        evaluation of the reverse SDE or the probability-flow ODE needs (Song et al. 2021, Eq. 6 and
+        13). By default :meth:`drift` and :meth:`diffusion` squared; a subclass whose two
+        coefficients share work overrides it to do that work once
+        (:meth:`~sde_diffusion.sdes.gaussian_path.GaussianPathSDE.flow_coefficients`)."""
+        t = batch_time(t, x)
+        return self.drift(x, t), self.diffusion(t) ** 2
+
     def kernel(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """Coefficients ``(m(t), s(t))`` of the Gaussian perturbation kernel
         ``p_0t(x_t | x_0) = N(m(t) x_0, s(t)^2 I)``, each shaped like ``t``.

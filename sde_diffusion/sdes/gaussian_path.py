@@ -31,22 +31,32 @@ def _as_coefficient(value, t: Tensor) -> Tensor:
     return value.expand(t.shape) if value.shape != t.shape else value
 
 
-def _time_derivative(fn, t: Tensor) -> Tensor:
-    """``d fn(t) / dt`` elementwise by autograd, computed in float64 and returned in ``t``'s dtype.
+def _time_derivatives(fns, t: Tensor) -> list[Tensor]:
+    """``d fn(t) / dt`` elementwise for each of ``fns`` by one autograd pass, computed in float64 and
+    returned in ``t``'s dtype.
 
     The derivative at ``t = 0`` is taken at ``t = 1e-60``: a path with ``s ~ sqrt(t)`` (every VP
     path) has ``ds/dt = inf`` there, and autograd's ``0 * inf`` would give NaN where the limit of
     ``d s^2 / dt`` is finite. (1e-60 leaves ``t^5`` above float64's smallest normal number.) A
-    coefficient that does not depend on ``t`` (``torch.ones_like(t)``, a constant) has rate 0."""
+    coefficient that does not depend on ``t`` (``torch.ones_like(t)``, a constant) has rate 0. Each
+    function gets its own copy of ``t`` as a leaf, so one backward pass through the sum of all
+    outputs returns every derivative separately (the functions are elementwise)."""
     t = torch.as_tensor(t)
     dtype = t.dtype if t.is_floating_point() else torch.get_default_dtype()
     with torch.enable_grad():
-        t64 = t.detach().to(torch.float64).clamp(min=1e-60).requires_grad_(True)
-        out = _as_coefficient(fn(t64), t64)
-        if not out.requires_grad:  # no graph back to t: a constant coefficient
-            return torch.zeros_like(t64).to(dtype)
-        (grad,) = torch.autograd.grad(out.sum(), t64, allow_unused=True)
-    return (torch.zeros_like(t64) if grad is None else grad).to(dtype)
+        t64 = t.detach().to(torch.float64).clamp(min=1e-60)
+        leaves = [t64.requires_grad_(True)] if len(fns) == 1 else [t64.clone().requires_grad_(True) for _ in fns]
+        outs = [_as_coefficient(fn(u), u) for fn, u in zip(fns, leaves, strict=True)]
+        live = [i for i, out in enumerate(outs) if out.requires_grad]  # the others do not depend on t
+        grads: list[Tensor | None] = [None] * len(fns)
+        if live:
+            total = outs[live[0]].sum()
+            for i in live[1:]:
+                total = total + outs[i].sum()
+            found = torch.autograd.grad(total, [leaves[i] for i in live], allow_unused=True)
+            for i, grad in zip(live, found, strict=True):
+                grads[i] = grad
+    return [(torch.zeros_like(t64) if grad is None else grad).to(dtype) for grad in grads]
 
 
 class GaussianPathSDE(SDE):
@@ -60,6 +70,8 @@ class GaussianPathSDE(SDE):
 
     - drift ``f(x, t) = (d log m / dt) x``;
     - diffusion ``g(t) = sqrt(d s^2/dt - 2 (d log m/dt) s^2)`` (clamped at 0 against round-off);
+    - both at once, :meth:`flow_coefficients` ``(a(t), g(t)^2)``, the rates derived once (the
+      probability-flow ODE and the reverse SDE read them through :meth:`drift_and_diffusion_squared`);
     - ``kernel(t) = (m(t), s(t))``, ``log_snr(t) = 2 log(m / s)`` and its inverse (bisection unless
       the subclass overrides :meth:`time_from_log_snr` with a closed form);
     - the prior ``N(0, prior_std^2 I)`` with ``prior_std = s(T)``, the marginal's spread at ``T``
@@ -79,11 +91,26 @@ class GaussianPathSDE(SDE):
 
     def log_mean_coeff_rate(self, t: Tensor) -> Tensor:
         """``d log m / dt``, elementwise (autograd unless overridden)."""
-        return _time_derivative(lambda u: torch.log(_as_coefficient(self.mean_coeff(u), u)), t)
+        return _time_derivatives((self._log_mean_coeff,), t)[0]
 
     def variance_rate(self, t: Tensor) -> Tensor:
         """``d s^2 / dt``, elementwise (autograd unless overridden)."""
-        return _time_derivative(lambda u: _as_coefficient(self.std(u), u) ** 2, t)
+        return _time_derivatives((self._variance,), t)[0]
+
+    def _log_mean_coeff(self, t: Tensor) -> Tensor:
+        return torch.log(_as_coefficient(self.mean_coeff(t), t))
+
+    def _variance(self, t: Tensor) -> Tensor:
+        return _as_coefficient(self.std(t), t) ** 2
+
+    def _rates(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``(d log m / dt, d s^2 / dt)``: the subclass's closed forms where it states them; the rates
+        it leaves to autograd are derived together, in one backward pass."""
+        cls = type(self)
+        if cls.log_mean_coeff_rate is GaussianPathSDE.log_mean_coeff_rate and cls.variance_rate is GaussianPathSDE.variance_rate:
+            rate_log_m, rate_var = _time_derivatives((self._log_mean_coeff, self._variance), t)
+            return rate_log_m, rate_var
+        return self.log_mean_coeff_rate(t), self.variance_rate(t)
 
     # --------------------------------------------------------------------------- derived facts
     def kernel(self, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -92,13 +119,28 @@ class GaussianPathSDE(SDE):
             t = t.to(torch.get_default_dtype())
         return _as_coefficient(self.mean_coeff(t), t), _as_coefficient(self.std(t), t)
 
+    def flow_coefficients(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``(a(t), g(t)^2)`` of the SDE ``dx = a(t) x dt + g(t) dw``, elementwise, from one derivation
+        of the path's rates: ``a = d log m / dt`` and ``g^2 = d s^2/dt - 2 a s^2`` (the moment
+        equations read backwards, module docstring; clamped at 0 against round-off). Everything the
+        drift, the diffusion and the probability-flow ODE need at one time."""
+        t = torch.as_tensor(t)
+        if not t.is_floating_point():
+            t = t.to(torch.get_default_dtype())
+        a, rate_var = self._rates(t)
+        s = _as_coefficient(self.std(t), t)
+        return a, (rate_var - 2.0 * a * s**2).clamp(min=0.0)
+
     def drift(self, x: Tensor, t: Tensor) -> Tensor:
         return expand_like(self.log_mean_coeff_rate(batch_time(t, x)), x) * x
 
     def diffusion(self, t: Tensor) -> Tensor:
-        t = torch.as_tensor(t)
-        g2 = self.variance_rate(t) - 2.0 * self.log_mean_coeff_rate(t) * self.kernel(t)[1] ** 2
-        return g2.clamp(min=0.0).sqrt()
+        return self.flow_coefficients(t)[1].sqrt()
+
+    def drift_and_diffusion_squared(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``f(x, t) = a(t) x`` and ``g(t)^2`` from one :meth:`flow_coefficients` call."""
+        a, g2 = self.flow_coefficients(batch_time(t, x))
+        return expand_like(a, x) * x, g2
 
     @property
     def prior_std(self) -> float:

@@ -26,8 +26,8 @@ class ReverseSDE:
     def drift(self, x: Tensor, t: float | Tensor) -> Tensor:
         """Reverse drift ``f - g^2 s``, shape ``(B, *dims)``."""
         t = batch_time(t, x)
-        g = expand_like(self.sde.diffusion(t), x)
-        return self.sde.drift(x, t) - g**2 * self.score_fn(x, t)
+        f, g2 = self.sde.drift_and_diffusion_squared(x, t)
+        return f - expand_like(g2, x) * self.score_fn(x, t)
 
     def diffusion(self, t: Tensor) -> Tensor:
         """``g(t)``, shape ``(B,)``."""
@@ -58,9 +58,15 @@ class ProbabilityFlowODE:
 
     def drift(self, x: Tensor, t: float | Tensor) -> Tensor:
         """ODE velocity, shape ``(B, *dims)``."""
+        return self.drift_and_diffusion_squared(x, t)[0]
+
+    def drift_and_diffusion_squared(self, x: Tensor, t: float | Tensor) -> tuple[Tensor, Tensor]:
+        """The velocity ``f - g^2 score / 2`` (shape ``(B, *dims)``) and the ``g(t)^2`` it used
+        (shape ``(B,)``), from one :meth:`~sde_diffusion.sdes.base.SDE.drift_and_diffusion_squared`
+        call: a kernel SDE derives its rates once per evaluation."""
         t = batch_time(t, x)
-        g = expand_like(self.sde.diffusion(t), x)
-        return self.sde.drift(x, t) - 0.5 * g**2 * self.score_fn(x, t)
+        f, g2 = self.sde.drift_and_diffusion_squared(x, t)
+        return f - 0.5 * expand_like(g2, x) * self.score_fn(x, t), g2
 
     def __call__(self, t: Tensor, x: Tensor) -> Tensor:
         return self.drift(x, t)
@@ -119,5 +125,5 @@ class TimeChangedFlow:
         m, s = self.sde.kernel(t)
         if self.variable == "sigma":
             return (-u.to(state.dtype) * m) * self.score_fn(m * state, tb)
-        g = self.sde.diffusion(t)
-        return (s * s / (g * g)) * self._flow_in_t.drift(state, tb)
+        velocity, g2 = self._flow_in_t.drift_and_diffusion_squared(state, tb)
+        return expand_like(s * s / g2, state) * velocity
