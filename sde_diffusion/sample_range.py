@@ -63,6 +63,20 @@ class SampleRange:
         """The fields and the ratio, for a summary file."""
         return {**asdict(self), "max_abs_ratio": self.max_abs_ratio, "material": self.material}
 
+    def summary_entries(self, of: str) -> dict:
+        """The entries of an app's summary file: the fraction and the ratio at the top (the columns of
+        ``sde-summarize``'s table) and every field under ``sample_range``, with what was checked (``of``:
+        samples, latents, base samples)."""
+        return {
+            "samples_outside_range": self.fraction_outside,
+            "samples_max_abs_ratio": self.max_abs_ratio,
+            "sample_range": {**self.as_dict(), "of": of},
+        }
+
+    def brief(self, what: str = "values") -> str:
+        """The summary line's statement: ``"0.1% of values outside the data's range (largest |x| 1.1x the data's)"``."""
+        return f"{100 * self.fraction_outside:.1f}% of {what} outside the data's range (largest |x| {self.max_abs_ratio:.1f}x the data's)"
+
     def text(self) -> str:
         """``"2.1% of values outside the data's range [-4, 4] (+10%), largest |x| 1.3x the data's"``."""
         nonfinite = f", {self.n_nonfinite} not finite" if self.n_nonfinite else ""

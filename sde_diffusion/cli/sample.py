@@ -413,9 +413,7 @@ def run(cfg: DictConfig, out_dir: Path, *, sampler_name: str = "sampler", sample
         "weights": str(cfg.get("weights", "ema")),
         "sliced_w2_vs_held_out": sw2,
         "sliced_w2_reference": of_class or "all held-out data",
-        "samples_outside_range": in_range.fraction_outside,
-        "samples_max_abs_ratio": in_range.max_abs_ratio,
-        "sample_range": {**in_range.as_dict(), "of": "latents" if latents is not None else "samples"},
+        **in_range.summary_entries("latents" if latents is not None else "samples"),
         "threads": threads,
         "plot": plot.name if plot else None,
         "out_dir": str(out_dir),
@@ -423,8 +421,7 @@ def run(cfg: DictConfig, out_dir: Path, *, sampler_name: str = "sampler", sample
     (out_dir / "sample_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     warning = f"; WARNING: {n_bad} samples are not finite" if n_bad else ""
     quality = "" if sw2 is None else f", sliced W2 to {of_class or 'held-out data'} {sw2:.4f}"
-    what = "latents" if latents is not None else "values"
-    quality += f", {100 * in_range.fraction_outside:.1f}% of {what} outside the data's range (largest |x| {in_range.max_abs_ratio:.1f}x the data's)"
+    quality += f", {in_range.brief('latents' if latents is not None else 'values')}"
     if in_range.material:
         say(
             f"{PROG}: WARNING: the {'latents' if latents is not None else 'samples'} leave the data's range: {in_range.text()}; {range_advice(in_range)}"

@@ -105,12 +105,7 @@ class ScoreTask(Task):
             "nfe": nfe,
             "sample_seconds": round(sample_sec, 3),
             "sliced_w2_vs_held_out": sw2,
-            "samples_outside_range": in_range.fraction_outside,  # top-level copies for sde-summarize's table
-            "samples_max_abs_ratio": in_range.max_abs_ratio,
-            "sample_range": {
-                **in_range.as_dict(),
-                "of": "latents" if latent is not None else "base samples" if sr is not None else "samples",
-            },
+            **in_range.summary_entries("latents" if latent is not None else "base samples" if sr is not None else "samples"),
             **({} if raw_check is None else {"raw_weights_check": raw_check[1]}),
             **stage,
             **finetuned,
@@ -130,7 +125,7 @@ class ScoreTask(Task):
             f"{PROG}: {ran} in {result.seconds:.1f} s ({result.steps_per_sec:.0f} steps/s); held-out loss {held_out_loss:.4f} "
             f"(raw weights {held_out_loss_raw:.4f}){_nll_text(held_out_nll, latent is not None)} and samples with the {_ema_text(trainer)}; "
             f"{samples.shape[0]} samples by {sampler_name} ({nfe} NFE, {sample_sec:.1f} s), sliced W2 to held-out data {sw2:.4f}, "
-            f"{_range_text(in_range, latent is not None)}; wrote {run_dir}"
+            f"{in_range.brief('latents' if latent is not None else 'values')}; wrote {run_dir}"
         )
         return summary
 
@@ -266,12 +261,6 @@ def _ema_text(trainer: Trainer) -> str:
     ema = trainer.ema
     warm = ", warmed up" if ema.warmup else ""
     return f"EMA weights (decay {ema.last_decay:.4g} at the last step, at most {ema.decay:g}{warm})"
-
-
-def _range_text(r: SampleRange, latent: bool) -> str:
-    """The summary line's range statement: ``"0.1% outside the data's range, largest |x| 1.1x the data's"``."""
-    what = "latents" if latent else "values"
-    return f"{100 * r.fraction_outside:.1f}% of {what} outside the data's range (largest |x| {r.max_abs_ratio:.1f}x the data's)"
 
 
 @torch.no_grad()
