@@ -1,5 +1,7 @@
-"""Whole runs from a config: a new run to train (:func:`build_experiment`) and a finished run to
-reload from its directory alone (:func:`load_run`: config, SDE, data and score model).
+"""Whole runs from a config: a new run to train (:func:`build_experiment`), a finished run to
+reload from its directory alone (:func:`load_run`: config, SDE, data and score model), and the
+second stages a run's config names (a cascade's super-resolution run, :func:`load_cascade_stage`; a
+latent run's decoder, :func:`load_latent_stage`).
 
 :func:`load_run` is what ``sde-sample`` and ``sde-eval`` load a run with, and the way to write
 one's own sampling or likelihood script against a run of ``sde-train``; a fine-tuning run
@@ -36,6 +38,7 @@ from .config import (
     resolve_device,
 )
 from .data.dataset import Dataset
+from .latents import LatentCodec, load_codec
 from .models.lora import merge_lora
 from .sdes.base import SDE
 from .training import load_checkpoint
@@ -56,6 +59,27 @@ class TrainedRun:
     step: int
     device: torch.device
     conditioner: SuperResolution | None = None  # a super-resolution run's image conditioning
+
+    def super_resolve(self, low: torch.Tensor, *, batch_size: int, seed: int, progress: bool = False):
+        """``low`` ``(N, C, h, w)`` super-resolved by this super-resolution run with the sampler of its
+        own config; returns the drawn samples (:class:`~sde_diffusion.samplers.DrawnSamples`)."""
+        from .samplers.draw import super_resolve
+
+        if self.conditioner is None:
+            raise ConfigError(f"{self.run_dir} is not a super-resolution run (no conditioning); train one with experiment=digits_sr")
+        sampler, grid = build_sampler(self.config)
+        return super_resolve(
+            self.sde,
+            self.score_model,
+            sampler,
+            grid,
+            self.conditioner,
+            low,
+            batch_size=batch_size,
+            seed=seed,
+            device=self.device,
+            progress=progress,
+        )
 
 
 RELATIVE_PATH_KEYS = ("data.path", "autoencoder_dir", "cascade.sr_dir", "init_from")
@@ -113,6 +137,45 @@ def load_run(run_dir: str | Path, device: str | torch.device = "auto", *, weight
         model.load_state_dict(state["model"])
     merge_lora(model)  # a LoRA fine-tuning run samples at the base model's cost, with the same outputs (to round-off)
     return TrainedRun(run_dir, cfg, sde, data, model.to(dev).eval(), int(state["step"]), dev, build_conditioner(cfg))
+
+
+def load_cascade_stage(cfg: DictConfig, device: torch.device, low_shape: tuple[int, ...]) -> TrainedRun | None:
+    """A cascade's second stage (``experiment=digits_cascade``): the super-resolution run in
+    ``cascade.sr_dir`` that takes the base model's images of ``low_shape`` ``(C, h, w)``; None for a
+    config without a ``cascade`` section. Refuses a cascade without ``sr_dir``, a run without image
+    conditioning and one for another image size, each in one line."""
+    cascade = OmegaConf.select(cfg, "cascade", default=None)
+    if cascade is None:
+        return None
+    if OmegaConf.is_missing(cascade, "sr_dir") or cascade.get("sr_dir") is None:
+        raise ConfigError(
+            "experiment=digits_cascade needs its second stage: cascade.sr_dir=<a finished sde-train experiment=digits_sr run>"
+        )
+    path = Path(str(cascade.sr_dir)).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"cascade.sr_dir={path} is not a directory; pass the directory of a finished sde-train experiment=digits_sr run")
+    sr = load_run(path, device)
+    if sr.conditioner is None:
+        raise ConfigError(f"cascade.sr_dir={path} is not a super-resolution run (no conditioning); train one with experiment=digits_sr")
+    expected = sr.conditioner.output_shape(tuple(low_shape))
+    if tuple(sr.data.data_shape) != expected:
+        raise ConfigError(
+            f"cascade.sr_dir={path} turns {tuple(low_shape)} images into {tuple(sr.data.data_shape)} only if they are 1/{sr.conditioner.factor} "
+            f"of its size, but the base model draws {tuple(low_shape)} images (it would make {expected}); train the two stages on one image size"
+        )
+    return sr
+
+
+def load_latent_stage(cfg: DictConfig, device: torch.device) -> tuple[LatentCodec, Dataset] | None:
+    """A latent diffusion run's decoder: ``(codec, images)`` of its ``autoencoder_dir`` (the
+    autoencoder with its scale factor, :class:`~sde_diffusion.latents.LatentCodec`, and the image
+    data set), or None for a run on pixels."""
+    path = OmegaConf.select(cfg, "autoencoder_dir", default=None, throw_on_missing=False)
+    if path is None:
+        return None
+    if not Path(str(path)).expanduser().is_dir():
+        raise ConfigError(f"autoencoder_dir={path} is not a directory; pass a finished sde-train task=autoencoder run")
+    return load_codec(Path(str(path)).expanduser(), device)
 
 
 def build_model(cfg: DictConfig, sde: SDE, data: Dataset) -> nn.Module:

@@ -265,76 +265,14 @@ def show_progress(requested: bool) -> bool:
 
 
 def require_score_run(trained, prog: str) -> None:
-    """Refuse a run whose model is not a score model: a classifier (``task=classifier``) or a cold
-    diffusion restorer (``experiment=digits_cold``), whose outputs are not scores."""
-    task = task_name(trained.config)
-    if task == "classifier":
-        raise ConfigError(
-            f"{trained.run_dir} holds a classifier (task=classifier), not a score model: use it as {prog} classifier_dir=... of a score run"
-            if prog == "sde-sample"
-            else f"{trained.run_dir} holds a classifier (task=classifier), not a score model; its summary.json holds its accuracy"
-        )
-    if task == "cold":
-        raise ConfigError(
-            f"{trained.run_dir} holds a cold diffusion restorer, not a score model; its samples and restoration errors are in the run directory (samples_*.png, summary.json)"
-        )
-    if task == "autoencoder":
-        raise ConfigError(
-            f"{trained.run_dir} holds an autoencoder (task=autoencoder), not a score model: train a latent diffusion model on it with "
-            f"sde-train experiment=latent_digits autoencoder_dir={trained.run_dir}"
-        )
-    if task == "super_resolution" and prog != "sde-sample":
-        raise ConfigError(
-            f"{trained.run_dir} holds a super-resolution model, whose likelihood is conditional on a low-resolution image; "
-            f"{prog} evaluates unconditional models only (its PSNR/SSIM are in summary.json; sde-sample run_dir=... super-resolves)"
-        )
+    """Refuse a run whose model ``prog`` cannot use as a score model (a classifier, a cold diffusion
+    restorer, an autoencoder; a super-resolution model outside sde-sample), in the words of its
+    task (:meth:`sde_diffusion.tasks.Task.refusal`)."""
+    from ..tasks import TASKS  # the tasks' summaries plot: loaded by the apps that need them
 
-
-def cascade_sr_dir(cfg) -> str | None:
-    """``cascade.sr_dir`` of a cascade config (``experiment=digits_cascade``), None without a
-    ``cascade`` section; refuses a cascade whose ``sr_dir`` was not given."""
-    from omegaconf import OmegaConf
-
-    cascade = OmegaConf.select(cfg, "cascade", default=None)
-    if cascade is None:
-        return None
-    if OmegaConf.is_missing(cascade, "sr_dir") or cascade.get("sr_dir") is None:
-        raise ConfigError(
-            "experiment=digits_cascade needs its second stage: cascade.sr_dir=<a finished sde-train experiment=digits_sr run>"
-        )
-    return str(cascade.sr_dir)
-
-
-def load_sr_run(sr_dir, device, low_shape: tuple[int, ...]):
-    """The super-resolution run (``experiment=digits_sr``) in ``sr_dir`` that takes images of
-    ``low_shape`` ``(C, h, w)``; refuses a run without image conditioning or for another size."""
-    from ..runs import load_run  # runs builds models: imported when a cascade is sampled
-
-    path = Path(str(sr_dir)).expanduser()
-    if not path.is_dir():
-        raise ConfigError(f"cascade.sr_dir={path} is not a directory; pass the directory of a finished sde-train experiment=digits_sr run")
-    sr = load_run(path, device)
-    if sr.conditioner is None:
-        raise ConfigError(f"cascade.sr_dir={path} is not a super-resolution run (no conditioning); train one with experiment=digits_sr")
-    expected = sr.conditioner.output_shape(tuple(low_shape))
-    if tuple(sr.data.data_shape) != expected:
-        raise ConfigError(
-            f"cascade.sr_dir={path} turns {tuple(low_shape)} images into {tuple(sr.data.data_shape)} only if they are 1/{sr.conditioner.factor} "
-            f"of its size, but the base model draws {tuple(low_shape)} images (it would make {expected}); train the two stages on one image size"
-        )
-    return sr
-
-
-def super_resolve_with(sr, low: torch.Tensor, *, batch_size: int, seed: int, progress: bool):
-    """``low`` ``(N, C, h, w)`` super-resolved by the run ``sr`` (:func:`load_sr_run`) with the
-    sampler of its own config; returns the drawn samples (:class:`~sde_diffusion.samplers.DrawnSamples`)."""
-    from ..config import build_sampler
-    from ..samplers.draw import super_resolve
-
-    sampler, grid = build_sampler(sr.config)
-    return super_resolve(
-        sr.sde, sr.score_model, sampler, grid, sr.conditioner, low, batch_size=batch_size, seed=seed, device=sr.device, progress=progress
-    )
+    refusal = TASKS[task_name(trained.config)].refusal(prog, trained.run_dir)
+    if refusal is not None:
+        raise ConfigError(refusal)
 
 
 def latent_codec(cfg, device):

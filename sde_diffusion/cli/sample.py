@@ -38,24 +38,22 @@ from .._noise import PerSampleNoise
 from ..conditioning import downsample
 from ..config import ConfigError, build_sampler, on_driver, one_line, task_name
 from ..distances import sliced_w2_to_held_out
-from ..latents import decode_latents
 from ..plotting import image_grid, plot_samples
 from ..precision import accelerate
-from ..runs import load_run
+from ..runs import load_cascade_stage, load_latent_stage, load_run
 from ..sample_range import range_advice, sample_range
 from ..samplers.base import SamplerOutput
 from ..samplers.controllable import MASK_REGIONS, inpaint, inpainting_mask, sdedit
-from ..samplers.draw import DrawnSamples, draw_samples, sample_in_batches, stream_seed, super_resolve
+from ..samplers.draw import DrawnSamples, sample_in_batches, stream_seed
 from ..samplers.guidance import ClassifierGuidedScore, GuidedScore, check_guidance
+from ..tasks import TASKS as TRAINED_TASKS
+from ..tasks import Drawn
 from ..types import ScoreFn
 from ._common import (
-    cascade_sr_dir,
     check_composes,
     check_group_choices,
     fail,
     group_options,
-    latent_codec,
-    load_sr_run,
     override_key,
     refusals,
     require_score_run,
@@ -63,7 +61,6 @@ from ._common import (
     show_progress,
     speed_settings,
     speed_text,
-    super_resolve_with,
     thread_text,
 )
 
@@ -180,56 +177,41 @@ def _edit(fn, inputs: Tensor, batch_size: int, seed: int, device: torch.device, 
 
 
 def _draw(cfg: DictConfig, trained, score: ScoreFn, sampler_name: str, built: tuple, n: int, batch_size: int, seed: int, progress: bool):
-    """Run the task with ``built``, the ``(sampler, grid)`` of :func:`build_sampler`; returns the
-    drawn samples, the inputs (None for task=sample), the inpainting mask (else None) and the task's
-    words for the title and summary."""
+    """Run ``cfg.task`` with ``built``, the ``(sampler, grid)`` of :func:`build_sampler`: ``sample``
+    by the run's own task (:meth:`sde_diffusion.tasks.Task.draw`, with the second stages its config
+    names), an edit of held-out points by any score run. Returns the task's :class:`~sde_diffusion.tasks.Drawn`
+    and the inpainting mask (else None)."""
     sampler, grid = built
     task, sde, data = cfg.get("task"), trained.sde, trained.data
-    if task != "sample" and OmegaConf.select(trained.config, "autoencoder_dir", default=None) is not None:
+    if task == "sample":
+        sr = load_cascade_stage(trained.config, trained.device, data.data_shape)
+        low, source = _low_res_inputs(cfg, trained, n) if trained.conditioner is not None else (None, None)
+        drawn = TRAINED_TASKS[task_name(trained.config)].draw(
+            trained, score, sampler, grid, n, batch_size=batch_size, seed=seed, progress=progress,
+            sr=sr, latent=load_latent_stage(trained.config, trained.device), low=low,
+        )  # fmt: skip
+        if source is not None:
+            drawn.extra["low_res"] = source
+        return drawn, None
+    if task not in TASKS:
+        raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    if OmegaConf.select(trained.config, "autoencoder_dir", default=None) is not None:
         raise ConfigError(f"task={task} edits images, but this run's model works on an autoencoder's latents: use task=sample")
-    if trained.conditioner is not None and task != "sample":
+    if trained.conditioner is not None:
         raise ConfigError(
             f"task={task} needs an unconditional score model; this run super-resolves (task=sample, optionally low_res=<npz>)"
         )
-    if task == "sample" and trained.conditioner is not None:  # a super-resolution run: from low-resolution inputs
-        low, source = _low_res_inputs(cfg, trained, n)
-        drawn = super_resolve(
-            sde, score, sampler, grid, trained.conditioner, low, batch_size=batch_size, seed=seed, device=trained.device, progress=progress
-        )
-        return drawn, low, None, {"low_res": source}
-    if task == "sample":
-        drawn = draw_samples(
-            sde, score, sampler, grid, data.data_shape, n, batch_size=batch_size, seed=seed, device=trained.device, progress=progress
-        )
-        latent = latent_codec(trained.config, trained.device)
-        if latent is not None:  # latent diffusion: decode the latents to images
-            codec, images = latent
-            decoded = DrawnSamples(decode_latents(codec, drawn.samples.float()), drawn.nfe, drawn.batch_nfe, drawn.seconds)
-            return decoded, None, None, {"samples_latent": drawn.samples.float(), "held_out": images.test}
-        sr_dir = cascade_sr_dir(trained.config)
-        if sr_dir is None:
-            return drawn, None, None, {}
-        # a cascade's base run: its samples super-resolved by the run in cascade.sr_dir, with that run's sampler
-        sr = load_sr_run(sr_dir, trained.device, data.data_shape)
-        base = drawn.samples.float()
-        up = super_resolve_with(sr, base, batch_size=batch_size, seed=seed, progress=progress)
-        combined = DrawnSamples(
-            up.samples, drawn.nfe + up.nfe, [a + b for a, b in zip(drawn.batch_nfe, up.batch_nfe, strict=True)], drawn.seconds + up.seconds
-        )
-        return combined, base, None, {"cascade_sr_dir": str(sr.run_dir), "held_out": sr.data.test}
-    if task not in TASKS:
-        raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
     inputs = data.test[torch.arange(n) % data.test.shape[0]]  # sample i edits held-out point i mod N_test
     ts = grid(sde, dtype=inputs.dtype, device=trained.device)
     if task == "inpaint":
         mask = _inpainting_mask(cfg, sampler, sampler_name, data.data_shape)
         fn = functools.partial(inpaint, sde, score, mask=mask.to(trained.device), ts=ts, sampler=sampler, progress=progress)
-        return _edit(fn, inputs, batch_size, seed, trained.device, progress), inputs, mask, {"mask": cfg.mask}
+        return Drawn(_edit(fn, inputs, batch_size, seed, trained.device, progress), data.test, inputs, extra={"mask": cfg.mask}), mask
     t0 = cfg.get("t0")
     if isinstance(t0, bool) or not isinstance(t0, (int, float)):
         raise ConfigError(f"t0 must be a number in [0, {sde.T}] (the time the inputs are noised to), got {t0!r}")
     fn = functools.partial(sdedit, sde, score, t0=t0, ts=ts, sampler=sampler, progress=progress)
-    return _edit(fn, inputs, batch_size, seed, trained.device, progress), inputs, None, {"t0": float(t0)}
+    return Drawn(_edit(fn, inputs, batch_size, seed, trained.device, progress), data.test, inputs, extra={"t0": float(t0)}), None
 
 
 def _low_res_inputs(cfg: DictConfig, trained, n: int) -> tuple[Tensor, str]:
@@ -336,15 +318,15 @@ def run(cfg: DictConfig, out_dir: Path, *, sampler_name: str = "sampler", sample
         f"{thread_text(threads)}{speed_text(precision, compiled)}"
     )
     try:
-        drawn, inputs, mask, extra = _draw(cfg, trained, score, sampler_name, built, n, batch_size, seed, progress)
+        result, mask = _draw(cfg, trained, score, sampler_name, built, n, batch_size, seed, progress)
     except ValueError as err:
         if isinstance(err, ConfigError):
             raise
         raise ConfigError(f"sampler={sampler_name}: {err}") from None
 
     task = cfg.task
-    held_out = extra.pop("held_out", trained.data.test)  # a cascade or latent run compares with its final images
-    latents = extra.pop("samples_latent", None)
+    drawn, inputs, extra = result.samples, result.inputs, result.extra
+    held_out, latents = result.held_out, result.latents  # a cascade or latent run compares with its final images
     samples = drawn.samples.float()
     arrays = {
         "samples": samples.numpy(),

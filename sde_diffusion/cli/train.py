@@ -6,7 +6,6 @@ Writes into the Hydra run directory: ``checkpoints/last.pt``, ``metrics.jsonl``,
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 
@@ -19,25 +18,21 @@ from .. import distributed
 from .._checks import check_range
 from .._log import say
 from ..config import ConfigError, task_name
-from ..runs import build_experiment
+from ..runs import build_experiment, load_cascade_stage, load_latent_stage
 from ..samplers.guidance import check_guidance
 from ..tasks import TASKS, Finished
 from ..tasks.score import with_prior_samples
 from ..training import NonFiniteLossError, Trainer, TrainingInterrupted, load_checkpoint
 from . import _resume
 from ._common import (
-    cascade_sr_dir,
     check_composes,
     check_group_choices,
     fail,
-    latent_codec,
-    load_sr_run,
     refusals,
     set_threads,
     show_progress,
     speed_settings,
     speed_text,
-    super_resolve_with,
     thread_text,
     torchrun_session,
 )
@@ -107,9 +102,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     precision, compiled = speed_settings(cfg, exp.device)
     guidance = _guidance(cfg, exp.score_model)
     _check_resume_matches(cfg, run_dir)
-    sr_dir = cascade_sr_dir(cfg)  # a cascade's second stage, loaded before training: a wrong one fails at once
-    sr = load_sr_run(sr_dir, exp.device, exp.data.data_shape) if sr_dir is not None else None
-    latent = latent_codec(cfg, exp.device)  # a latent diffusion run's autoencoder, which decodes its samples
+    # a cascade's second stage, loaded before training: a wrong one fails at once
+    sr = load_cascade_stage(cfg, exp.device, exp.data.data_shape)
+    latent = load_latent_stage(cfg, exp.device)  # a latent diffusion run's autoencoder, which decodes its samples
     config = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(config, dict)  # the container of a DictConfig is a dict
     train_data, labels, row_weights, prior = exp.data.train, _train_labels(exp), None, {}
@@ -167,7 +162,6 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             guidance=guidance,
             prior=prior,
             sr=sr,
-            super_resolve=None if sr is None else functools.partial(super_resolve_with, sr),
             latent=latent,
         )
     )

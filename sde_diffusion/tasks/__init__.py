@@ -2,7 +2,7 @@
 :data:`TASKS` maps the names :func:`sde_diffusion.config.task_name` reads from a config to them."""
 
 from .autoencoder import AutoencoderTask
-from .base import Finished, Task
+from .base import Drawn, Finished, Task
 from .classifier import ClassifierTask
 from .cold import ColdTask
 from .score import ScoreTask
@@ -10,4 +10,4 @@ from .super_resolution import SuperResolutionTask
 
 TASKS: dict[str, Task] = {task.name: task for task in (ScoreTask(), ClassifierTask(), AutoencoderTask(), ColdTask(), SuperResolutionTask())}
 
-__all__ = ["TASKS", "AutoencoderTask", "ClassifierTask", "ColdTask", "Finished", "ScoreTask", "SuperResolutionTask", "Task"]
+__all__ = ["TASKS", "AutoencoderTask", "ClassifierTask", "ColdTask", "Drawn", "Finished", "ScoreTask", "SuperResolutionTask", "Task"]

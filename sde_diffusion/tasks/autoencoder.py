@@ -20,6 +20,12 @@ class AutoencoderTask(Task):
     def describe(self, exp) -> str:
         return "an autoencoder"
 
+    def refusal(self, prog: str, run_dir) -> str:
+        return (
+            f"{run_dir} holds an autoencoder (task=autoencoder), not a score model: train a latent diffusion model on it with "
+            f"sde-train experiment=latent_digits autoencoder_dir={run_dir}"
+        )
+
     @torch.no_grad()
     def summarize(self, run: Finished) -> dict:
         """task=autoencoder: held-out reconstruction NLL, KL and the VAE's bound (bits/dim for discrete

@@ -14,6 +14,10 @@ class ClassifierTask(Task):
 
     name = "classifier"
 
+    def refusal(self, prog: str, run_dir) -> str:
+        use = f": use it as {prog} classifier_dir=... of a score run" if prog == "sde-sample" else "; its summary.json holds its accuracy"
+        return f"{run_dir} holds a classifier (task=classifier), not a score model{use}"
+
     def summarize(self, run: Finished) -> dict:
         """task=classifier: held-out cross-entropy and accuracy at each noise level (accuracy.png), no samples."""
         exp, trainer, result, run_dir = run.exp, run.trainer, run.result, run.run_dir

@@ -23,7 +23,7 @@ from ..sample_range import SampleRange, range_advice, sample_range
 from ..samplers.draw import DrawnSamples, draw_samples
 from ..samplers.guidance import GuidedScore
 from ..training import Trainer, evaluate_loss
-from .base import PROG, Finished, Task, say, training_summary, write_summary
+from .base import PROG, Drawn, Finished, Task, say, training_summary, write_summary
 
 
 class ScoreTask(Task):
@@ -32,6 +32,34 @@ class ScoreTask(Task):
     and how far they stray from the data's range, warnings, plots and the summary line."""
 
     name = "score"
+
+    def draw(self, trained, score, sampler, grid, n, *, batch_size, seed, progress, sr=None, latent=None, low=None) -> Drawn:
+        """Samples of the score model; a latent run's decoded to images (the latents beside them), a
+        cascade's base samples super-resolved by its second stage (the base samples as the inputs)."""
+        drawn = draw_samples(
+            trained.sde,
+            score,
+            sampler,
+            grid,
+            trained.data.data_shape,
+            n,
+            batch_size=batch_size,
+            seed=seed,
+            device=trained.device,
+            progress=progress,
+        )
+        if latent is not None:  # latent diffusion: decode the latents to images
+            codec, images = latent
+            decoded = DrawnSamples(decode_latents(codec, drawn.samples.float()), drawn.nfe, drawn.batch_nfe, drawn.seconds)
+            return Drawn(decoded, images.test, latents=drawn.samples.float())
+        if sr is None:
+            return Drawn(drawn, trained.data.test)
+        base = drawn.samples.float()
+        up = sr.super_resolve(base, batch_size=batch_size, seed=seed, progress=progress)
+        combined = DrawnSamples(
+            up.samples, drawn.nfe + up.nfe, [a + b for a, b in zip(drawn.batch_nfe, up.batch_nfe, strict=True)], drawn.seconds + up.seconds
+        )
+        return Drawn(combined, sr.data.test, inputs=base, extra={"cascade_sr_dir": str(sr.run_dir)})
 
     def summarize(self, run: Finished) -> dict:
         exp, trainer, result, run_dir = run.exp, run.trainer, run.result, run.run_dir
@@ -53,8 +81,7 @@ class ScoreTask(Task):
         if sr is not None:  # the cascade's second stage: the base samples super-resolved
             _plot(samples, exp, ema, run_dir / "samples_low_res.png", title=f"{exp.data.name}: the cascade's base samples")
             base = samples
-            assert run.super_resolve is not None  # the app sets it with the cascade's run
-            up = run.super_resolve(base, batch_size=base.shape[0], seed=run.seed, progress=exp.options.progress)
+            up = sr.super_resolve(base, batch_size=base.shape[0], seed=run.seed, progress=exp.options.progress)
             samples = up.samples.float()
             stage = {
                 "cascade_sr_dir": str(sr.run_dir),
@@ -178,10 +205,6 @@ def _plot(samples: torch.Tensor, exp, score_model, path: Path, title: str) -> Pa
 
 PILOT_POINTS = 8
 """Points of the pilot solve that prices the held-out NLL before it runs."""
-
-COST_SHOWN = 20.0
-"""Seconds of estimated held-out NLL above which the estimate is printed before the evaluation."""
-
 
 COST_SHOWN = 20.0
 """Seconds of estimated held-out NLL above which the estimate is printed before the evaluation."""

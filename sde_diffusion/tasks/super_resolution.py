@@ -10,13 +10,39 @@ from ..image_metrics import super_resolution_scores
 from ..plotting import image_grid, loss_curve
 from ..samplers.draw import super_resolve
 from ..training import evaluate_loss
-from .base import PROG, Finished, Task, say, training_summary, write_summary
+from .base import PROG, Drawn, Finished, Task, say, training_summary, write_summary
 
 
 class SuperResolutionTask(Task):
     """Held-out images super-resolved (PSNR/SSIM beside bicubic) and samples.png."""
 
     name = "super_resolution"
+
+    def refusal(self, prog: str, run_dir) -> str | None:
+        if prog == "sde-sample":  # it super-resolves low-resolution images
+            return None
+        return (
+            f"{run_dir} holds a super-resolution model, whose likelihood is conditional on a low-resolution image; "
+            f"{prog} evaluates unconditional models only (its PSNR/SSIM are in summary.json; sde-sample run_dir=... super-resolves)"
+        )
+
+    def draw(self, trained, score, sampler, grid, n, *, batch_size, seed, progress, sr=None, latent=None, low=None) -> Drawn:
+        """The ``low``-resolution images ``(n, C, h, w)`` super-resolved (they are the inputs)."""
+        if low is None:
+            raise ValueError("a super-resolution run draws from low-resolution images: pass low=(n, C, h, w)")
+        drawn = super_resolve(
+            trained.sde,
+            score,
+            sampler,
+            grid,
+            trained.conditioner,
+            low,
+            batch_size=batch_size,
+            seed=seed,
+            device=trained.device,
+            progress=progress,
+        )
+        return Drawn(drawn, trained.data.test, inputs=low)
 
     def summarize(self, run: Finished) -> dict:
         """Super-resolution: the held-out images super-resolved from their low-resolution versions (one
