@@ -1,7 +1,6 @@
 """Whole runs from a config: a new run to train (:func:`build_experiment`), a finished run to
-reload from its directory alone (:func:`load_run`: config, SDE, data and score model), and the
-second stages a run's config names (a cascade's super-resolution run, :func:`load_cascade_stage`; a
-latent run's decoder, :func:`load_latent_stage`).
+reload from its directory alone (:func:`load_run`: config, SDE, data and score model), and a
+cascade's second stage, the super-resolution run its config names (:func:`load_cascade_stage`).
 
 :func:`load_run` is what ``sde-sample`` and ``sde-eval`` load a run with, and the way to write
 one's own sampling or likelihood script against a run of ``sde-train``; a fine-tuning run
@@ -38,7 +37,6 @@ from .config import (
     resolve_device,
 )
 from .data.dataset import Dataset
-from .latents import LatentCodec, load_codec
 from .models.lora import merge_lora
 from .sdes.base import SDE
 from .training import load_checkpoint
@@ -164,18 +162,6 @@ def load_cascade_stage(cfg: DictConfig, device: torch.device, low_shape: tuple[i
             f"of its size, but the base model draws {tuple(low_shape)} images (it would make {expected}); train the two stages on one image size"
         )
     return sr
-
-
-def load_latent_stage(cfg: DictConfig, device: torch.device) -> tuple[LatentCodec, Dataset] | None:
-    """A latent diffusion run's decoder: ``(codec, images)`` of its ``autoencoder_dir`` (the
-    autoencoder with its scale factor, :class:`~sde_diffusion.latents.LatentCodec`, and the image
-    data set), or None for a run on pixels."""
-    path = OmegaConf.select(cfg, "autoencoder_dir", default=None, throw_on_missing=False)
-    if path is None:
-        return None
-    if not Path(str(path)).expanduser().is_dir():
-        raise ConfigError(f"autoencoder_dir={path} is not a directory; pass a finished sde-train task=autoencoder run")
-    return load_codec(Path(str(path)).expanduser(), device)
 
 
 def build_model(cfg: DictConfig, sde: SDE, data: Dataset) -> nn.Module:

@@ -40,7 +40,7 @@ from ..config import ConfigError, build_sampler, on_driver, one_line, task_name
 from ..distances import sliced_w2_to_held_out
 from ..plotting import image_grid, plot_samples
 from ..precision import accelerate
-from ..runs import load_cascade_stage, load_latent_stage, load_run
+from ..runs import load_cascade_stage, load_run
 from ..sample_range import range_advice, sample_range
 from ..samplers.base import SamplerOutput
 from ..samplers.controllable import MASK_REGIONS, inpaint, inpainting_mask, sdedit
@@ -54,6 +54,7 @@ from ._common import (
     check_group_choices,
     fail,
     group_options,
+    latent_codec,
     override_key,
     refusals,
     require_score_run,
@@ -188,7 +189,7 @@ def _draw(cfg: DictConfig, trained, score: ScoreFn, sampler_name: str, built: tu
         low, source = _low_res_inputs(cfg, trained, n) if trained.conditioner is not None else (None, None)
         drawn = TRAINED_TASKS[task_name(trained.config)].draw(
             trained, score, sampler, grid, n, batch_size=batch_size, seed=seed, progress=progress,
-            sr=sr, latent=load_latent_stage(trained.config, trained.device), low=low,
+            sr=sr, latent=latent_codec(trained.config, trained.device), low=low,
         )  # fmt: skip
         if source is not None:
             drawn.extra["low_res"] = source

@@ -18,7 +18,7 @@ from .. import distributed
 from .._checks import check_range
 from .._log import say
 from ..config import ConfigError, task_name
-from ..runs import build_experiment, load_cascade_stage, load_latent_stage
+from ..runs import build_experiment, load_cascade_stage
 from ..samplers.guidance import check_guidance
 from ..tasks import TASKS, Finished
 from ..tasks.score import with_prior_samples
@@ -28,6 +28,7 @@ from ._common import (
     check_composes,
     check_group_choices,
     fail,
+    latent_codec,
     refusals,
     set_threads,
     show_progress,
@@ -104,7 +105,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     _check_resume_matches(cfg, run_dir)
     # a cascade's second stage, loaded before training: a wrong one fails at once
     sr = load_cascade_stage(cfg, exp.device, exp.data.data_shape)
-    latent = load_latent_stage(cfg, exp.device)  # a latent diffusion run's autoencoder, which decodes its samples
+    latent = latent_codec(cfg, exp.device)  # a latent diffusion run's autoencoder, which decodes its samples
     config = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(config, dict)  # the container of a DictConfig is a dict
     train_data, labels, row_weights, prior = exp.data.train, _train_labels(exp), None, {}

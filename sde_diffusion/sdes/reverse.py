@@ -6,11 +6,16 @@ are integrated from ``t = T`` down to ``t = eps`` (negative steps).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
 from .._shapes import batch_time, expand_like
-from .base import SDE, ScoreFn
+from ..types import ScoreFn
+
+if TYPE_CHECKING:  # annotations only: base.py builds these processes (SDE.reverse, SDE.probability_flow)
+    from .base import SDE
 
 
 class ReverseSDE:
