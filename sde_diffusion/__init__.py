@@ -20,7 +20,12 @@ from .data import (
 )
 from .distances import sliced_wasserstein
 from .likelihood import (
+    ContinuousELBO,
+    DiscreteVLB,
+    LatentBound,
     LikelihoodOutput,
+    NLLBound,
+    ODELikelihood,
     bits_per_dim,
     continuous_elbo,
     dequantization_offset,
@@ -221,6 +226,11 @@ __all__ = [
     "bits_per_dim",
     "nats_per_dim",
     "evaluate_nll",
+    "NLLBound",
+    "ODELikelihood",
+    "DiscreteVLB",
+    "ContinuousELBO",
+    "LatentBound",
     "discrete_vlb",
     "continuous_elbo",
     "distributed",

@@ -20,10 +20,11 @@ import math
 import torch
 from torch import Tensor
 
+from .._checks import check_range
+
 
 def _check_discretization(levels: int, interval: tuple[float, float]) -> tuple[float, float]:
-    if isinstance(levels, bool) or int(levels) != levels or levels < 2:
-        raise ValueError(f"levels must be an integer >= 2 (256 for 8-bit data), got {levels!r}")
+    check_range("levels", levels, low=2, integer=True, hint="256 for 8-bit data")
     low, high = (float(v) for v in interval)
     if not (math.isfinite(low) and math.isfinite(high) and low < high):
         raise ValueError(f"interval must be finite (low, high) with low < high, e.g. (-1, 1); got {interval}")
@@ -53,8 +54,7 @@ def dequantize(
     Returns: ``(n_dequant * B, *dims)``, draw-major: rows ``j B .. (j + 1) B - 1`` are draw ``j``.
     """
     low, width = _check_discretization(levels, interval)
-    if isinstance(n_dequant, bool) or int(n_dequant) != n_dequant or n_dequant < 1:
-        raise ValueError(f"n_dequant must be a positive integer, got {n_dequant!r}")
+    check_range("n_dequant", n_dequant, low=0, low_open=True, integer=True)
     k = (x - low) * (levels / width)
     rounding = max(1e-3, 16 * torch.finfo(x.dtype).eps * levels)  # in bins; float32 holds k to ~1e-5
     off_grid = (k - k.round()).abs() > rounding

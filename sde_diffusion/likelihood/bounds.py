@@ -32,6 +32,7 @@ import math
 import torch
 from torch import Tensor
 
+from .._checks import check_range
 from .._shapes import expand_like, flat_dim
 from ..losses.vlb import VARIANCES, discretized_gaussian_log_prob, model_prediction, prior_term, step_terms
 from ..losses.weighting import discrete_chain
@@ -92,9 +93,7 @@ def discrete_vlb(
         steps = torch.arange(1, T + 1, device=x0.device).expand(batch, T)
         weights = torch.ones(T, dtype=torch.float64, device=x0.device)
     else:
-        if isinstance(n_terms, bool) or int(n_terms) != n_terms or not 1 <= n_terms <= T:
-            raise ValueError(f"n_terms must be an integer in 1..{T} (None sums all T terms), got {n_terms}")
-        n = int(n_terms)
+        n = check_range("n_terms", n_terms, low=1, high=T, integer=True, hint="None sums all T terms")
         edges = _geometric_edges(T, n).to(x0.device)  # stratum j: steps edges[j] + 1 .. edges[j + 1]
         weights = (edges[1:] - edges[:-1]).to(torch.float64)  # its size (>= 1 since n <= T)
         u = torch.rand(batch, n, generator=generator, device=x0.device, dtype=torch.float64)
@@ -138,10 +137,8 @@ def continuous_elbo(
     """
     if not sde.has_kernel:
         raise ValueError(f"the continuous ELBO needs the SDE's kernel, which {type(sde).__name__} lacks; use bound=ode")
-    if isinstance(n_time_samples, bool) or int(n_time_samples) != n_time_samples or n_time_samples < 1:
-        raise ValueError(f"n_time_samples must be a positive integer, got {n_time_samples}")
-    if not 0.0 < eps < sde.T:
-        raise ValueError(f"eps must lie in (0, T) = (0, {sde.T}), got {eps}")
+    check_range("n_time_samples", n_time_samples, low=0, low_open=True, integer=True)
+    check_range("eps", eps, low=0, high=sde.T, low_open=True, high_open=True, hint="the decoder's time, between 0 and the SDE's T")
     batch, dim = x.shape[0], flat_dim(x)
     ends = torch.tensor([eps, sde.T], dtype=torch.float64)
     (m_eps, m_T), (s_eps, s_T) = sde.kernel(ends)

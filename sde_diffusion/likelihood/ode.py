@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
+from .._checks import check_range
 from .._shapes import check_data, flat_dim
 from .._solvers import ODE_ADAPTIVE_ORDERS as ADAPTIVE_ORDERS
 from ..scores import CountingScore
@@ -96,20 +97,15 @@ def _solve_torchdiffeq(flow, state, t_span, method, rtol, atol, options):
 BACKENDS = {"torchdiffeq": _solve_torchdiffeq, "scipy": solve_ivp_reference}
 
 
-def _check_options(sde, eps, rtol, atol, divergence, probe, n_probes, backend, method, options, time_variable) -> None:
+def check_solve_options(*, eps, rtol, atol, probe, n_probes, backend, method, options, time_variable, T: float | None = None) -> None:
+    """Refuse a solve's options (all but the divergence, whose name and probe count
+    :func:`check_exact_probes` and the callers check) with a message naming the fix; ``eps < T``
+    only when the SDE's ``T`` is given."""
     if time_variable not in TIME_VARIABLES:
         raise ValueError(f"time_variable must be one of {TIME_VARIABLES}, got {time_variable!r}")
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
     if probe not in PROBES:
         raise ValueError(f"probe must be one of {PROBES}, got {probe!r}")
-    if isinstance(n_probes, bool) or int(n_probes) != n_probes or n_probes < 1:
-        raise ValueError(f"n_probes must be a positive integer, got {n_probes!r}")
-    if divergence == "exact" and n_probes != 1:
-        raise ValueError(
-            f"n_probes={n_probes} applies to divergence='hutchinson' only; the exact divergence is "
-            f"deterministic (leave n_probes=1 or choose divergence='hutchinson')"
-        )
+    check_range("n_probes", n_probes, low=0, low_open=True, integer=True)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {tuple(BACKENDS)}, got {backend!r}")
     if backend == "torchdiffeq" and method not in ADAPTIVE_ORDERS and "step_size" not in (options or {}):
@@ -117,10 +113,18 @@ def _check_options(sde, eps, rtol, atol, divergence, probe, n_probes, backend, m
             f"method {method!r} is not one of torchdiffeq's adaptive methods {sorted(ADAPTIVE_ORDERS)}; "
             f"a fixed-grid method (euler, rk4, ...) needs options={{'step_size': ...}}"
         )
-    if not 0.0 <= eps < sde.T:
-        raise ValueError(f"need 0 <= eps < T = {sde.T}, got eps={eps} (the reference value is 1e-5)")
-    if not (rtol > 0 and atol > 0):
-        raise ValueError(f"rtol and atol must be > 0, got rtol={rtol}, atol={atol} (reference: 1e-5)")
+    check_range("eps", eps, low=0, high=T, high_open=True, hint="the reference value is 1e-5")
+    for name, tol in (("rtol", rtol), ("atol", atol)):
+        check_range(name, tol, low=0, low_open=True, hint="the reference value is 1e-5")
+
+
+def check_exact_probes(divergence: str, n_probes) -> None:
+    """The exact divergence is deterministic: one "probe", the whole trace."""
+    if divergence == "exact" and n_probes != 1:
+        raise ValueError(
+            f"n_probes={n_probes} applies to divergence='hutchinson' only; the exact divergence is "
+            f"deterministic (leave n_probes=1 or choose divergence='hutchinson')"
+        )
 
 
 @torch.no_grad()
@@ -182,7 +186,13 @@ def log_likelihood(
             ``nfe`` counts the same score evaluations in all.
     Returns: :class:`LikelihoodOutput`. No gradients flow through the result.
     """
-    _check_options(sde, eps, rtol, atol, divergence, probe, n_probes, backend, method, options, time_variable)
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
+    check_exact_probes(divergence, n_probes)
+    check_solve_options(
+        eps=eps, rtol=rtol, atol=atol, probe=probe, n_probes=n_probes, backend=backend, method=method, options=options,
+        time_variable=time_variable, T=sde.T,
+    )  # fmt: skip
     check_data(x, "x")
     exact = divergence == "exact"
     probes = basis_probes(x) if exact else random_probes(x, probe, int(n_probes), generator)
