@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from ._checks import check_range
 from ._shapes import batch_time, expand_like
 
 
@@ -46,9 +47,7 @@ class GaussianBlur:
     """
 
     def __init__(self, sigma_max: float = 3.0):
-        if not (isinstance(sigma_max, (int, float)) and math.isfinite(sigma_max) and sigma_max > 0):
-            raise ValueError(f"sigma_max must be a positive number of pixels, got {sigma_max!r}")
-        self.sigma_max = float(sigma_max)
+        self.sigma_max = check_range("sigma_max", sigma_max, low=0.0, low_open=True, hint="the blur's largest std, in pixels")
 
     def __call__(self, x: Tensor, t: Tensor | float) -> Tensor:
         _check_images(x, "GaussianBlur")
@@ -76,9 +75,8 @@ class Mask:
     def __init__(self, order: str = "center", softness: float = 1.0, seed: int = 0):
         if order not in ("center", "random"):
             raise ValueError(f"order must be 'center' or 'random', got {order!r}")
-        if not softness > 0:
-            raise ValueError(f"softness must be > 0, got {softness}")
-        self.order, self.softness, self.seed = order, float(softness), int(seed)
+        self.softness = check_range("softness", softness, low=0.0, low_open=True)
+        self.order, self.seed = order, check_range("seed", seed, low=0, integer=True)
 
     def _distance(self, height: int, width: int, device, dtype) -> Tensor:
         if self.order == "random":

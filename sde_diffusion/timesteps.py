@@ -74,8 +74,7 @@ def edm_time_grid(sde: SDE, n_steps: int, eps: float = 1e-3, rho: float = 7.0, *
     ``rho -> inf`` tends to :func:`log_snr_time_grid`.
     """
     _check_positive_eps(sde, n_steps, eps)
-    if not rho > 0:
-        raise ValueError(f"rho must be > 0, got {rho} (Karras et al. 2022 use rho = 7)")
+    check_range("rho", rho, low=0.0, low_open=True, hint="Karras et al. 2022 use rho = 7")
     sigma_ends = torch.exp(-0.5 * sde.log_snr(torch.tensor([sde.T, eps], dtype=torch.float64)))
     root = torch.linspace(0.0, 1.0, int(n_steps) + 1, dtype=torch.float64)
     root = sigma_ends[0] ** (1 / rho) + root * (sigma_ends[1] ** (1 / rho) - sigma_ends[0] ** (1 / rho))
@@ -90,8 +89,7 @@ def discrete_time_grid(sde: SDE, n_steps: int, *, dtype=torch.float32, device=No
     chain = getattr(sde, "discrete", None)
     if chain is None:
         raise ValueError(f"discrete_time_grid needs a discrete-time SDE (sde=ddpm or ddpm_cosine); {type(sde).__name__} has none")
-    if int(n_steps) != n_steps or not 2 <= n_steps <= chain.T:
-        raise ValueError(f"n_steps must be an integer in 2..{chain.T} (steps of the chain to visit), got {n_steps}")
+    check_range("n_steps", n_steps, low=2, high=chain.T, integer=True, hint="steps of the chain to visit")
     steps = chain.evenly_spaced(int(n_steps)).timesteps[1:].flip(0)
     return (steps.to(torch.float64) / chain.T).to(dtype=dtype, device=device)
 

@@ -240,7 +240,7 @@ def test_dataset_holds_points_and_images(shape):
         ({"name": ""}, ValueError, "non-empty string"),
         ({"distribution": object()}, TypeError, "log_prob"),
         ({"levels": 256}, ValueError, "give both or neither"),
-        ({"levels": 1, "interval_width": 2.0}, ValueError, "integer K >= 2"),
+        ({"levels": 1, "interval_width": 2.0}, ValueError, "levels must be an integer >= 2"),
         ({"levels": 256, "interval_width": -1.0}, ValueError, "positive number"),
         ({"shift": torch.zeros(2)}, ValueError, "give both or neither"),
         ({"shift": torch.zeros(3), "scale": torch.ones(3)}, ValueError, r"sample shape \(2,\)"),

@@ -187,7 +187,7 @@ def test_closed_form_inverse_log_snr_equals_the_bisection(sde):
         (lambda: sd.SubVPSDE(beta_min=5, beta_max=5), "must be smaller"),
         (lambda: sd.VESDE(sigma_min=50, sigma_max=0.01), "sigma_min .* must be smaller than sigma_max"),
         (lambda: sd.VESDE(sigma_min=0), "sigma_min must be a positive number"),
-        (lambda: sd.CosineVPSDE(s=-1), "s must be > 0"),
+        (lambda: sd.CosineVPSDE(s=-1), "cosine offset s must be a positive number"),
     ],
 )
 def test_invalid_parameters_are_rejected_with_the_fix(make, message):

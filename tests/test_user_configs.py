@@ -143,7 +143,7 @@ def test_any_sampler_runs_on_the_discrete_chain_with_sampler_grid_discrete(ddpm_
         # the README's old form: the discrete grid under the log-SNR grid's eps
         (["sampler=ddim", "sampler.grid._target_=sde_diffusion.timesteps.discrete_time_grid"],
          ["sampler.grid: discrete_time_grid() takes no eps", "sampler/grid=discrete"]),
-        (["sampler=ddim", "sampler/grid=discrete", "sampler.grid.n_steps=5000"], ["sampler.grid: n_steps must be an integer in 2..1000"]),
+        (["sampler=ddim", "sampler/grid=discrete", "sampler.grid.n_steps=5000"], ["sampler.grid: n_steps must be an integer in [2, 1000]"]),
         (["sampler=ddim", "+sampler.grid.rho=7"], ["log_snr_time_grid() takes no rho", "~sampler.grid.rho"]),
         (["sampler=ddim", "+sampler.fn.churn=1"], ["sampler.fn: ddim() takes no churn (its options: eta)"]),
         (["sampler=ddim", "sampler/grid=nope"], ["unknown sampler/grid 'nope'", "discrete, edm, log_snr, quadratic, uniform"]),

@@ -73,8 +73,7 @@ def npz_dataset(
             axes; empty; too few rows for both splits to get one.
     """
     check_range("test_fraction", test_fraction, low=0.0, high=1.0, low_open=True, high_open=True)
-    if isinstance(seed, bool) or int(seed) != seed:
-        raise ValueError(f"seed must be an integer, got {seed!r}")
+    check_range("seed", seed, integer=True)
     path = Path(path)
     x = _to_float32(_read_array(path, key), f"array {key!r} in {str(path)!r}")
     n = x.shape[0]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -77,10 +76,8 @@ class Dataset:
         levels, width = self.levels, self.interval_width
         if levels is None or width is None:  # both None (checked above): continuous data
             return
-        if isinstance(levels, bool) or int(levels) != levels or levels < 2:
-            raise ValueError(f"levels must be an integer K >= 2 (e.g. 256 for 8-bit data), got {levels}")
-        if not (math.isfinite(width) and width > 0):
-            raise ValueError(f"interval_width must be a positive number (e.g. 2 for data in [-1, 1]), got {width}")
+        check_range("levels", levels, low=2, integer=True, hint="K levels per dimension, e.g. 256 for 8-bit data")
+        check_range("interval_width", width, low=0.0, low_open=True, hint="e.g. 2 for data in [-1, 1]")
 
     def _check_standardization(self) -> None:
         if (self.shift is None) != (self.scale is None):

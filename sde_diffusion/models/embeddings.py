@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .._checks import check_range
+
 
 class GaussianFourierEmbedding(nn.Module):
     """Random Fourier features ``[sin(2 pi w t), cos(2 pi w t)]`` with fixed ``w ~ N(0, scale^2)``.
@@ -19,10 +21,9 @@ class GaussianFourierEmbedding(nn.Module):
 
     def __init__(self, dim: int = 64, scale: float = 16.0):
         super().__init__()
-        if dim < 2 or dim % 2:
+        if check_range("time embedding dim", dim, low=2, integer=True) % 2:
             raise ValueError(f"time embedding dim must be an even number >= 2, got {dim}")
-        if not scale > 0:
-            raise ValueError(f"Fourier scale must be > 0, got {scale}")
+        check_range("Fourier scale", scale, low=0.0, low_open=True)
         self.dim = dim
         self.register_buffer("freqs", torch.randn(dim // 2) * scale)
 

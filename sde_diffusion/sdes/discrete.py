@@ -119,8 +119,7 @@ class DiscreteSchedule:
     def evenly_spaced(self, n_steps: int) -> DiscreteSchedule:
         """:meth:`respace` on ``n_steps`` steps spread evenly over ``1..T``, both ends kept (iDDPM's
         strided sampling, Nichol & Dhariwal 2021, Sec. 4: the last model call is at step 1)."""
-        if int(n_steps) != n_steps or not 1 <= n_steps <= self.T:
-            raise ValueError(f"n_steps must be an integer in 1..{self.T}, got {n_steps}")
+        n_steps = check_range("n_steps", n_steps, low=1, high=self.T, integer=True, hint="steps of the chain to keep")
         if n_steps == 1:
             return self.respace([self.T])
         keep = torch.linspace(1, self.T, int(n_steps), dtype=torch.float64).round().long()

@@ -57,11 +57,8 @@ class CosineBeta:
     """
 
     def __init__(self, s: float = 0.008, max_beta: float = 999.0):
-        s, max_beta = float(s), float(max_beta)
-        if not s > 0:
-            raise ValueError(f"cosine offset s must be > 0, got {s} (the default is 0.008)")
-        if not max_beta > 0:
-            raise ValueError(f"max_beta must be > 0, got {max_beta} (the default is 999)")
+        s = check_range("cosine offset s", s, low=0.0, low_open=True, hint="the default is 0.008")
+        max_beta = check_range("max_beta", max_beta, low=0.0, low_open=True, hint="the default is 999")
         self.s = s
         self.max_beta = max_beta
         # beta(t_c) = max_beta  <=>  tan(theta_c) = max_beta (1 + s) / pi
