@@ -171,7 +171,7 @@ def main() -> None:
     labels = torch.arange(n_classes).repeat_interleave(n_show)
     samples, guided_rate = sampling_rate(exp, GuidedScore(model, labels, guidance), len(labels))
     _, plain_rate = sampling_rate(exp, model, len(labels))
-    sampler = f"{cfg.sampler.fn._target_.rsplit('.', 1)[-1]}, {cfg.sampler.grid.n_steps} steps"
+    sampler = f"{exp.sampler.name}, {cfg.sampler.grid.n_steps} steps"
 
     rows = [("score model (U-Net, probability-flow ODE)", nll["bpd"], nll["bpd_stderr"])]
     rows += [(name, bpd, se) for name, (bpd, se) in refs.items()]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
-import inspect
 import re
 from collections.abc import Callable
 
@@ -22,7 +21,7 @@ from torch import nn
 
 from . import schemas  # noqa: F401  (registers the typed config schemas with Hydra's ConfigStore)
 from .data.dataset import Dataset
-from .samplers.driver import sample_on_grid
+from .samplers.driver import on_driver
 from .samplers.thresholding import thresholding
 from .sdes.base import SDE
 from .training.options import TrainOptions
@@ -169,40 +168,41 @@ def build_lr_schedule(cfg: DictConfig) -> Callable | None:
     return make
 
 
-def on_driver(fn: Callable) -> bool:
-    """Whether ``fn`` takes the fixed-grid driver's options: the samplers on the driver pass them on
-    as ``**driver`` (:func:`~sde_diffusion.samplers.sample_on_grid`)."""
-    return any(p.kind is inspect.Parameter.VAR_KEYWORD and p.name == "driver" for p in inspect.signature(fn).parameters.values())
-
-
 def build_sampler(cfg: DictConfig, sde: SDE | None = None) -> tuple[Callable, Callable]:
-    """``(sampler_fn, grid_fn)``: call ``grid_fn(sde, dtype=..., device=...)`` for the time grid.
+    """``(sampler, grid_fn)``: call ``sampler(sde, score_fn, x_T, ts, generator=...)`` on the grid
+    ``ts = grid_fn(sde, dtype=..., device=...)``.
 
-    ``sampler.n_steps``, when set, replaces the grid's ``n_steps`` (every grid function takes one).
+    ``sampler.fn`` builds a :class:`~sde_diffusion.samplers.Step` (the shipped configs; a user's own
+    step subclass as well), which is a sampler run on the driver; a partial function (``ode``,
+    ``torchsde``, and the sampler functions that runs saved before the configs named steps target,
+    such as ``dpm_solver_pp``) is taken as it is. ``sampler.n_steps``, when set, replaces the grid's
+    ``n_steps``.
 
     ``sampler.denoise_to_zero`` and ``sampler.thresholding`` (with ``threshold_percentile`` and
     ``data_range``, in the model's units) become the driver's ``denoise_to_zero`` and
     ``x0_correction``; a sampler not on the driver (ode, torchsde) refuses them in one line.
 
-    A key that the sampler or grid function does not take (``eps`` after
-    ``sampler.grid._target_=...discrete_time_grid``) is refused here in one line with the fix, not
-    as a TypeError mid-run; given the run's ``sde``, the grid is built on it once, so that arguments
-    it refuses (too many steps of a chain, a grid the SDE has no times for) fail here too.
+    A key that the step does not take (``+sampler.fn.churn=1`` on ``ddim``) is refused here in one
+    line with the fix, not as a TypeError mid-run; given the run's ``sde``, the grid is built on it
+    once, so that keys it does not take (``eps`` after ``sampler.grid._target_=...discrete_time_grid``)
+    and arguments it refuses (too many steps of a chain, a grid the SDE has no times for) fail here too.
     """
     if OmegaConf.select(cfg, "sampler") is not None and OmegaConf.is_missing(cfg.sampler, "fn"):
         raise ConfigError("sampler=run takes the sampler of a trained run, which only sde-sample has: choose a sampler=<name>")
-    fn, grid = _build(cfg, "sampler.fn"), _build(cfg, "sampler.grid")
-    _check_keywords(fn, "sampler.fn")
-    _check_keywords(grid, "sampler.grid")
+    try:
+        sampler = _build(cfg, "sampler.fn")
+    except ConfigError as err:
+        _refuse_unknown_key(cfg, "sampler.fn", err)
+        raise
+    grid = _build(cfg, "sampler.grid")
     n_steps = OmegaConf.select(cfg, "sampler.n_steps", default=None)
     if n_steps is not None:
-        if "n_steps" not in inspect.signature(grid).parameters:
-            raise ConfigError(f"sampler.n_steps: the grid {OmegaConf.select(cfg, 'sampler.grid._target_')} takes no n_steps")
         grid = functools.partial(grid, n_steps=int(n_steps))
     if sde is not None:
         try:
             grid(sde, dtype=torch.float64)
         except (ValueError, TypeError) as err:
+            _refuse_unknown_key(cfg, "sampler.grid", err)
             raise ConfigError(f"sampler.grid: {one_line(err)}") from None
     options: dict = {}
     if OmegaConf.select(cfg, "sampler.denoise_to_zero", default=False):
@@ -218,39 +218,29 @@ def build_sampler(cfg: DictConfig, sde: SDE | None = None) -> tuple[Callable, Ca
         raise ConfigError(f"sampler.thresholding: {one_line(err)}") from None
     if correction is not None:
         options["x0_correction"] = correction
-    if options and not on_driver(fn):
+    if options and not on_driver(sampler):
         keys = " and ".join({"denoise_to_zero": "sampler.denoise_to_zero", "x0_correction": "sampler.thresholding"}[k] for k in options)
         target = OmegaConf.select(cfg, "sampler.fn._target_")
         raise ConfigError(f"{keys} need a fixed-grid sampler (ddim, dpm_solver, unipc, ipndm, heun, pc, ...); {target} is not one")
-    return (functools.partial(fn, **options) if options else fn), grid
+    return (functools.partial(sampler, **options) if options else sampler), grid
 
 
-_DRIVER_OPTIONS = {n for n, p in inspect.signature(sample_on_grid).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
-"""The options of the fixed-grid driver, which the samplers on it pass on (``**driver``)."""
-
-
-def _check_keywords(obj, key: str) -> None:
-    """Refuse the keys of ``cfg[key]`` (a partial function) that its function does not take, in one
-    line naming them and the fix; a sampler on the fixed-grid driver also takes the driver's options."""
-    if not isinstance(obj, functools.partial):
+def _refuse_unknown_key(cfg: DictConfig, key: str, err: Exception) -> None:
+    """When ``err`` is a constructor's or function's refusal of a keyword (``DDIMStep.__init__() got
+    an unexpected keyword argument 'churn'``), raise it as one line naming the key and the fix."""
+    refused = re.search(r"([\w.]+)\(\) got an unexpected keyword argument '(\w+)'", str(err))
+    if refused is None:
         return
-    params = inspect.signature(obj.func).parameters
-    takes = {n for n, p in params.items() if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)}
-    if on_driver(obj.func):
-        takes |= _DRIVER_OPTIONS
-    elif len(takes) < len(params):  # **kwargs of its own: any key may be meant for it
-        return
-    unknown = sorted(set(obj.keywords) - takes)
-    if not unknown:
-        return
-    name = getattr(obj.func, "__name__", repr(obj.func))
-    own = ", ".join(n for n in params if n in takes and n not in ("sde", "score_fn", "x", "ts", "dtype", "device"))
-    option = _grid_option(f"{obj.func.__module__}.{name}") if key == "sampler.grid" else None
-    fix = f"remove it with '~{key}.{unknown[0]}'"
+    name, arg = refused[1].removesuffix(".__init__"), refused[2]
+    if key == "sampler.grid" and arg == "n_steps" and OmegaConf.select(cfg, "sampler.n_steps", default=None) is not None:
+        raise ConfigError(
+            f"sampler.n_steps: the grid {name} takes no n_steps; remove sampler.n_steps or choose a sampler/grid=<name>"
+        ) from None
+    fix = f"remove it with '~{key}.{arg}'"
+    option = _grid_option(str(OmegaConf.select(cfg, "sampler.grid._target_"))) if key == "sampler.grid" else None
     if option:  # likely sampler.grid._target_ set over another grid's keys
         fix = f"choose the grid as sampler/grid={option}, which brings its own keys only, instead of by sampler.grid._target_; or {fix}"
-    has = f"its options: {own}" if own else "it has no options of its own"
-    raise ConfigError(f"{key}: {name}() takes no {', '.join(unknown)} ({has}); {fix}")
+    raise ConfigError(f"{key}: {name}() takes no {arg}; {fix}") from None
 
 
 def _grid_option(target: str) -> str | None:
@@ -300,3 +290,4 @@ def build_conditioner(cfg: DictConfig):
             "conditioning is set but the network takes no conditioning image; set model.net.cond_channels to the images' channels"
         )
     return conditioner
+

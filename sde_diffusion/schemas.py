@@ -30,9 +30,10 @@ class TrainConfig(TrainOptions):
 
 @dataclass
 class SamplerConfig:
-    """``sampler``: the sampler function and time grid to build (``_target_``, free-form), and the
-    options of the fixed-grid driver that every sampler on it shares
-    (:func:`~sde_diffusion.samplers.sample_on_grid`, :mod:`~sde_diffusion.samplers.thresholding`)."""
+    """``sampler``: the sampler (a :class:`~sde_diffusion.samplers.Step`, or a solver's function)
+    and time grid to build (``_target_``, free-form), and the options of the fixed-grid driver that
+    every sampler on it shares (:func:`~sde_diffusion.samplers.sample_on_grid`,
+    :mod:`~sde_diffusion.samplers.thresholding`)."""
 
     fn: Any = MISSING
     grid: Any = MISSING

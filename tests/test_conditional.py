@@ -299,7 +299,7 @@ def test_the_digits_experiment_builds_a_class_conditional_run():
     score = S.GuidedScore(exp.score_model, 3, _guidance(cfg, exp.score_model))
     assert score(exp.data.test[:2], torch.rand(2)).shape == (2, 1, 8, 8)
     # a group given on the command line wins over the experiment's choice
-    assert _compose("experiment=digits", "sampler=ddim").sampler.fn._target_.endswith("ddim")
+    assert _compose("experiment=digits", "sampler=ddim").sampler.fn._target_.endswith("DDIMStep")
 
 
 def test_conditional_training_needs_labelled_data_and_enough_classes(tmp_path):

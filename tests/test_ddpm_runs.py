@@ -76,8 +76,8 @@ def test_sampler_n_steps_sets_the_grid_of_any_sampler():
         assert len(ts) == (n if sampler == "ddpm" else n + 1)  # the DDPM grid lists the chain's n steps
     _, grid = build_sampler(_compose(["sampler=ddpm"]))
     assert len(grid(sde, dtype=torch.float64)) == 1000
-    with pytest.raises(ConfigError, match="n_steps"):
-        build_sampler(_compose(["sampler=ddpm", "sampler.grid._target_=sde_diffusion.samplers.ddim", "sampler.n_steps=3"]))
+    with pytest.raises(ConfigError, match="sampler.n_steps: the grid check_grid takes no n_steps"):  # a function without n_steps
+        build_sampler(_compose(["sampler=ddpm", "sampler.grid._target_=sde_diffusion.timesteps.check_grid", "sampler.n_steps=3"]), sde)
 
 
 def test_bounds_refuse_what_they_cannot_compute():

@@ -145,7 +145,7 @@ def test_any_sampler_runs_on_the_discrete_chain_with_sampler_grid_discrete(ddpm_
          ["sampler.grid: discrete_time_grid() takes no eps", "sampler/grid=discrete"]),
         (["sampler=ddim", "sampler/grid=discrete", "sampler.grid.n_steps=5000"], ["sampler.grid: n_steps must be an integer in [2, 1000]"]),
         (["sampler=ddim", "+sampler.grid.rho=7"], ["log_snr_time_grid() takes no rho", "~sampler.grid.rho"]),
-        (["sampler=ddim", "+sampler.fn.churn=1"], ["sampler.fn: ddim() takes no churn (its options: eta)"]),
+        (["sampler=ddim", "+sampler.fn.churn=1"], ["sampler.fn: DDIMStep() takes no churn", "remove it with '~sampler.fn.churn'"]),
         (["sampler=ddim", "sampler/grid=nope"], ["unknown sampler/grid 'nope'", "discrete, edm, log_snr, quadratic, uniform"]),
         (["sampler/grid=discrete"], ["add sampler=<name>", "the run's own sampler"]),
     ],

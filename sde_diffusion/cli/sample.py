@@ -36,7 +36,7 @@ from .._checks import check_range
 from .._log import say
 from .._noise import PerSampleNoise
 from ..conditioning import downsample
-from ..config import ConfigError, build_sampler, on_driver, one_line, task_name
+from ..config import ConfigError, build_sampler, one_line, task_name
 from ..distances import sliced_w2_to_held_out
 from ..plotting import image_grid, plot_samples
 from ..precision import accelerate
@@ -45,6 +45,7 @@ from ..sample_range import range_advice, sample_range
 from ..samplers.base import SamplerOutput
 from ..samplers.controllable import MASK_REGIONS, inpaint, inpainting_mask, sdedit
 from ..samplers.draw import DrawnSamples, sample_in_batches, stream_seed
+from ..samplers.driver import on_driver
 from ..samplers.guidance import ClassifierGuidedScore, GuidedScore, check_guidance
 from ..tasks import TASKS as TRAINED_TASKS
 from ..tasks import Drawn

@@ -1,8 +1,9 @@
-"""Samplers: plain functions ``sampler(sde, score_fn, x_T, ts, *, generator, progress, ...)``.
+"""Samplers: callables ``sampler(sde, score_fn, x_T, ts, *, generator, progress, ...)``.
 
 Every fixed-grid sampler is a step object run by one driver (:func:`sample_on_grid`), which adds a
 per-step ``callback``, an ``x0_correction`` hook (thresholding, inpainting), ``denoise_to_zero`` and
-per-sample noise to all of them.
+per-sample noise to all of them; a step called as a sampler runs on the driver, and the functions
+(``ddim``, ``dpm_solver_pp``, ...) are named shortcuts for their steps.
 """
 
 from .._noise import PerSampleNoise
@@ -15,9 +16,9 @@ from .ddim import DDIMStep, ddim
 from .ddpm import DDPMStep, ddpm
 from .dpm_solver import DPMSolverMultistep, DPMSolverSDE, DPMSolverSinglestep2S, dpm_solver_2s, dpm_solver_pp, dpm_solver_sde
 from .draw import DrawnSamples, draw_samples, sample_in_batches, super_resolve
-from .driver import Prediction, Solve, Step, sample_on_grid
+from .driver import Prediction, Solve, Step, on_driver, sample_on_grid
 from .edm import EDMStep, edm_sde, heun
-from .euler_maruyama import euler_maruyama
+from .euler_maruyama import EulerMaruyamaStep, euler_maruyama
 from .guidance import ClassifierGuidedScore, GuidedScore, check_guidance
 from .ipndm import IPNDMStep, ipndm
 from .ode import ode_decode, ode_encode, probability_flow_sampler
@@ -37,12 +38,14 @@ __all__ = [
     "SamplerOutput",
     "CountingScore",
     "sample_on_grid",
+    "on_driver",
     "cold_sample",
     "Step",
     "Solve",
     "Prediction",
     "PerSampleNoise",
     "euler_maruyama",
+    "EulerMaruyamaStep",
     "probability_flow_sampler",
     "ode_encode",
     "ode_decode",

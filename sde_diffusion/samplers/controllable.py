@@ -134,8 +134,9 @@ def inpaint(
         mask: boolean (or 0/1) tensor broadcasting to ``(B, *dims)``, True where ``x_known`` is
             known, e.g. :func:`inpainting_mask`.
         ts: decreasing times ``(N + 1,)`` from ``T`` to ``eps``.
-        sampler: any sampler run by the driver, e.g. ``functools.partial(dpm_solver_pp, order=2)``
-            or ``functools.partial(predictor_corrector, predictor=..., corrector=...)``.
+        sampler: any sampler run by the driver (:func:`~sde_diffusion.samplers.driver.on_driver`),
+            e.g. a step such as ``DPMSolverMultistep(order=2)`` or
+            ``PredictorCorrectorStep(predictor, corrector)``, or ``functools.partial(dpm_solver_pp, order=2)``.
         generator: draws the prior, the noised known values and the steps' noise.
         x0_correction: passed to the sampler (e.g. thresholding).
     Returns: the sampler's output (its NFE) with the known values put back on the mask.
@@ -178,7 +179,7 @@ def sdedit(
         x_input: ``(B, *dims)`` guides (e.g. strokes or a corrupted image) in data units.
         t0: start time in ``[0, ts[0]]``; Meng et al. use ``t0`` around 0.3-0.6 for VE and VP SDEs.
         ts: a full decreasing grid ``(N + 1,)`` from ``T`` to ``eps``.
-        sampler: any sampler, e.g. ``functools.partial(predictor_corrector, predictor=..., corrector=...)``.
+        sampler: any sampler, e.g. ``PredictorCorrectorStep(predictor, corrector)`` or ``probability_flow_sampler``.
     Returns: the sampler's output (samples ``(B, *dims)`` and its NFE).
     """
     check_grid(ts)

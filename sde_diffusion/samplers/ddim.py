@@ -15,8 +15,8 @@ from torch import Tensor
 
 from ..sdes.base import SDE
 from ..types import ScoreFn
-from .base import SamplerOutput, with_order
-from .driver import Solve, Step, sample_on_grid
+from .base import SamplerOutput
+from .driver import Solve, Step, runs, sample_on_grid
 
 
 class DDIMStep(Step):
@@ -45,7 +45,7 @@ class DDIMStep(Step):
         return x, pred.x0
 
 
-@with_order(1)
+@runs(DDIMStep())
 def ddim(sde: SDE, score_fn: ScoreFn, x: Tensor, ts: Tensor, *, eta: float = 0.0, **driver: Any) -> SamplerOutput:
     """DDIM with stochasticity ``eta`` (Song, Meng, Ermon 2021, Eq. 12 and 16), for any Gaussian kernel.
 

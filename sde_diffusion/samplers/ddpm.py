@@ -25,8 +25,8 @@ from torch import Tensor
 from ..losses.vlb import VARIANCES
 from ..sdes.base import SDE
 from ..types import ScoreFn
-from .base import SamplerOutput, with_order
-from .driver import Solve, Step, sample_on_grid
+from .base import SamplerOutput
+from .driver import Solve, Step, runs, sample_on_grid
 
 
 class DDPMStep(Step):
@@ -34,6 +34,7 @@ class DDPMStep(Step):
 
     order = 1
     name = "ddpm"
+    denoise_to_zero = True  # the chain's last step (to step 0) is its mean x0_hat
 
     def __init__(self, variance: str = "large"):
         if variance not in VARIANCES:
@@ -64,10 +65,8 @@ class DDPMStep(Step):
         return mean + torch.exp(0.5 * log_var) * solve.randn_like(x), pred.x0
 
 
-@with_order(1)
-def ddpm(
-    sde: SDE, score_fn: ScoreFn, x: Tensor, ts: Tensor, *, variance: str = "large", denoise_to_zero: bool = True, **driver: Any
-) -> SamplerOutput:
+@runs(DDPMStep())
+def ddpm(sde: SDE, score_fn: ScoreFn, x: Tensor, ts: Tensor, *, variance: str = "large", **driver: Any) -> SamplerOutput:
     """DDPM ancestral sampling (module docstring) over the grid ``ts``.
 
     Args:
@@ -76,9 +75,10 @@ def ddpm(
             (steps of the chain, strided to ``K``); any grid ending above 0 works.
         variance: ``"large"`` (``sigma^2 = beta``), ``"small"`` (``beta_tilde``) or ``"learned"``
             (a :class:`~sde_diffusion.models.LearnedVarianceParameterization` model).
-        denoise_to_zero: finish with ``x0_hat`` at ``ts[-1]`` (DDPM's noiseless last step); NFE = K.
-        driver: ``generator``, ``progress``, ``callback``, ``x0_correction`` of
-            :func:`~sde_diffusion.samplers.driver.sample_on_grid`.
+        driver: ``generator``, ``progress``, ``callback``, ``x0_correction``, ``denoise_to_zero`` of
+            :func:`~sde_diffusion.samplers.driver.sample_on_grid`; ``denoise_to_zero`` is on unless
+            False is passed: the chain finishes with ``x0_hat`` at ``ts[-1]`` (its noiseless last
+            step), so NFE = K.
     Returns: samples at ``t = 0`` (at ``ts[-1]`` without ``denoise_to_zero``) and the NFE.
     """
-    return sample_on_grid(DDPMStep(variance), sde, score_fn, x, ts, denoise_to_zero=denoise_to_zero, **driver)
+    return sample_on_grid(DDPMStep(variance), sde, score_fn, x, ts, **driver)

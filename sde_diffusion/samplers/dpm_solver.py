@@ -20,8 +20,8 @@ from torch import Tensor
 
 from ..sdes.base import SDE
 from ..types import ScoreFn
-from .base import SamplerOutput, with_order
-from .driver import Solve, Step, sample_on_grid
+from .base import SamplerOutput
+from .driver import Solve, Step, runs, sample_on_grid
 
 PREDICTIONS = ("data", "noise")
 
@@ -168,7 +168,7 @@ class DPMSolverSDE(Step):
         return x_next + s[i + 1] * one_minus.sqrt() * solve.randn_like(x), x0
 
 
-@with_order(2)
+@runs(DPMSolverMultistep())
 def dpm_solver_pp(
     sde: SDE, score_fn: ScoreFn, x: Tensor, ts: Tensor, *, order: int = 2, prediction: str = "data", **driver: Any
 ) -> SamplerOutput:
@@ -190,7 +190,7 @@ def dpm_solver_pp(
     return sample_on_grid(DPMSolverMultistep(order, prediction), sde, score_fn, x, ts, **driver)
 
 
-@with_order(2)
+@runs(DPMSolverSinglestep2S())
 def dpm_solver_2s(sde: SDE, score_fn: ScoreFn, x: Tensor, ts: Tensor, **driver: Any) -> SamplerOutput:
     """DPM-Solver++(2S) (Lu et al. 2022b, Alg. 1), see :class:`DPMSolverSinglestep2S`.
 
@@ -204,7 +204,7 @@ def dpm_solver_2s(sde: SDE, score_fn: ScoreFn, x: Tensor, ts: Tensor, **driver: 
     return sample_on_grid(DPMSolverSinglestep2S(), sde, score_fn, x, ts, **driver)
 
 
-@with_order(1)
+@runs(DPMSolverSDE())
 def dpm_solver_sde(sde: SDE, score_fn: ScoreFn, x: Tensor, ts: Tensor, *, order: int = 2, **driver: Any) -> SamplerOutput:
     """SDE-DPM-Solver++(2M) (or (1) with ``order=1``), see :class:`DPMSolverSDE`; stochastic.
 

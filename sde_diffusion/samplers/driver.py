@@ -5,7 +5,10 @@ previous data predictions of a multistep method) and moves the state from ``ts[i
 ``ts[i + 1]``. :func:`sample_on_grid` owns everything else, once: the grid check, the kernel table,
 NFE counting, the progress bar, the per-step callback ``(i, t, x, x0_hat)``, the ``x0`` correction
 hook (thresholding, inpainting) and the last-step rules (lower-order final steps of multistep
-methods, and ``denoise_to_zero``, the data prediction at the last time).
+methods, and ``denoise_to_zero``, the data prediction at the last time). A step is itself a sampler
+with the shared signature, ``step(sde, score_fn, x, ts, **options)``, which runs it on the driver;
+the sampler functions (:func:`~sde_diffusion.samplers.ddim`, ...) are named shortcuts for their
+steps (:func:`runs`), and :func:`on_driver` tells either apart from samplers off the driver.
 
 Steps see the model only through :meth:`Solve.predict`, which evaluates the score once and returns
 the three equivalent predictions of the Gaussian kernel ``x_t = m(t) x_0 + s(t) eps`` by the SDE's
@@ -19,8 +22,10 @@ so every sampler, first-order or multistep, stochastic or not, sees the same cor
 from __future__ import annotations
 
 import abc
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, ParamSpec, Protocol, cast, overload
 
 import torch
 from torch import Tensor
@@ -33,8 +38,9 @@ from ..sdes.base import SDE
 from ..sdes.tables import kernel_table
 from ..timesteps import check_grid
 from ..types import ScoreFn
-from .base import SamplerOutput
+from .base import OrderedSampler, SamplerOutput
 
+P = ParamSpec("P")
 X0Correction = Callable[[Tensor, Tensor, Tensor], Tensor]
 """``correct(x0_hat, x, t) -> x0_hat'``: shapes ``(B, *dims)``, ``(B, *dims)``, ``(B,)``."""
 Callback = Callable[[int, float, Tensor, Tensor | None], None]
@@ -144,6 +150,8 @@ class Step(abc.ABC):
     ``needs_kernel`` and ``name``; :meth:`start` resets the state for a new solve; :meth:`step`
     returns the new state and the data prediction it formed (None without a kernel). ``order_cap``
     is the highest order the driver allows for this step (lower on the final steps of short grids).
+    Calling the step, ``step(sde, score_fn, x, ts, **options)``, samples with it:
+    :func:`sample_on_grid` with the driver's ``options``.
     """
 
     order: float = 1
@@ -151,6 +159,8 @@ class Step(abc.ABC):
     name: str = "step"
     lower_order_final: bool = True
     """The step's default for the driver's ``lower_order_final`` (used when the caller passes None)."""
+    denoise_to_zero: bool = False
+    """The step's default for the driver's ``denoise_to_zero`` (used when the caller passes None)."""
 
     def start(self, solve: Solve) -> None:  # noqa: B027 (an optional hook: stateless steps need none)
         """Reset per-solve state (history) and precompute per-grid tables."""
@@ -158,6 +168,10 @@ class Step(abc.ABC):
     @abc.abstractmethod
     def step(self, solve: Solve, i: int, x: Tensor, order_cap: int) -> tuple[Tensor, Tensor | None]:
         """Move ``x`` ``(B, *dims)`` from ``solve.ts[i]`` to ``solve.ts[i + 1]``."""
+
+    def __call__(self, sde: SDE, score_fn: ScoreFn, x: Tensor, ts: Tensor, **options: Any) -> SamplerOutput:
+        """Sample with this step: ``sample_on_grid(self, sde, score_fn, x, ts, **options)``."""
+        return sample_on_grid(self, sde, score_fn, x, ts, **options)
 
 
 @torch.no_grad()
@@ -172,7 +186,7 @@ def sample_on_grid(
     progress: bool = False,
     callback: Callback | None = None,
     x0_correction: X0Correction | None = None,
-    denoise_to_zero: bool = False,
+    denoise_to_zero: bool | None = None,
     lower_order_final: bool | None = None,
 ) -> SamplerOutput:
     """Run ``step`` over the decreasing grid ``ts`` from the prior samples ``x`` ``(B, *dims)`` at ``ts[0]``.
@@ -184,13 +198,17 @@ def sample_on_grid(
         x0_correction: ``correct(x0_hat, x, t)`` applied to every data prediction (thresholding,
             inpainting); needs an SDE with a kernel.
         denoise_to_zero: after the last step, return the data prediction ``x0_hat`` at ``ts[-1]``
-            (Tweedie's ``E[x_0 | x_eps]``; one more NFE), i.e. finish at ``t = 0``; else stop at ``ts[-1]``.
+            (Tweedie's ``E[x_0 | x_eps]``; one more NFE), i.e. finish at ``t = 0``; else stop at
+            ``ts[-1]``. None takes the step's own default (``step.denoise_to_zero``: False but for
+            DDPM's chain, whose last step is noiseless, and predictor-corrector with ``denoise``).
         lower_order_final: on grids of fewer than 15 steps, step ``i`` of a multistep method uses at
             most order ``N - i`` (Lu et al. 2022b, App. D); None takes the step's own default
             (``step.lower_order_final``: True but for the noise-prediction multistep DPM-Solver).
     Returns: samples ``(B, *dims)`` at ``ts[-1]`` (or ``t = 0`` with ``denoise_to_zero``) and the NFE.
     """
     check_grid(ts)
+    if denoise_to_zero is None:
+        denoise_to_zero = step.denoise_to_zero
     needs = [
         what
         for needed, what in (
@@ -219,3 +237,46 @@ def sample_on_grid(
         if callback is not None:
             callback(n, 0.0, x, x)
     return SamplerOutput(x, solve.score.nfe)
+
+
+class GridSampler(Protocol[P]):
+    """A sampler function that runs a :class:`Step` on the driver (:func:`runs`): ``step_type`` is
+    the class of its steps."""
+
+    step_type: type[Step]
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> SamplerOutput: ...
+
+
+class OrderedGridSampler(GridSampler[P], OrderedSampler[P], Protocol[P]):
+    """A :class:`GridSampler` with the ``order`` of its default step."""
+
+
+@overload
+def runs(step: Step) -> Callable[[Callable[P, SamplerOutput]], OrderedGridSampler[P]]: ...
+@overload
+def runs(step: type[Step]) -> Callable[[Callable[P, SamplerOutput]], GridSampler[P]]: ...
+def runs(step: Step | type[Step]) -> Callable[[Callable[P, SamplerOutput]], GridSampler[P]]:
+    """Decorator of a sampler function that runs a step on the driver: sets ``fn.step_type`` (what
+    :func:`on_driver` reads) and, given a step (the one the function runs by default), ``fn.order``
+    to its order, so the order is declared once, on the step (``heun.order == EDMStep().order``)."""
+
+    def attach(fn: Callable[P, SamplerOutput]) -> GridSampler[P]:
+        sampler = cast("OrderedGridSampler[P]", fn)  # plain functions take attributes; set them below
+        sampler.step_type = step if isinstance(step, type) else type(step)
+        if isinstance(step, Step):
+            sampler.order = step.order
+        return sampler
+
+    return attach
+
+
+def on_driver(sampler: Callable) -> bool:
+    """Whether ``sampler`` runs on the driver, so that it takes :func:`sample_on_grid`'s options
+    (``x0_correction``, ``denoise_to_zero``, ...): a :class:`Step`, a sampler function marked by
+    :func:`runs`, or a ``functools.partial`` of either (Hydra's ``_partial_`` included). Known by
+    type, not by signature."""
+    fn = sampler
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return isinstance(fn, Step) or isinstance(getattr(fn, "step_type", None), type)

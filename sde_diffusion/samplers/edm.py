@@ -16,8 +16,8 @@ from torch import Tensor
 
 from ..sdes.base import SDE
 from ..types import ScoreFn
-from .base import SamplerOutput, with_order
-from .driver import Solve, Step, sample_on_grid
+from .base import SamplerOutput
+from .driver import Solve, Step, runs, sample_on_grid
 
 
 class EDMStep(Step):
@@ -80,7 +80,7 @@ class EDMStep(Step):
         return m[i + 1] * y_next, pred.x0
 
 
-@with_order(2)
+@runs(EDMStep())
 def heun(sde: SDE, score_fn: ScoreFn, x: Tensor, ts: Tensor, **driver: Any) -> SamplerOutput:
     """EDM's deterministic Heun sampler (Karras et al. 2022, Alg. 1): :class:`EDMStep` without churn.
 
@@ -96,7 +96,7 @@ def heun(sde: SDE, score_fn: ScoreFn, x: Tensor, ts: Tensor, **driver: Any) -> S
     return sample_on_grid(EDMStep(), sde, score_fn, x, ts, **driver)
 
 
-@with_order(1)
+@runs(EDMStep(S_churn=1.0))  # its order with churn, the reason to use it (without: heun)
 def edm_sde(
     sde: SDE,
     score_fn: ScoreFn,

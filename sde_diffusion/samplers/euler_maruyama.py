@@ -8,14 +8,22 @@ from torch import Tensor
 
 from ..sdes.base import SDE
 from ..types import ScoreFn
-from .base import SamplerOutput, with_order
+from .base import SamplerOutput
 from .correctors import NoCorrector
-from .driver import sample_on_grid
+from .driver import runs, sample_on_grid
 from .predictor_corrector import PredictorCorrectorStep
 from .predictors import EulerMaruyamaPredictor
 
 
-@with_order(1)
+class EulerMaruyamaStep(PredictorCorrectorStep):
+    """Euler-Maruyama on the reverse SDE as a step (:func:`euler_maruyama`): the
+    :class:`EulerMaruyamaPredictor` without corrector, its last step returning its mean."""
+
+    def __init__(self) -> None:
+        super().__init__(EulerMaruyamaPredictor(), NoCorrector(), final_noise=False, name="euler-maruyama")
+
+
+@runs(EulerMaruyamaStep())
 def euler_maruyama(sde: SDE, score_fn: ScoreFn, x: Tensor, ts: Tensor, **driver: Any) -> SamplerOutput:
     """Integrate ``dx = [f - g^2 s] dt + g dw_bar`` from ``ts[0]`` down the grid ``ts``.
 
@@ -31,5 +39,4 @@ def euler_maruyama(sde: SDE, score_fn: ScoreFn, x: Tensor, ts: Tensor, **driver:
             :func:`~sde_diffusion.samplers.driver.sample_on_grid`.
     Returns: samples at ``ts[-1]`` and NFE = N (+ 1 with ``denoise_to_zero``).
     """
-    step = PredictorCorrectorStep(EulerMaruyamaPredictor(), NoCorrector(), final_noise=False, name="euler-maruyama")
-    return sample_on_grid(step, sde, score_fn, x, ts, **driver)
+    return sample_on_grid(EulerMaruyamaStep(), sde, score_fn, x, ts, **driver)

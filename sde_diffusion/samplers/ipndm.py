@@ -22,8 +22,8 @@ from torch import Tensor
 
 from ..sdes.base import SDE
 from ..types import ScoreFn
-from .base import SamplerOutput, with_order
-from .driver import Solve, Step, sample_on_grid
+from .base import SamplerOutput
+from .driver import Solve, Step, runs, sample_on_grid
 
 FIXED_WEIGHTS = {1: (1.0,), 2: (1.5, -0.5), 3: (23 / 12, -16 / 12, 5 / 12), 4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
 COEFFICIENTS = ("fixed", "variable")
@@ -84,7 +84,7 @@ class IPNDMStep(Step):
         return m[i + 1] * y_next, pred.x0
 
 
-@with_order(4)
+@runs(IPNDMStep())
 def ipndm(
     sde: SDE, score_fn: ScoreFn, x: Tensor, ts: Tensor, *, order: int = 4, coefficients: str = "variable", **driver: Any
 ) -> SamplerOutput:

@@ -12,7 +12,7 @@ from ..timesteps import check_grid
 from ..types import ScoreFn
 from .base import SamplerOutput
 from .correctors import Corrector, NoCorrector
-from .driver import Step, sample_on_grid
+from .driver import Step, runs, sample_on_grid
 from .predictors import NoPredictor, Predictor
 
 
@@ -23,30 +23,36 @@ def tweedie_denoise(sde: SDE, score_fn: ScoreFn, x: Tensor, t: float | Tensor) -
     return sde.x0_from_score(x, score_fn(x, t), t)
 
 
-def _check_policies(sde: SDE, sampler: str, *policies, needs_kernel: bool = False) -> None:
-    """Reject predictors/correctors passed as classes, and SDEs without the kernel a policy (or the
-    sampler itself, ``needs_kernel``) requires; the errors name the fix."""
-    for policy in policies:
+def _check_policies(sampler: str, predictor: Predictor, corrector: Corrector) -> None:
+    """Reject predictors/correctors passed as classes or of another type, and a sampler that has
+    neither; the errors name the fix."""
+    for policy in (predictor, corrector):
         if isinstance(policy, type):
             raise TypeError(f"{sampler}: pass an instance, e.g. {policy.__name__}(), not the class itself")
         if not isinstance(policy, (Predictor, Corrector)):
             raise TypeError(f"{sampler}: expected a Predictor or Corrector instance, got {type(policy).__name__}")
-        needs_kernel = needs_kernel or policy.requires_kernel
-    if needs_kernel and not sde.has_kernel:
-        raise ValueError(
-            f"{sampler} with {', '.join(map(repr, policies))} needs the perturbation kernel, which "
-            f"{type(sde).__name__} does not define; implement kernel(t), or use "
-            f"EulerMaruyamaPredictor/ReverseDiffusionPredictor without corrector and denoise=False"
-        )
+    if isinstance(predictor, NoPredictor) and isinstance(corrector, NoCorrector):
+        raise ValueError(f"{sampler} with NoPredictor and NoCorrector does nothing; choose one of them")
 
 
 class PredictorCorrectorStep(Step):
     """A predictor from ``ts[i]`` to ``ts[i + 1]``, then ``M`` corrector steps at ``ts[i + 1]``
-    (Song et al. 2021, Alg. 1). ``final_noise=False`` makes the last predictor step return its mean
+    (Song et al. 2021, Alg. 1); with ``denoise``, the driver finishes with Tweedie's denoising step
+    (``denoise_to_zero``). ``final_noise=False`` makes the last predictor step return its mean
     (Euler-Maruyama's usual last step). Weak order: the predictor's."""
 
-    def __init__(self, predictor: Predictor, corrector: Corrector, *, final_noise: bool = True, name: str = "predictor-corrector"):
+    def __init__(
+        self,
+        predictor: Predictor,
+        corrector: Corrector,
+        *,
+        denoise: bool = False,
+        final_noise: bool = True,
+        name: str = "predictor-corrector",
+    ):
+        _check_policies("predictor_corrector", predictor, corrector)
         self.predictor, self.corrector, self.final_noise, self.name = predictor, corrector, final_noise, name
+        self.denoise_to_zero = bool(denoise)
         self.order = predictor.order if predictor.order is not None else 0
         self.needs_kernel = predictor.requires_kernel or corrector.requires_kernel
 
@@ -60,6 +66,7 @@ class PredictorCorrectorStep(Step):
         return x, None
 
 
+@runs(PredictorCorrectorStep)
 def predictor_corrector(
     sde: SDE,
     score_fn: ScoreFn,
@@ -91,8 +98,11 @@ def predictor_corrector(
     with :class:`NoPredictor`.
     """
     check_grid(ts)
-    denoise = driver.pop("denoise_to_zero", denoise)
-    _check_policies(sde, "predictor_corrector", predictor, corrector, needs_kernel=denoise)
-    if isinstance(predictor, NoPredictor) and isinstance(corrector, NoCorrector):
-        raise ValueError("predictor_corrector with NoPredictor and NoCorrector does nothing; choose one of them")
-    return sample_on_grid(PredictorCorrectorStep(predictor, corrector), sde, score_fn, x, ts, denoise_to_zero=denoise, **driver)
+    step = PredictorCorrectorStep(predictor, corrector, denoise=driver.pop("denoise_to_zero", denoise))
+    if (step.needs_kernel or step.denoise_to_zero) and not sde.has_kernel:
+        raise ValueError(
+            f"predictor_corrector with {predictor!r}, {corrector!r} needs the perturbation kernel, which "
+            f"{type(sde).__name__} does not define; implement kernel(t), or use "
+            f"EulerMaruyamaPredictor/ReverseDiffusionPredictor without corrector and denoise=False"
+        )
+    return sample_on_grid(step, sde, score_fn, x, ts, **driver)

@@ -25,9 +25,9 @@ from torch import Tensor
 
 from ..sdes.base import SDE
 from ..types import ScoreFn
-from .base import SamplerOutput, with_order
+from .base import SamplerOutput
 from .dpm_solver import PREDICTIONS
-from .driver import Solve, Step, sample_on_grid
+from .driver import Solve, Step, runs, sample_on_grid
 
 VARIANTS = ("bh1", "bh2")
 
@@ -116,7 +116,7 @@ class UniPCStep(Step):
         return self._update(solve, i, x, self.preds, None, order), pred.x0
 
 
-@with_order(3)
+@runs(UniPCStep())
 def unipc(
     sde: SDE,
     score_fn: ScoreFn,
