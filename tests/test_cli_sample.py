@@ -451,7 +451,7 @@ def test_sdedit_of_held_out_digits_towards_a_class(digits_run, tmp_path):
         ("ddim", ["class_label=10"], "class_label must be an integer in 0..9 or null"),
         ("ddim", ["guidance=1"], "guidance=1.0 steers the samples towards a class: set class_label"),
         ("ddim", ["class_label=2", "guidance=-1"], "guidance: guidance weight w must be a number >= 0"),
-        ("ddim", ["task=sdedit", "t0=2"], r"sampler=ddim: t0 must lie in [0, ts[0]]"),
+        ("ddim", ["task=sdedit", "t0=2"], "sampler=ddim: t0 must lie in [0, 1], got 2.0 (from t = 0 up to the grid's start ts[0]"),
     ],
 )
 def test_bad_task_options_are_refused(digits_run, tmp_path, sampler, overrides, message):

@@ -9,6 +9,7 @@ import ast
 import functools
 import importlib.resources
 import inspect
+import math
 
 import pytest
 import torch
@@ -166,6 +167,7 @@ def test_the_config_layer_inspects_no_signatures():
          "sampler/grid=log_snr, which brings its own keys only, instead of by sampler.grid._target_; or remove it with '~sampler.grid.rho'"),
         (["sampler=ddim", "sampler.grid._target_=sde_diffusion.timesteps.check_grid", "sampler.n_steps=3"], sd.VPSDE(),
          "sampler.n_steps: the grid check_grid takes no n_steps; remove sampler.n_steps or choose a sampler/grid=<name>"),
+        (["sampler=ddim", "sampler.fn.eta=2"], None, "sampler.fn: eta must lie in [0, 1], got 2 (0: deterministic DDIM, 1: DDPM)"),
     ],
 )  # fmt: skip
 def test_a_key_the_step_or_grid_does_not_take_is_refused_in_one_line(overrides, sde, message):
@@ -200,3 +202,38 @@ def test_a_step_called_as_a_sampler_is_the_driver_with_the_steps_defaults():
     assert _sample(pc, sde, ts).nfe == 7 and _sample(S.PredictorCorrectorStep(S.ReverseDiffusionPredictor(), S.NoCorrector()), sde, ts).nfe == 6
     with pytest.raises(ValueError, match="NoPredictor and NoCorrector does nothing"):  # refused when built, as a config builds it
         S.PredictorCorrectorStep(S.NoPredictor(), S.NoCorrector())
+
+
+EDM_VALUES = "EDM's ImageNet values: S_churn=40, S_tmin=0.05, S_tmax=50, S_noise=1.003"
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: S.DDIMStep(eta=1.5), "eta must lie in [0, 1], got 1.5 (0: deterministic DDIM, 1: DDPM)"),
+        (lambda: S.DPMSolverMultistep(4), "order must be an integer in [1, 3], got 4 (1: DPM-Solver++(1) = DDIM, 2: 2M, 3: 3M)"),
+        (lambda: S.DPMSolverSDE(3), "order must be an integer in [1, 2], got 3 (2: SDE-DPM-Solver++(2M))"),
+        (lambda: S.IPNDMStep(5), "order must be an integer in [1, 4], got 5 (iPNDM uses 4)"),
+        (lambda: S.UniPCStep(0), "order must be an integer in [1, 3], got 0 (UniPC-p; 2 for guided sampling, 3 unconditional)"),
+        (lambda: S.EDMStep(S_churn=-1.0), f"S_churn must be a number >= 0, got -1.0 ({EDM_VALUES})"),
+        (lambda: S.EDMStep(S_noise=math.nan), f"S_noise must be a number >= 0, got nan ({EDM_VALUES})"),
+        (lambda: S.LangevinCorrector(snr=0.0), "snr must be a positive number, got 0.0 (0.16 for VE, 0.01 for VP)"),
+        (lambda: S.LangevinCorrector(n_steps=1.5), "n_steps must be an integer >= 1, got 1.5 (use NoCorrector for none)"),
+        (lambda: S.AnnealedLangevinCorrector(step_size=math.inf), "step_size must be a positive number, got inf (NCSN's is 0.1)"),
+        (lambda: S.cold_sample(_same, _same, torch.zeros(1, 2), n_steps=0), "n_steps must be an integer >= 1, got 0 (the restorer's calls; 20 is usual)"),
+        (lambda: S.cold_sample(_same, _same, torch.zeros(1, 2), t_start=0.0), "t_start must lie in (0, 1], got 0.0 (1: from the fully degraded image)"),
+        (lambda: S.sdedit(sd.VPSDE(), _same, torch.zeros(1, 2), 1.5, sd.uniform_time_grid(sd.VPSDE(), 4, 1e-3), sampler=S.ddim),
+         "t0 must lie in [0, 1], got 1.5 (from t = 0 up to the grid's start ts[0]; 0.5 is a usual start)"),
+        (lambda: S.probability_flow_sampler(sd.VPSDE(), _same, torch.zeros(1, 2), torch.tensor([1.0, 0.5]), method="euler", step_size=-0.1),
+         "step_size must be a positive number, got -0.1 (its sign follows the direction of ts)"),
+    ],
+)  # fmt: skip
+def test_sampler_options_are_checked_by_the_one_helper(build, message):
+    """The samplers' range checks are check_range's: '<name> must <bounds>, got <value> (<hint>)'."""
+    with pytest.raises(ValueError) as refused:
+        build()
+    assert str(refused.value) == message
+
+
+def _same(x, t):
+    return x

@@ -327,7 +327,7 @@ def test_the_ode_sampler_works_without_a_kernel():
         (lambda x, ts: dpm_solver_pp(sd.VPSDE(), _score, x, ts, order=4), "order"),
         (lambda x, ts: probability_flow_sampler(sd.VPSDE(), _score, x, ts, method="rk45"), "unknown ODE method"),
         (lambda x, ts: probability_flow_sampler(sd.VPSDE(), _score, x, ts, step_size=0.1), "fixed-grid"),
-        (lambda x, ts: probability_flow_sampler(sd.VPSDE(), _score, x, ts, method="euler", step_size=-0.1), "> 0"),
+        (lambda x, ts: probability_flow_sampler(sd.VPSDE(), _score, x, ts, method="euler", step_size=-0.1), "step_size must be a positive number"),
         (lambda x, ts: ode_encode(sd.VPSDE(), _score, x, ts.flip(0)), "decrease"),
     ],
 )

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .._checks import check_range
 from .base import SamplerOutput
 
 ALGORITHMS = ("naive", "improved")
@@ -44,14 +45,12 @@ def cold_sample(
     """
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be 'naive' (Bansal et al. Alg. 1) or 'improved' (Alg. 2), got {algorithm!r}")
-    if isinstance(n_steps, bool) or int(n_steps) != n_steps or n_steps < 1:
-        raise ValueError(f"n_steps must be a positive integer, got {n_steps!r}")
-    if not 0.0 < t_start <= 1.0:
-        raise ValueError(f"t_start must lie in (0, 1], got {t_start}")
-    ts = torch.linspace(t_start, 0.0, int(n_steps) + 1, dtype=torch.float64).tolist()
+    n_steps = check_range("n_steps", n_steps, low=1, integer=True, hint="the restorer's calls; 20 is usual")
+    t_start = check_range("t_start", t_start, low=0.0, high=1.0, low_open=True, hint="1: from the fully degraded image")
+    ts = torch.linspace(t_start, 0.0, n_steps + 1, dtype=torch.float64).tolist()
     batch = x.shape[0]
-    for i in tqdm(range(int(n_steps)), disable=not progress, desc=f"cold ({algorithm})", leave=False):
+    for i in tqdm(range(n_steps), disable=not progress, desc=f"cold ({algorithm})", leave=False):
         t, t_next = (torch.full((batch,), v, device=x.device, dtype=x.dtype) for v in (ts[i], ts[i + 1]))
         x0_hat = restore(x, t)
         x = degradation(x0_hat, t_next) if algorithm == "naive" else x - degradation(x0_hat, t) + degradation(x0_hat, t_next)
-    return SamplerOutput(x, int(n_steps))
+    return SamplerOutput(x, n_steps)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .._checks import check_range
 from .._noise import NoiseSource
 from ..sdes.base import SDE
 from ..sdes.simulate import sample_marginal
@@ -183,9 +184,7 @@ def sdedit(
     Returns: the sampler's output (samples ``(B, *dims)`` and its NFE).
     """
     check_grid(ts)
-    t0 = float(t0)
-    if not 0.0 <= t0 <= float(ts[0]):
-        raise ValueError(f"t0 must lie in [0, ts[0]] = [0, {float(ts[0]):g}], got {t0} (0.5 is a usual start)")
+    t0 = check_range("t0", t0, low=0.0, high=float(ts[0]), hint="from t = 0 up to the grid's start ts[0]; 0.5 is a usual start")
     if t0 <= float(ts[-1]):
         return SamplerOutput(x_input.clone(), 0)
     x_t0 = sample_marginal(sde, x_input, t0, generator=generator)

@@ -15,6 +15,7 @@ import abc
 
 from torch import Tensor
 
+from .._checks import check_range
 from .._noise import NoiseSource, randn_like
 from .._shapes import batch_time, expand_like
 from ..sdes.base import SDE
@@ -60,9 +61,7 @@ class _LangevinDynamics(Corrector):
     requires_kernel = True
 
     def __init__(self, n_steps: int):
-        if int(n_steps) != n_steps or n_steps < 1:
-            raise ValueError(f"n_steps must be a positive integer, got {n_steps} (use NoCorrector for none)")
-        self.n_steps = int(n_steps)
+        self.n_steps = check_range("n_steps", n_steps, low=1, integer=True, hint="use NoCorrector for none")
 
     @abc.abstractmethod
     def epsilon(self, sde: SDE, score: Tensor, z: Tensor, t: Tensor, t_prev: Tensor) -> Tensor:
@@ -104,9 +103,7 @@ class LangevinCorrector(_LangevinDynamics):
 
     def __init__(self, snr: float = 0.16, n_steps: int = 1, norm: str = "sample"):
         super().__init__(n_steps)
-        snr = float(snr)
-        if not (snr > 0 and snr < float("inf")):
-            raise ValueError(f"snr must be a positive number, got {snr} (0.16 for VE, 0.01 for VP)")
+        snr = check_range("snr", snr, low=0, low_open=True, hint="0.16 for VE, 0.01 for VP")
         if norm not in ("sample", "batch"):
             raise ValueError(f"norm must be 'sample' (per-sample norms) or 'batch' (batch means), got {norm!r}")
         self.snr = snr
@@ -139,10 +136,7 @@ class AnnealedLangevinCorrector(_LangevinDynamics):
 
     def __init__(self, step_size: float = 0.1, n_steps: int = 1):
         super().__init__(n_steps)
-        step_size = float(step_size)
-        if not (step_size > 0 and step_size < float("inf")):
-            raise ValueError(f"step_size must be a positive number, got {step_size} (NCSN's is 0.1)")
-        self.step_size = step_size
+        self.step_size = check_range("step_size", step_size, low=0, low_open=True, hint="NCSN's is 0.1")
 
     def epsilon(self, sde, score, z, t, t_prev):
         return self.step_size * sde.kernel(t)[1] ** 2

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._checks import check_range
 from ..sdes.base import SDE
 from ..types import ScoreFn
 from .base import SamplerOutput
@@ -26,9 +27,7 @@ class DDIMStep(Step):
     name = "ddim"
 
     def __init__(self, eta: float = 0.0):
-        if not 0.0 <= eta <= 1.0:
-            raise ValueError(f"eta must lie in [0, 1] (0: deterministic DDIM, 1: DDPM), got {eta}")
-        self.eta = float(eta)
+        self.eta = check_range("eta", eta, low=0.0, high=1.0, hint="0: deterministic DDIM, 1: DDPM")
 
     def start(self, solve: Solve) -> None:
         _, s, lam = solve.tables()

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._checks import check_range
 from ..sdes.base import SDE
 from ..types import ScoreFn
 from .base import SamplerOutput
@@ -58,8 +59,7 @@ class DPMSolverMultistep(Step):
     needs_kernel = True
 
     def __init__(self, order: int = 2, prediction: str = "data"):
-        if order not in (1, 2, 3):
-            raise ValueError(f"order must be 1 (DPM-Solver++(1) = DDIM), 2 (2M) or 3 (3M), got {order}")
+        order = check_range("order", order, low=1, high=3, integer=True, hint="1: DPM-Solver++(1) = DDIM, 2: 2M, 3: 3M")
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be 'data' (DPM-Solver++) or 'noise' (DPM-Solver, DEIS), got {prediction!r}")
         self.order = self.max_order = order
@@ -145,10 +145,8 @@ class DPMSolverSDE(Step):
     order = 1
 
     def __init__(self, order: int = 2):
-        if order not in (1, 2):
-            raise ValueError(f"order must be 1 or 2 (SDE-DPM-Solver++(2M)), got {order}")
-        self.max_order = order
-        self.name = f"sde-dpm-solver++({order}{'M' if order > 1 else ''})"
+        self.max_order = check_range("order", order, low=1, high=2, integer=True, hint="2: SDE-DPM-Solver++(2M)")
+        self.name = f"sde-dpm-solver++({self.max_order}{'M' if self.max_order > 1 else ''})"
 
     def start(self, solve: Solve) -> None:
         self.x0_prev: Tensor | None = None

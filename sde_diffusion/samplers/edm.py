@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._checks import check_range
 from ..sdes.base import SDE
 from ..types import ScoreFn
 from .base import SamplerOutput
@@ -38,10 +39,7 @@ class EDMStep(Step):
 
     def __init__(self, S_churn: float = 0.0, S_tmin: float = 0.0, S_tmax: float = math.inf, S_noise: float = 1.0):
         for key, value in (("S_churn", S_churn), ("S_tmin", S_tmin), ("S_noise", S_noise)):
-            if not (value >= 0 and math.isfinite(value)):
-                raise ValueError(
-                    f"{key} must be a finite number >= 0, got {value} (EDM's ImageNet values: S_churn=40, S_tmin=0.05, S_tmax=50, S_noise=1.003)"
-                )
+            check_range(key, value, low=0, hint="EDM's ImageNet values: S_churn=40, S_tmin=0.05, S_tmax=50, S_noise=1.003")
         if not S_tmax >= S_tmin:
             raise ValueError(f"S_tmax must be >= S_tmin, got S_tmin={S_tmin}, S_tmax={S_tmax}")
         self.S_churn, self.S_tmin, self.S_tmax, self.S_noise = float(S_churn), float(S_tmin), float(S_tmax), float(S_noise)

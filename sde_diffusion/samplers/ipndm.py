@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._checks import check_range
 from ..sdes.base import SDE
 from ..types import ScoreFn
 from .base import SamplerOutput
@@ -52,8 +53,7 @@ class IPNDMStep(Step):
     """iPNDM of order up to ``order`` (1 to 4); see the module docstring. NFE 1 a step."""
 
     def __init__(self, order: int = 4, coefficients: str = "variable"):
-        if order not in (1, 2, 3, 4):
-            raise ValueError(f"order must be 1, 2, 3 or 4 (iPNDM uses 4), got {order}")
+        order = check_range("order", order, low=1, high=4, integer=True, hint="iPNDM uses 4")
         if coefficients not in COEFFICIENTS:
             raise ValueError(f"coefficients must be one of {', '.join(COEFFICIENTS)}, got {coefficients!r}")
         self.order = self.max_order = order

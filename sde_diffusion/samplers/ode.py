@@ -13,6 +13,7 @@ from torch import Tensor
 from torchdiffeq import odeint
 from tqdm.auto import tqdm
 
+from .._checks import check_range
 from .._solvers import ODE_ADAPTIVE_ORDERS as ADAPTIVE_ORDERS
 from .._solvers import ODE_FIXED_GRID_ORDERS as FIXED_GRID_ORDERS
 from ..scores import CountingScore
@@ -33,8 +34,8 @@ def _check_method(method: str, step_size: float | None) -> None:
             f"step_size applies to fixed-grid methods only, not to the adaptive {method!r}; "
             f"set rtol/atol instead or pick one of {sorted(FIXED_GRID_ORDERS)}"
         )
-    if step_size is not None and not step_size > 0:
-        raise ValueError(f"step_size must be > 0 (its sign follows the direction of ts), got {step_size}")
+    if step_size is not None:
+        check_range("step_size", step_size, low=0, low_open=True, hint="its sign follows the direction of ts")
 
 
 @torch.no_grad()

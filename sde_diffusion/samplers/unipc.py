@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._checks import check_range
 from ..sdes.base import SDE
 from ..types import ScoreFn
 from .base import SamplerOutput
@@ -63,8 +64,7 @@ class UniPCStep(Step):
     """
 
     def __init__(self, order: int = 2, variant: str = "bh2", corrector: bool = True, prediction: str = "data"):
-        if order not in (1, 2, 3):
-            raise ValueError(f"order must be 1, 2 or 3 (UniPC-p; 2 for guided sampling, 3 unconditional), got {order}")
+        order = check_range("order", order, low=1, high=3, integer=True, hint="UniPC-p; 2 for guided sampling, 3 unconditional")
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {', '.join(VARIANTS)} (B(h) = h or e^h - 1), got {variant!r}")
         if prediction not in PREDICTIONS:
