@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 
 import numpy as np
@@ -186,6 +187,25 @@ def test_sde_sample_uses_the_runs_own_sampler_by_default(dpm_run, tmp_path):
     assert (summary["sampler"], summary["sampler_of_run"], summary["nfe_total"]) == ("dpm_solver", True, 6)
     # the end-of-run samples of sde-train, drawn again: the same sampler, grid, seed and n
     assert np.array_equal(np.load(out / "samples.npz")["samples"], np.load(dpm_run / "samples.npz")["samples"])
+
+
+@pytest.mark.slow  # two app runs; tests/test_sampler_steps.py builds such configs in-process
+def test_a_run_saved_before_the_configs_named_steps_samples_as_it_did(dpm_run, tmp_path):
+    """A run's .hydra/config.yaml from before the sampler configs named step objects names the
+    sampler function (sampler.fn: dpm_solver_pp, _partial_: true): sde-sample's sampler=run builds
+    it and draws the run's end-of-run samples again, bit for bit, with thresholding taken too."""
+    old = tmp_path / "old_run"
+    shutil.copytree(dpm_run, old)
+    cfg = OmegaConf.load(old / ".hydra" / "config.yaml")
+    assert cfg.sampler.fn == {"_target_": "sde_diffusion.samplers.DPMSolverMultistep", "order": 2}
+    cfg.sampler.fn = {"_target_": "sde_diffusion.samplers.dpm_solver_pp", "_partial_": True, "order": 2}
+    OmegaConf.save(cfg, old / ".hydra" / "config.yaml")
+    out = tmp_path / "out"
+    code, _, err = run_app("sample", f"run_dir={old}", "n_samples=10", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert code == 0, err
+    assert np.array_equal(np.load(out / "samples.npz")["samples"], np.load(dpm_run / "samples.npz")["samples"])
+    code, _, err = run_app("sample", f"run_dir={old}", "n_samples=10", "sampler.thresholding=static", f"hydra.run.dir={tmp_path / 'clip'}", cwd=tmp_path)
+    assert code == 0, err
 
 
 def test_sampler_overrides_apply_on_top_of_the_runs_own_sampler(dpm_run, tmp_path):
