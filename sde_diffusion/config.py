@@ -21,6 +21,7 @@ from torch import nn
 
 from . import schemas  # noqa: F401  (registers the typed config schemas with Hydra's ConfigStore)
 from .data.dataset import Dataset
+from .likelihood.estimators import NLLBound
 from .samplers.driver import on_driver
 from .samplers.thresholding import thresholding
 from .sdes.base import SDE
@@ -291,3 +292,11 @@ def build_conditioner(cfg: DictConfig):
         )
     return conditioner
 
+
+def build_bound(cfg: DictConfig) -> NLLBound:
+    """``bound``, what ``sde-eval`` computes (``conf/bound/``: an
+    :class:`~sde_diffusion.likelihood.estimators.NLLBound` by ``_target_``), its options checked."""
+    bound = _build(cfg, "bound")
+    if not isinstance(bound, NLLBound):
+        raise ConfigError(f"bound: {type(bound).__name__} is not an NLLBound (e.g. sde_diffusion.likelihood.ODELikelihood)")
+    return bound

@@ -115,7 +115,7 @@ class EvalAppConfig(AppConfig):
     method: str = MISSING
     eps: float = MISSING
     backend: str = MISSING
-    bound: str = MISSING
+    bound: Any = MISSING  # the bound to compute (conf/bound/), free-form by _target_
     variance: str = MISSING
     n_terms: int | None = MISSING
     n_time_samples: int = MISSING

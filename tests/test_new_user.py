@@ -310,7 +310,9 @@ def test_sde_eval_help_says_what_its_bounds_are_of(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("sde-eval: negative log-likelihood") and "is powered by Hydra" not in proc.stdout
     assert "neither number bounds the other" in proc.stdout and "\n  sde-eval run_dir=" in proc.stdout
-    assert "bound: ode" in proc.stdout and list(tmp_path.iterdir()) == []  # the config's keys follow
+    # the bound group's options (conf/bound/), then the config's keys with the chosen bound's
+    assert "== Bound (bound=<name>; default ode) ==\nelbo, elbo_dequantized, latent, ode, vlb\n" in proc.stdout
+    assert "_target_: sde_diffusion.likelihood.ODELikelihood" in proc.stdout and list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow

@@ -1,7 +1,9 @@
 """``sde-eval``: negative log-likelihood of a finished training run through the probability-flow ODE,
 or an upper bound on the NLL of the reverse-SDE (diffusion) model by its ELBO or VLB (``bound``);
 the printed line and the record (``measures``) say which model the number is of, since neither
-bounds the other (:data:`~sde_diffusion.likelihood.evaluate.BOUND_MEANINGS`).
+bounds the other (:data:`~sde_diffusion.likelihood.estimators.BOUND_MEANINGS`). What it computes is
+the config group ``bound`` (``conf/bound/``), one :class:`~sde_diffusion.likelihood.estimators.NLLBound`
+per option, which states what it needs of the network (fp32, no compiling) and of the run.
 
 ``sde-eval run_dir=<sde-train run dir>`` rebuilds the run's SDE, network (EMA weights) and data from
 the run directory alone, evaluates the mean NLL of a split with
@@ -35,7 +37,8 @@ from omegaconf import DictConfig, OmegaConf
 from .. import distributed
 from .._atomic import write_atomically
 from .._log import say
-from ..config import ConfigError
+from ..config import ConfigError, build_bound
+from ..likelihood.estimators import NLLBound
 from ..likelihood.evaluate import evaluate_nll
 from ..precision import accelerate
 from ..runs import load_run
@@ -57,16 +60,9 @@ from ._common import (
 PROG = "sde-eval"
 RESULTS = "eval.json"
 SPLITS = ("test", "train")
-SETTINGS = ("bound", "batch_size", "divergence", "n_probes", "n_dequant", "rtol", "atol", "method", "eps", "seed", "backend")
-"""Config keys passed to :func:`evaluate_nll` as they are, and recorded with each result."""
-BOUND_SETTINGS = {
-    "vlb": ("variance", "n_terms"),
-    "elbo": ("n_time_samples", "elbo_eps"),
-    "elbo_dequantized": ("n_time_samples", "elbo_eps"),
-    "ode": ("time_variable",),
-    "latent": ("time_variable",),
-}
-"""The settings of each bound beyond SETTINGS, passed and recorded only with it."""
+SETTINGS = ("batch_size", "divergence", "n_probes", "n_dequant", "rtol", "atol", "method", "eps", "seed", "backend")
+"""Top-level config keys recorded with each result; the bound's own settings (resolved) and its name
+follow from :func:`evaluate_nll`'s result."""
 
 
 def _check_options(cfg: DictConfig) -> None:
@@ -125,50 +121,53 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     device = f"cuda:{ctx.local_rank}" if ctx.active and str(cfg.device) in ("auto", "cuda") and torch.cuda.is_available() else cfg.device
     trained = load_run(run_dir, device, weights=str(cfg.get("weights", "ema")))
     require_score_run(trained, PROG)
-    precision, compiled = speed_settings(cfg, trained.device)
-    if precision != "fp32" and cfg.bound in ("ode", "latent"):
+    bound = build_bound(cfg)
+    data = trained.data
+    latent = latent_codec(trained.config, trained.device)
+    if latent is not None:  # a latent diffusion run: LSGM's bound on the images' NLL
+        codec, data = latent
+        try:
+            bound = bound.with_codec(codec)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    elif bound.needs_codec:
         raise ConfigError(
-            f"precision={precision}: the ODE likelihood (bound={cfg.bound}) runs the network in fp32, its adaptive solver "
+            f"bound={bound.name} is LSGM's bound of a latent diffusion run (experiment=latent_digits); this run works on pixels"
+        )
+    precision, compiled = speed_settings(cfg, trained.device)
+    if precision != "fp32" and bound.needs_fp32:
+        raise ConfigError(
+            f"precision={precision}: the ODE likelihood (bound={bound.name}) runs the network in fp32, its adaptive solver "
             f"controls errors far below {precision}'s rounding; use precision=fp32, or bound=elbo/vlb"
         )
-    if compiled and cfg.bound in ("ode", "latent"):
+    if compiled and bound.needs_eager:
         raise ConfigError(
-            f"compile=true: the ODE likelihood (bound={cfg.bound}) differentiates the network per probe through torch.vmap, "
+            f"compile=true: the ODE likelihood (bound={bound.name}) differentiates the network per probe through torch.vmap, "
             f"which compiled graphs do not support; use compile=false, or bound=elbo/vlb"
         )
     trained.score_model = accelerate(trained.score_model, precision=precision, compile=compiled, device=trained.device)
-    data = trained.data
     if ctx.is_main:
         procs = f" x {ctx.world_size} processes" if ctx.active else ""
         say(
             f"{PROG}: {cfg.split} split of step {trained.step} of {trained.run_dir} on {trained.device}, "
             f"{thread_text(threads)}{procs}{speed_text(precision, compiled)}"
         )
-    settings = {key: cfg[key] for key in SETTINGS + BOUND_SETTINGS.get(cfg.bound, ())}
-    latent = latent_codec(trained.config, trained.device)
-    codec = None
-    if latent is not None:  # a latent diffusion run: LSGM's bound on the images' NLL
-        if cfg.bound not in ("ode", "latent"):
-            raise ConfigError(
-                f"bound={cfg.bound} is for models on pixels; a latent diffusion run is evaluated by bound=latent (LSGM's bound)"
-            )
-        codec, data = latent
-        settings["bound"] = "latent"
-    elif cfg.bound == "latent":
-        raise ConfigError("bound=latent is LSGM's bound of a latent diffusion run (experiment=latent_digits); this run works on pixels")
+    settings = {key: cfg[key] for key in SETTINGS}
     try:
         result = evaluate_nll(
             trained.sde,
             trained.score_model,
             getattr(data, cfg.split).to(trained.device),
-            codec=codec,
+            bound=bound,
             levels=data.levels,
             interval_width=data.interval_width,
             n_points=cfg.n_points,
+            batch_size=cfg.batch_size,
+            n_dequant=cfg.n_dequant,
+            seed=cfg.seed,
             density=data.distribution,
             progress=show_progress(cfg.progress),
             shard=ctx,
-            **settings,
         )
     except ValueError as err:
         raise ConfigError(str(err)) from None
@@ -180,7 +179,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         "split": cfg.split,
         "weights": str(cfg.get("weights", "ema")),
         **settings,
-        **result,  # the resolved divergence replaces "auto"
+        **result,  # the bound's name and settings, resolved: the divergence replaces "auto"
         "device": str(trained.device),
         "out_dir": str(out_dir),
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -191,7 +190,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     n_records = append_record(trained.run_dir / RESULTS, record)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_records(out_dir / RESULTS, [record])
-    say(f"{PROG}: {_summary_line(record)}; appended record {n_records} to {trained.run_dir / RESULTS}, wrote {out_dir}")
+    say(f"{PROG}: {_summary_line(record, bound)}; appended record {n_records} to {trained.run_dir / RESULTS}, wrote {out_dir}")
     return record
 
 
@@ -199,20 +198,18 @@ def _pm(value: float, stderr: float | None, unit: str) -> str:
     return f"{value:.4f} {unit}" if stderr is None else f"{value:.4f} +- {stderr:.4f} {unit}"
 
 
-def _summary_line(r: dict) -> str:
-    name = {"ode": "NLL", "vlb": "VLB", "elbo": "ELBO", "elbo_dequantized": "ELBO (dequantized)", "latent": "LSGM bound"}[r["bound"]]
-    parts = [f"{name} {_pm(r['nll_nats_per_dim'], r['nll_stderr'], 'nats/dim')}"]
+def _summary_line(r: dict, bound: NLLBound) -> str:
+    parts = [f"{bound.title} {_pm(r['nll_nats_per_dim'], r['nll_stderr'], 'nats/dim')}"]
     if r["bpd"] is not None:
         parts.append(_pm(r["bpd"], r["bpd_stderr"], "bits/dim"))
     text = (
         f"{', '.join(parts)} on {r['n_points']} {r['split']} points of {r['data']} (D={r['dim']}"
-        f"{', ' + r['divergence'] + ' divergence' if r['bound'] in ('ode', 'latent') else ''}) at step {r['checkpoint_step']}"
+        f"{', ' + r['divergence'] + ' divergence' if r['divergence'] is not None else ''}) at step {r['checkpoint_step']}"
     )
     if r["data_nll_nats_per_dim"] is not None:
         text += f" (exact data NLL {r['data_nll_nats_per_dim']:.4f})"
-    per = "solve" if r["bound"] in ("ode", "latent") else "point"
     # what the number is of: the ODE's and the ELBO/VLB's are different models, neither bounds the other
-    return text + f"; {r['nfe']:.0f} NFE per {per}, {r['seconds']:.1f} s; bound={r['bound']}: {r['measures']}"
+    return text + f"; {r['nfe']:.0f} NFE per {bound.nfe_per}, {r['seconds']:.1f} s; bound={r['bound']}: {r['measures']}"
 
 
 @hydra.main(version_base=None, config_path="pkg://sde_diffusion.conf", config_name="eval")
@@ -224,10 +221,10 @@ def _main(cfg: DictConfig) -> None:
 
 def _check_keys(argv: list[str]) -> None:
     """Refuse overrides of keys ``eval.yaml`` does not have (``sde=ve``, ``model.net.hidden_dim=64``)
-    in one line: the run's saved config fixes everything but the evaluation settings."""
-    known = [
-        str(k) for k in OmegaConf.create((importlib.resources.files("sde_diffusion.conf") / "eval.yaml").read_text()) if k != "defaults"
-    ]
+    in one line: the run's saved config fixes everything but the evaluation settings and the bound."""
+    config = OmegaConf.create((importlib.resources.files("sde_diffusion.conf") / "eval.yaml").read_text())
+    groups = [str(k) for entry in config.defaults if isinstance(entry, DictConfig) for k in entry if " " not in str(k)]
+    known = [str(k) for k in config if k != "defaults"] + groups
     for arg in argv:
         key = override_key(arg)
         if "=" in arg and not arg.startswith(("-", "hydra")) and key.split(".", 1)[0] not in known:
