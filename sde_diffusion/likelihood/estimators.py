@@ -116,10 +116,9 @@ def _from_draws(logp: Tensor, dim: int, data: DiscreteData | None) -> tuple[Tens
 class NLLBound(ABC):
     """One kind of per-point NLL, or upper bound on it (module docstring): its options, what it needs
     and one batch's numbers. :func:`~sde_diffusion.likelihood.evaluate_nll` runs any of them over a
-    data set; a new kind subclasses this and fills in the class attributes and the two methods."""
+    data set; a new kind subclasses this, sets the needs it has and defines ``name``, ``batch_nll`` and
+    ``settings`` (and ``resolve`` where it has "auto" options)."""
 
-    title: ClassVar[str]
-    """The number's name in ``sde-eval``'s line (``NLL``, ``VLB``, ...)."""
     needs_fp32: ClassVar[bool] = False
     """Runs an adaptive ODE solve, whose error control lies far below bf16's rounding: the network must run in fp32."""
     needs_eager: ClassVar[bool] = False
@@ -140,6 +139,11 @@ class NLLBound(ABC):
     def measures(self) -> str:
         """What the number is an NLL or a bound of (:data:`BOUND_MEANINGS`)."""
         return BOUND_MEANINGS[self.name]
+
+    @property
+    def title(self) -> str:
+        """The number's name in ``sde-eval``'s line (:data:`TITLES`)."""
+        return TITLES[self.name]
 
     @property
     def dequantizes(self) -> bool:
@@ -187,7 +191,6 @@ class ODELikelihood(NLLBound):
     backend: str = "torchdiffeq"
     time_variable: str = "t"
 
-    title: ClassVar[str] = "NLL"
     needs_fp32: ClassVar[bool] = True
     needs_eager: ClassVar[bool] = True
     nfe_per: ClassVar[str] = "solve"
@@ -241,7 +244,6 @@ class DiscreteVLB(NLLBound):
     variance: str = "auto"
     n_terms: int | None = None
 
-    title: ClassVar[str] = "VLB"
     needs_discrete_chain: ClassVar[bool] = True
 
     def __post_init__(self):
@@ -296,8 +298,6 @@ class ContinuousELBO(NLLBound):
     eps: float = 1e-5
     decoder: str = "discretized"
 
-    title: ClassVar[str] = "ELBO"
-
     def __post_init__(self):
         check_range("n_time_samples", self.n_time_samples, low=0, low_open=True, integer=True)
         if self.elbo_eps != "auto":
@@ -351,7 +351,6 @@ class LatentBound(NLLBound):
     ode: ODELikelihood = ODELikelihood()
     codec: Any = None
 
-    title: ClassVar[str] = "LSGM bound"
     needs_fp32: ClassVar[bool] = True
     needs_eager: ClassVar[bool] = True
     needs_codec: ClassVar[bool] = True
@@ -390,3 +389,6 @@ BOUND_MEANINGS = {
 result, printed by ``sde-eval``): ``-log p^ODE`` exactly (Song et al. 2021, App. D) or a bound on
 ``-log p^SDE`` (Song, Durkan, Murray & Ermon 2021, Thm. 1; Ho et al. 2020, Eq. 5), two models
 from one network (module docstring)."""
+
+TITLES = {"ode": "NLL", "vlb": "VLB", "elbo": "ELBO", "elbo_dequantized": "ELBO (dequantized)", "latent": "LSGM bound"}
+"""Each bound's number as ``sde-eval``'s line names it."""

@@ -20,6 +20,8 @@ dequantization draws together.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
 import time
 from collections.abc import Callable
@@ -251,10 +253,12 @@ def evaluate_nll(
     }
 
 
-_BOUND_DEFAULTS = dict(variance="auto", n_terms=None, n_time_samples=32, elbo_eps="auto", codec=None, eps=1e-5, method="dopri5",
-                       rtol=1e-5, atol=1e-5, divergence="auto", n_probes=1, probe="rademacher", backend="torchdiffeq",
-                       time_variable="t")  # fmt: skip
-""":func:`make_bound`'s (and :func:`evaluate_nll`'s) keyword options and their defaults."""
+_BOUND_DEFAULTS = {
+    name: inspect.signature(evaluate_nll).parameters[name].default
+    for name in ("variance", "n_terms", "n_time_samples", "elbo_eps", "codec", "eps", "method", "rtol", "atol", "divergence",
+                 "n_probes", "probe", "backend", "time_variable")
+}  # fmt: skip
+""":func:`make_bound`'s keyword options, :func:`evaluate_nll`'s for a bound by name, and their defaults."""
 
 
 def make_bound(bound: str, **options) -> NLLBound:
@@ -266,13 +270,13 @@ def make_bound(bound: str, **options) -> NLLBound:
         raise ValueError(
             f"bound must be one of {BOUNDS} (ode: exact NLL; vlb: DDPM's bound; elbo: the continuous-time bound), got {bound!r}"
         )
+    if unknown := sorted(set(options) - set(_BOUND_DEFAULTS)):
+        raise TypeError(f"make_bound() got unknown options {unknown}; it takes {sorted(_BOUND_DEFAULTS)}")
     o = {**_BOUND_DEFAULTS, **options}
     if (bound == "latent") != (o["codec"] is not None):
         raise ValueError("bound='latent' (LSGM's bound of a latent diffusion model) and codec go together: give both or neither")
     if bound in ("ode", "latent"):
-        ode = ODELikelihood(
-            **{k: o[k] for k in ("eps", "method", "rtol", "atol", "divergence", "n_probes", "probe", "backend", "time_variable")}
-        )
+        ode = ODELikelihood(**{f.name: o[f.name] for f in dataclasses.fields(ODELikelihood)})
         return ode if bound == "ode" else LatentBound(ode, o["codec"])
     if o["time_variable"] != "t":
         raise ValueError(
