@@ -64,6 +64,7 @@ from .models import (
     UNetClassifier,
     VelocityParameterization,
     VPredictionParameterization,
+    estimate_sigma_data,
 )
 from .precision import MixedPrecision, accelerate
 from .sample_range import SampleRange, sample_range
@@ -147,6 +148,7 @@ __all__ = [
     "SinusoidalEmbedding",
     "ScoreParameterization",
     "EDMPreconditioning",
+    "estimate_sigma_data",
     "EpsilonParameterization",
     "DataParameterization",
     "VPredictionParameterization",

@@ -22,6 +22,13 @@ from torch import nn
 from . import schemas  # noqa: F401  (registers the typed config schemas with Hydra's ConfigStore)
 from .data.dataset import Dataset
 from .likelihood.estimators import NLLBound
+from .models import (
+    DataParameterization,
+    EDMPreconditioning,
+    EpsilonParameterization,
+    LearnedVarianceParameterization,
+    estimate_sigma_data,
+)
 from .samplers.driver import on_driver
 from .samplers.thresholding import thresholding
 from .sdes.base import SDE
@@ -113,8 +120,17 @@ def build_dataset(cfg: DictConfig) -> Dataset:
     return data
 
 
-def build_score_model(cfg: DictConfig, sde: SDE, data_shape: tuple[int, ...], n_classes: int | None = None) -> nn.Module:
-    """The raw network from ``model.net`` wrapped by ``model.parameterization`` into ``score(x, t)``.
+PRECONDITIONINGS = ("none", "edm")
+"""``model.preconditioning``: ``none`` (the network as ``model.parameterization`` says) or ``edm``."""
+
+
+def build_score_model(
+    cfg: DictConfig, sde: SDE, data_shape: tuple[int, ...], n_classes: int | None = None, train_data: torch.Tensor | None = None
+) -> nn.Module:
+    """The raw network from ``model.net`` wrapped by ``model.parameterization`` into ``score(x, t)``,
+    or with ``model.preconditioning=edm`` by :class:`~sde_diffusion.models.EDMPreconditioning` at
+    ``model.sigma_data`` (``auto``: :func:`~sde_diffusion.models.estimate_sigma_data` of
+    ``train_data``; a loaded checkpoint then restores the value it was trained with).
     ``model.net.n_classes=auto`` takes the data's number of classes ``n_classes``."""
     extra = {}
     if OmegaConf.select(cfg, "model.net.n_classes", default=None) == "auto":
@@ -125,10 +141,56 @@ def build_score_model(cfg: DictConfig, sde: SDE, data_shape: tuple[int, ...], n_
         extra["n_classes"] = int(n_classes)
     net = _build(cfg, "model.net", data_shape=list(data_shape), **extra)
     wrap = _build(cfg, "model.parameterization")
+    if _preconditioning(cfg) == "edm":
+        wrap = _edm_preconditioning(cfg, wrap, train_data)
     try:
         return wrap(net=net, sde=sde)
     except (ValueError, TypeError) as err:
         raise ConfigError(f"model.parameterization: {one_line(err)}") from None
+
+
+def _preconditioning(cfg: DictConfig) -> str:
+    """``model.preconditioning`` (``none`` for configs saved before it existed); ``model.sigma_data``
+    given as a number without ``edm`` is refused, since nothing would use it."""
+    kind = str(OmegaConf.select(cfg, "model.preconditioning", default="none"))
+    if kind not in PRECONDITIONINGS:
+        raise ConfigError(f"model.preconditioning must be one of {', '.join(PRECONDITIONINGS)}, got {kind!r}")
+    sigma_data = OmegaConf.select(cfg, "model.sigma_data", default="auto")
+    if kind == "none" and sigma_data != "auto":
+        raise ConfigError(
+            f"model.sigma_data={sigma_data} scales EDM's preconditioning, which model.preconditioning=none does not use: "
+            "add model.preconditioning=edm, or leave model.sigma_data=auto"
+        )
+    return kind
+
+
+_REPLACED_BY_PRECONDITIONING = (EpsilonParameterization, DataParameterization, LearnedVarianceParameterization, EDMPreconditioning)
+"""The parameterizations ``model.preconditioning=edm`` replaces: those predicting the noise or the data."""
+
+
+def _edm_preconditioning(cfg: DictConfig, wrap: Callable, train_data: torch.Tensor | None) -> Callable:
+    """``EDMPreconditioning`` in place of ``model.parameterization``, which must predict the noise
+    or the data (the denoiser replaces either; a learned variance stays) or be EDM's own."""
+    replaced = getattr(wrap, "func", wrap)
+    if not (isinstance(replaced, type) and issubclass(replaced, _REPLACED_BY_PRECONDITIONING)):
+        name = getattr(replaced, "__name__", type(replaced).__name__)
+        raise ConfigError(
+            f"model.preconditioning=edm makes the network a denoiser, in place of model.parameterization's {name}, which predicts something "
+            "else: use a noise-predicting model (model=mlp, unet, mlp_learned_variance) or model.preconditioning=none"
+        )
+    if OmegaConf.select(cfg, "model.parameterization.sigma_data", default=None) is not None:
+        raise ConfigError("model.parameterization.sigma_data and model.sigma_data: give it once, as model.sigma_data")
+    sigma_data = OmegaConf.select(cfg, "model.sigma_data", default="auto")
+    if sigma_data == "auto":
+        if train_data is None:
+            raise ConfigError(
+                "model.sigma_data=auto is estimated from the training data, which were not given; set model.sigma_data=<number>"
+            )
+        sigma_data = estimate_sigma_data(train_data)
+    elif isinstance(sigma_data, bool) or not isinstance(sigma_data, (int, float)) or not sigma_data > 0:
+        raise ConfigError(f"model.sigma_data must be auto or a positive number (the data's standard deviation), got {sigma_data!r}")
+    learn_variance = bool(getattr(replaced, "learns_variance", False))
+    return functools.partial(EDMPreconditioning, sigma_data=float(sigma_data), learn_variance=learn_variance)
 
 
 def build_loss(cfg: DictConfig, data: Dataset | None = None) -> Callable:

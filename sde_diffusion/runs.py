@@ -177,7 +177,7 @@ def build_model_and_finetune(cfg: DictConfig, sde: SDE, data: Dataset) -> tuple[
     if init_from is None:
         if OmegaConf.select(cfg, "finetune", default=None) is not None:
             raise ConfigError("finetune=... adapts a finished run: give init_from=<its run directory> too")
-        return build_score_model(cfg, sde, data.data_shape, data.n_classes), None
+        return build_score_model(cfg, sde, data.data_shape, data.n_classes, data.train), None
     from .finetune import FullFinetune
 
     init = load_run(init_from, "cpu")

@@ -4,7 +4,8 @@ or a key that does not exist fails when the config is composed, before anything 
 Each primary config (``conf/config.yaml``, ``sample.yaml``, ``eval.yaml``) names its schema first in
 its defaults list; the YAML files give the values and their comments. The SDE, model, data, loss,
 sampler, optimizer and schedule groups stay free-form: they name any class by ``_target_``, whose
-own constructor checks its arguments (``sde._target_=my_module.MySDE`` with options of its own).
+own constructor checks its arguments (``sde._target_=my_module.MySDE`` with options of its own);
+``model`` has two keys of its own besides its network and wrapper, ``preconditioning`` and ``sigma_data``.
 Registered with Hydra's ``ConfigStore`` when this module is imported, which both
 ``sde_diffusion.conf`` (Hydra loading the packaged configs) and :mod:`sde_diffusion.config` (anyone
 building objects from a config, also from a copy of ``conf/`` on disk) do.
@@ -26,6 +27,18 @@ class TrainConfig(TrainOptions):
     """``train``: the fields, types and defaults of :class:`~sde_diffusion.training.TrainOptions`."""
 
     _target_: str = "sde_diffusion.training.TrainOptions"
+
+
+@dataclass
+class ModelConfig:
+    """``model``: the raw network and the wrapper that makes it a score (``_target_``, free-form), and
+    EDM's preconditioning, which any model of noise or data prediction can take
+    (:func:`~sde_diffusion.config.build_score_model`)."""
+
+    net: Any = MISSING
+    parameterization: Any = MISSING
+    preconditioning: str = "none"  # none (model.parameterization as given) or edm (EDMPreconditioning in its place)
+    sigma_data: Any = "auto"  # with edm: the data's standard deviation, a number or auto (estimated from the training data)
 
 
 @dataclass
@@ -61,7 +74,7 @@ class TrainAppConfig(AppConfig):
     """``sde-train``'s top level (``conf/config.yaml``)."""
 
     sde: Any = MISSING
-    model: Any = MISSING
+    model: ModelConfig = field(default_factory=ModelConfig)
     data: Any = MISSING
     loss: Any = MISSING
     train: TrainConfig = field(default_factory=TrainConfig)

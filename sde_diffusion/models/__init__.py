@@ -4,13 +4,13 @@ from .embeddings import GaussianFourierEmbedding, SinusoidalEmbedding
 from .mlp import TimeMLP
 from .parameterizations import (
     DataParameterization,
-    EDMPreconditioning,
     EpsilonParameterization,
     LearnedVarianceParameterization,
     ScoreParameterization,
     VelocityParameterization,
     VPredictionParameterization,
 )
+from .preconditioning import EDMPreconditioning, estimate_sigma_data
 
 __all__ = [
     "TimeMLP",
@@ -18,6 +18,7 @@ __all__ = [
     "SinusoidalEmbedding",
     "ScoreParameterization",
     "EDMPreconditioning",
+    "estimate_sigma_data",
     "EpsilonParameterization",
     "LearnedVarianceParameterization",
     "DataParameterization",

@@ -1,9 +1,10 @@
 """Parameterization wrappers: what a raw network ``net(x, t)`` predicts, turned into the one
 contract of every sampler, loss and likelihood, ``score(x, t)``.
 
-The network predicts the score, the noise eps, the clean data x0, Salimans & Ho's ``v``, EDM's
-preconditioned denoiser, or the probability-flow velocity of flow matching; each wrapper turns its
-output into a score with the SDE's own conversion (:meth:`~sde_diffusion.sdes.SDE.score_from_eps`,
+The network predicts the score, the noise eps, the clean data x0, Salimans & Ho's ``v``, or the
+probability-flow velocity of flow matching (EDM's preconditioned denoiser, for any path, is
+:class:`~sde_diffusion.models.preconditioning.EDMPreconditioning`); each wrapper turns its output
+into a score with the SDE's own conversion (:meth:`~sde_diffusion.sdes.SDE.score_from_eps`,
 :meth:`~sde_diffusion.sdes.SDE.score_from_x0`, :meth:`~sde_diffusion.sdes.SDE.score_from_v`,
 :meth:`~sde_diffusion.sdes.SDE.score_from_velocity`), derived from the perturbation kernel
 ``x_t = m(t) x_0 + s(t) eps`` or from the drift and diffusion. Class-conditional networks
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import torch
 from torch import Tensor, nn
 
 from .._shapes import batch_time, expand_like
@@ -98,15 +98,22 @@ class LearnedVarianceParameterization(_Parameterization):
         self, x: Tensor, t: Tensor, y: Tensor | None = None, variance: bool = False, cond: Conditioning | None = None
     ) -> Tensor | tuple[Tensor, Tensor]:
         t = batch_time(t, x)
-        out = self._net(x, t, y, cond)
-        if out.shape[0] != x.shape[0] or out.shape[1] != 2 * x.shape[1] or out.shape[2:] != x.shape[2:]:
-            raise ValueError(
-                f"LearnedVarianceParameterization needs a network with twice the channels of x (learn_variance=true, "
-                f"e.g. model=unet_learned_variance); got output {tuple(out.shape)} for input {tuple(x.shape)}"
-            )
-        eps, r = out.chunk(2, dim=1)
+        eps, v = split_variance(self._net(x, t, y, cond), x, type(self).__name__)
         score = self.sde.score_from_eps(eps, t)
-        return (score, (r + 1) / 2) if variance else score
+        return (score, v) if variance else score
+
+
+def split_variance(out: Tensor, x: Tensor, who: str) -> tuple[Tensor, Tensor]:
+    """A learned-variance network's output ``out`` ``(B, 2 C, *rest)`` for ``x`` ``(B, C, *rest)``
+    split into its prediction and the variance interpolation ``v = (r + 1) / 2`` of its second half
+    (iDDPM's convention, Nichol & Dhariwal 2021, Eq. 15); ``who`` names the wrapper in the error."""
+    if out.shape[0] != x.shape[0] or out.shape[1] != 2 * x.shape[1] or out.shape[2:] != x.shape[2:]:
+        raise ValueError(
+            f"{who} needs a network with twice the channels of x (learn_variance=true, "
+            f"e.g. model=unet_learned_variance); got output {tuple(out.shape)} for input {tuple(x.shape)}"
+        )
+    prediction, r = out.chunk(2, dim=1)
+    return prediction, (r + 1) / 2
 
 
 class DataParameterization(_Parameterization):
@@ -126,46 +133,6 @@ class VPredictionParameterization(_Parameterization):
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, cond: Conditioning | None = None) -> Tensor:
         t = batch_time(t, x)
         return self.sde.score_from_v(x, self._net(x, t, y, cond), t)
-
-
-class EDMPreconditioning(_Parameterization):
-    """EDM's preconditioned denoiser for any Gaussian path (Karras et al. 2022, Sec. 5 and Table 1).
-
-    In the path's scaled variables, noise level ``sigma = s/m`` and ``y = x/m`` (so ``y = x0 + sigma z``),
-    the network ``F`` gives the denoiser
-
-        D(y, sigma) = c_skip y + c_out F(c_in y, c_noise),
-        c_skip = sd^2 / (sigma^2 + sd^2),   c_out = sigma sd / sqrt(sigma^2 + sd^2),
-        c_in = 1 / sqrt(sigma^2 + sd^2),   c_noise = log(sigma) / 4,
-
-    with ``sd = sigma_data``, the data's standard deviation: the network's input and its training
-    target have unit variance at every noise level, and ``D -> y`` as ``sigma -> 0`` without the
-    network having to learn the identity. ``D`` estimates ``E[x0 | x_t]``, so
-    ``score = (m D - x) / s^2``. The network's time input is ``c_noise``, not ``t``.
-    """
-
-    def __init__(self, net: nn.Module, sde: SDE, sigma_data: float = 1.0):
-        super().__init__(net, sde)
-        if not float(sigma_data) > 0:
-            raise ValueError(
-                f"sigma_data must be > 0 (the data's standard deviation; EDM uses 0.5 for images in [-1, 1]), got {sigma_data}"
-            )
-        self.sigma_data = float(sigma_data)
-
-    def denoise(self, x: Tensor, t: Tensor, y: Tensor | None = None, cond: Conditioning | None = None) -> Tensor:
-        """``D``, the estimate of ``x0`` given ``x_t = x`` at time ``t``, shape ``(B, *dims)``."""
-        t = batch_time(t, x)
-        m, s = self._kernel(x, t)
-        sigma, sd2 = s / m, self.sigma_data**2
-        scaled = x / m
-        c_in, c_skip = (sigma**2 + sd2).rsqrt(), sd2 / (sigma**2 + sd2)
-        c_out = sigma * self.sigma_data * c_in
-        c_noise = (torch.log(s) - torch.log(m)).reshape(x.shape[0]) / 4
-        return c_skip * scaled + c_out * self._net(c_in * scaled, c_noise, y, cond)
-
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, cond: Conditioning | None = None) -> Tensor:
-        t = batch_time(t, x)
-        return self.sde.score_from_x0(x, self.denoise(x, t, y, cond), t)
 
 
 class VelocityParameterization(_Parameterization):
