@@ -258,8 +258,9 @@ def runs(step: Step) -> Callable[[Callable[P, SamplerOutput]], OrderedGridSample
 def runs(step: type[Step]) -> Callable[[Callable[P, SamplerOutput]], GridSampler[P]]: ...
 def runs(step: Step | type[Step]) -> Callable[[Callable[P, SamplerOutput]], GridSampler[P]]:
     """Decorator of a sampler function that runs a step on the driver: sets ``fn.step_type`` (what
-    :func:`on_driver` reads) and, given a step (the one the function runs by default), ``fn.order``
-    to its order, so the order is declared once, on the step (``heun.order == EDMStep().order``)."""
+    :func:`on_driver` reads) and, given a step (the one whose order the function states: its
+    default, or for ``edm_sde`` the step with churn), ``fn.order`` to its order, so the order is
+    declared once, on the step (``heun.order == EDMStep().order``)."""
 
     def attach(fn: Callable[P, SamplerOutput]) -> GridSampler[P]:
         sampler = cast("OrderedGridSampler[P]", fn)  # plain functions take attributes; set them below
