@@ -282,9 +282,10 @@ class ContinuousELBO(NLLBound):
     Args:
         n_time_samples: network calls per point, stratified in log-SNR.
         elbo_eps: the decoder's time, or ``"auto"``: with the discretized decoder on data on ``K``
-            levels of width ``w`` the time where ``s(t) / m(t) = w / (3 K)``, a third of a bin (on the
-            600-step digits VP model: 2.16 bits/dim there, against 6.61 at ``1e-5``, where the barely
-            trained small-noise scores dominate; 2.22 at ``w / 1.5 K``, 2.51 at ``w / 6 K``), else ``eps``.
+            levels of width ``w`` the time where ``s(t) / m(t) = w / (3 K)``, a third of a bin, where a
+            model trained on discrete data has learned to snap ``x_t`` to the levels and the barely
+            trained smaller-noise scores do not yet count (measured on the likelihood page of the
+            docs); else ``eps``.
         eps: the earliest time: the decoder's where ``"auto"`` has no bins to go by, and the lower
             end of the search for a third of a bin.
         decoder: ``"discretized"``: discrete data scored as they are, the decoder discretized to
