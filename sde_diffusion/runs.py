@@ -58,18 +58,21 @@ class TrainedRun:
     device: torch.device
     conditioner: SuperResolution | None = None  # a super-resolution run's image conditioning
 
-    def super_resolve(self, low: torch.Tensor, *, batch_size: int, seed: int, progress: bool = False):
-        """``low`` ``(N, C, h, w)`` super-resolved by this super-resolution run with the sampler of its
-        own config; returns the drawn samples (:class:`~sde_diffusion.samplers.DrawnSamples`)."""
+    def super_resolve(
+        self, low: torch.Tensor, *, batch_size: int, seed: int, progress: bool = False, score=None, sampler: tuple | None = None
+    ):
+        """``low`` ``(N, C, h, w)`` super-resolved by this super-resolution run: by ``score`` (default:
+        its model) with ``sampler``, a ``(sampler, grid)`` pair (default: its own config's); returns
+        the drawn samples (:class:`~sde_diffusion.samplers.DrawnSamples`)."""
         from .samplers.draw import super_resolve
 
         if self.conditioner is None:
             raise ConfigError(f"{self.run_dir} is not a super-resolution run (no conditioning); train one with experiment=digits_sr")
-        sampler, grid = build_sampler(self.config)
+        step, grid = sampler if sampler is not None else build_sampler(self.config)
         return super_resolve(
             self.sde,
-            self.score_model,
-            sampler,
+            self.score_model if score is None else score,
+            step,
             grid,
             self.conditioner,
             low,

@@ -81,3 +81,27 @@ def test_which_apps_a_super_resolution_run_serves():
     assert sr.refusal("sde-sample", Path("r")) is None and TASKS["score"].refusal("sde-eval", Path("r")) is None
     assert "conditional on a low-resolution image" in sr.refusal("sde-eval", Path("r"))
     assert "its summary.json holds its accuracy" in TASKS["classifier"].refusal("sde-eval", Path("r"))
+
+
+def test_a_super_resolution_draw_is_super_resolve_with_the_chosen_score_and_sampler():
+    from sde_diffusion.runs import TrainedRun
+    from sde_diffusion.samplers.draw import super_resolve
+
+    sde, conditioner = sd.VPSDE(), sd.SuperResolution(factor=2)
+
+    def model(x, t, labels=None, cond=None):  # an exact-looking score that reads its conditioning image
+        up = torch.nn.functional.interpolate(cond.image, scale_factor=2)
+        return -(x - 0.5 * up) / (1.0 + t.reshape(-1, 1, 1, 1))
+
+    def other(x, t, labels=None, cond=None):  # the score sde-sample chose: a guided one, say
+        return 0.9 * model(x, t, labels, cond)
+
+    test = torch.rand(6, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    data = SimpleNamespace(data_shape=(1, 4, 4), test=test)
+    trained = TrainedRun(Path("runs/sr"), None, sde, data, model, 10, torch.device("cpu"), conditioner)
+    low = test[:, :, ::2, ::2]
+    drawn = TASKS["super_resolution"].draw(trained, other, ddim, _grid(5), 6, batch_size=4, seed=2, progress=False, low=low)
+    direct = super_resolve(sde, other, ddim, _grid(5), conditioner, low, batch_size=4, seed=2)
+    assert torch.equal(drawn.samples.samples, direct.samples) and drawn.inputs is low and drawn.held_out is test
+    own = super_resolve(sde, model, ddim, _grid(5), conditioner, low, batch_size=4, seed=2)
+    assert not torch.equal(drawn.samples.samples, own.samples)  # the chosen score, not the run's model

@@ -30,18 +30,7 @@ class SuperResolutionTask(Task):
         """The ``low``-resolution images ``(n, C, h, w)`` super-resolved (they are the inputs)."""
         if low is None:
             raise ValueError("a super-resolution run draws from low-resolution images: pass low=(n, C, h, w)")
-        drawn = super_resolve(
-            trained.sde,
-            score,
-            sampler,
-            grid,
-            trained.conditioner,
-            low,
-            batch_size=batch_size,
-            seed=seed,
-            device=trained.device,
-            progress=progress,
-        )
+        drawn = trained.super_resolve(low, batch_size=batch_size, seed=seed, progress=progress, score=score, sampler=(sampler, grid))
         return Drawn(drawn, trained.data.test, inputs=low)
 
     def summarize(self, run: Finished) -> dict:
