@@ -17,6 +17,7 @@ import sde_diffusion as sd
 from sde_diffusion.config import ConfigError, build_score_model
 from sde_diffusion.examples.quadratic_vp import QuadraticVPSDE
 from sde_diffusion.models import preconditioning
+from sde_diffusion.runs import build_experiment
 from sde_diffusion.training import load_checkpoint, save_checkpoint
 
 F64 = torch.float64
@@ -159,7 +160,7 @@ def test_estimate_sigma_data_is_the_standard_deviation_over_all_values(monkeypat
 
 def _compose(*overrides):
     with initialize_config_module(config_module="sde_diffusion.conf", version_base=None):
-        small = [] if "model=unet" in overrides else ["model.net.hidden_dim=8", "model.net.n_layers=1"]
+        small = [] if {"model=unet", "experiment=digits"} & set(overrides) else ["model.net.hidden_dim=8", "model.net.n_layers=1"]
         return compose(config_name="config", overrides=[*small, *overrides])
 
 
@@ -237,3 +238,20 @@ def test_a_preconditioned_run_with_sigma_data_auto_reloads_and_resumes_with_its_
     assert code == 0, err
     resumed = load_checkpoint(path)
     assert int(resumed["step"]) == 350 and float(resumed["model"]["sigma_data"]) == 1.25
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["sde=ddpm", "loss=ddpm_hybrid", "model=mlp_learned_variance", "sampler=ddpm"],  # learned variances, iDDPM's hybrid loss
+        ["experiment=digits", "model.net.channels=8", "train.steps=1"],  # the class-conditional U-Net
+    ],
+    ids=["learned_variance", "digits"],
+)
+def test_preconditioned_runs_build_with_their_loss_sampler_and_labels(overrides):
+    """build_experiment evaluates the loss once on two training points (with their labels) and tries
+    the sampler's grid, so a model, loss and sampler that do not fit together would fail here."""
+    exp = build_experiment(_compose(*overrides, "model.preconditioning=edm"))
+    assert isinstance(exp.score_model, sd.EDMPreconditioning)
+    assert float(exp.score_model.sigma_data) == sd.estimate_sigma_data(exp.data.train)
+    assert exp.score_model.learns_variance == ("loss=ddpm_hybrid" in overrides)
