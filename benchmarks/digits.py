@@ -44,9 +44,9 @@ import torch  # noqa: E402
 from hydra import compose, initialize_config_module  # noqa: E402
 
 import sde_diffusion as sd  # noqa: E402
-from sde_diffusion.runs import build_experiment  # noqa: E402
+from sde_diffusion.app.runs import build_experiment  # noqa: E402
 from sde_diffusion.likelihood.evaluate import evaluate_nll  # noqa: E402
-from sde_diffusion.plotting import _tile_images  # noqa: E402
+from sde_diffusion.app.plotting import _tile_images  # noqa: E402
 from sde_diffusion.samplers import GuidedScore, draw_samples  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -113,10 +113,10 @@ from sklearn.linear_model import LogisticRegression  # noqa: E402
 import sde_diffusion as sd  # noqa: E402
 from sde_diffusion.tasks import AutoencoderTask, Finished  # noqa: E402
 from sde_diffusion.tasks.score import _finetune_summary, with_prior_samples  # noqa: E402
-from sde_diffusion.runs import build_experiment  # noqa: E402
+from sde_diffusion.app.runs import build_experiment  # noqa: E402
 from sde_diffusion.finetune import trainable_parameters  # noqa: E402
 from sde_diffusion.latents import load_codec  # noqa: E402
-from sde_diffusion.plotting import _tile_images  # noqa: E402
+from sde_diffusion.app.plotting import _tile_images  # noqa: E402
 from sde_diffusion.samplers import draw_samples  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

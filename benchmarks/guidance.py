@@ -109,9 +109,9 @@ from hydra import compose, initialize_config_module  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 
 import sde_diffusion as sd  # noqa: E402
-from sde_diffusion.runs import build_experiment  # noqa: E402
+from sde_diffusion.app.runs import build_experiment  # noqa: E402
 from sde_diffusion.losses.classification import NOISE_LEVELS, noisy_accuracy  # noqa: E402
-from sde_diffusion.plotting import _tile_images, fit_titles  # noqa: E402
+from sde_diffusion.app.plotting import _tile_images, fit_titles  # noqa: E402
 from sde_diffusion.samplers import draw_samples  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

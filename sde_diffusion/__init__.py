@@ -247,7 +247,7 @@ __all__ = [
 
 
 if TYPE_CHECKING:
-    from .runs import TrainedRun, load_run
+    from .app.runs import TrainedRun, load_run
 
 _LAZY = {"load_run": "runs", "TrainedRun": "runs"}
 """Names loaded on first use: reloading a run reads its Hydra config, so importing them here would

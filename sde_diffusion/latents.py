@@ -100,8 +100,8 @@ class LatentCodec:
 
 def load_codec(autoencoder_dir: str | Path, device: str | torch.device = "cpu") -> tuple[LatentCodec, Dataset]:
     """The codec of a finished ``sde-train task=autoencoder`` run and the image data it was trained on."""
-    from .config import ConfigError, task_name
-    from .runs import load_run  # runs builds models from configs, which build data sets: imported when needed
+    from .app.config import ConfigError, task_name
+    from .app.runs import load_run  # runs builds models from configs, which build data sets: imported when needed
 
     run = load_run(autoencoder_dir, device)
     if task_name(run.config) != "autoencoder":

@@ -27,7 +27,7 @@ from analytic import gaussian, mixture
 from apps import run_app
 from sde_diffusion.cli.eval import append_record
 from sde_diffusion.cli.eval import run as eval_run
-from sde_diffusion.config import ConfigError
+from sde_diffusion.app.config import ConfigError
 from sde_diffusion.likelihood import dequantize, log_likelihood
 from sde_diffusion.likelihood.evaluate import BOUND_MEANINGS, evaluate_nll, resolve_divergence
 

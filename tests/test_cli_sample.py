@@ -31,9 +31,9 @@ from sde_diffusion.cli import sample as app
 from sde_diffusion.cli._common import group_options
 from sde_diffusion.distances import sliced_w2_to_held_out
 from sde_diffusion.tasks.score import grid_labels as _grid_labels
-from sde_diffusion.config import ConfigError, build_sampler
-from sde_diffusion.plotting import _tile_images, image_grid
-from sde_diffusion.runs import build_experiment
+from sde_diffusion.app.config import ConfigError, build_sampler
+from sde_diffusion.app.plotting import _tile_images, image_grid
+from sde_diffusion.app.runs import build_experiment
 from sde_diffusion.samplers import draw
 from sde_diffusion.training import CheckpointError, Trainer
 

@@ -17,8 +17,8 @@ import sde_diffusion as sd
 from sde_diffusion import samplers as S
 from sde_diffusion.cli.train import _guidance, _train_labels
 from sde_diffusion.tasks.score import grid_labels as _grid_labels
-from sde_diffusion.config import ConfigError
-from sde_diffusion.runs import build_experiment
+from sde_diffusion.app.config import ConfigError
+from sde_diffusion.app.runs import build_experiment
 from sde_diffusion.training import load_checkpoint
 
 F64 = torch.float64

@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_module
 import sde_diffusion as sd
 from sde_diffusion import samplers as S
 from sde_diffusion.cli._common import group_options
-from sde_diffusion.config import (
+from sde_diffusion.app.config import (
     ConfigError,
     build_dataset,
     build_loss,
@@ -21,7 +21,7 @@ from sde_diffusion.config import (
     build_train_options,
     resolve_device,
 )
-from sde_diffusion.runs import build_experiment
+from sde_diffusion.app.runs import build_experiment
 
 GROUPS = group_options()
 SMALL = ["data.n_train=500", "data.n_test=100"]

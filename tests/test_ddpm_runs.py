@@ -18,7 +18,7 @@ import sde_diffusion as sd
 from analytic import gaussian
 from sde_diffusion._noise import PerSampleNoise
 from sde_diffusion._seeding import derive_seed
-from sde_diffusion.config import ConfigError, build_sampler
+from sde_diffusion.app.config import ConfigError, build_sampler
 from sde_diffusion.likelihood.evaluate import evaluate_nll
 from sde_diffusion.losses.vlb import step_terms
 from sde_diffusion.sdes.discrete import DiscreteSchedule, linear_betas

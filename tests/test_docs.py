@@ -4,6 +4,7 @@ with warnings as errors: ``sphinx-build -W -b html docs docs/_build/html``.)"""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import re
 from pathlib import Path
@@ -53,9 +54,13 @@ def test_api_reference_covers_every_public_module():
         m.name
         for m in pkgutil.walk_packages(sde_diffusion.__path__, "sde_diffusion.")
         if not any(part.startswith("_") for part in m.name.split("."))
-        and not m.name.startswith(("sde_diffusion.cli", "sde_diffusion.conf"))
+        and m.name.split(".")[1] not in ("cli", "conf")  # the apps and the shipped configs (not sde_diffusion.config)
     }
-    assert public <= documented, public - documented
+    # an old path of a moved module (sde_diffusion.config is sde_diffusion.app.config) is documented under its new name
+    aliases = {name for name in public if importlib.import_module(name).__name__ != name}
+    assert aliases == {f"sde_diffusion.{m}" for m in ("config", "schemas", "runs", "plotting")}
+    assert public - aliases <= documented, (public - aliases) - documented
+    assert not aliases & documented
 
 
 def test_links_between_the_readme_and_the_pages_lead_to_files():

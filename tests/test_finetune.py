@@ -28,7 +28,7 @@ from sde_diffusion.finetune import (
 )
 from sde_diffusion.models import TimeMLP, UNet
 from sde_diffusion.models.lora import LoRALayer, add_lora, lora_state_dict, merge_lora
-from sde_diffusion.runs import build_model
+from sde_diffusion.app.runs import build_model
 from sde_diffusion.training import load_checkpoint
 
 F64 = torch.float64

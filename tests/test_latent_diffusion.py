@@ -19,7 +19,7 @@ from torch import nn
 from torch.distributions import Normal
 
 import sde_diffusion as sd
-from sde_diffusion.config import build_sampler
+from sde_diffusion.app.config import build_sampler
 from sde_diffusion.data.dataset import Dataset
 from sde_diffusion.latents import LatentCodec, LatentScale, latent_dataset, latent_scale, load_codec
 from sde_diffusion.likelihood.evaluate import evaluate_nll

@@ -24,9 +24,9 @@ from hydra import compose, initialize_config_module
 
 import sde_diffusion as sd
 from sde_diffusion.cli import _common
-from sde_diffusion.config import ConfigError
+from sde_diffusion.app.config import ConfigError
 from sde_diffusion.likelihood.evaluate import evaluate_nll
-from sde_diffusion.runs import build_experiment
+from sde_diffusion.app.runs import build_experiment
 from sde_diffusion.training import load_checkpoint
 
 TINY_BASE = [

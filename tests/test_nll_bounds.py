@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_module
 
 import sde_diffusion as sd
 from sde_diffusion.cli.eval import _check_keys
-from sde_diffusion.config import ConfigError, build_bound
+from sde_diffusion.app.config import ConfigError, build_bound
 from sde_diffusion.likelihood import ContinuousELBO, DiscreteVLB, LatentBound, NLLBound, ODELikelihood
 from sde_diffusion.likelihood.estimators import DiscreteData
 from sde_diffusion.likelihood.evaluate import BOUND_MEANINGS, BOUNDS, evaluate_nll, make_bound

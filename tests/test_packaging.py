@@ -49,3 +49,27 @@ def test_importing_the_library_loads_no_app_layer():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_the_configuration_layer_lives_in_app_and_its_old_paths_are_the_same_modules():
+    """config, schemas, runs and plotting moved to ``sde_diffusion.app``; a script importing
+    ``sde_diffusion.config`` (or ``from sde_diffusion.runs import load_run``) gets the very module."""
+    import importlib
+    import re
+    import subprocess
+    import sys
+
+    for name in ("config", "schemas", "runs", "plotting"):
+        old, new = importlib.import_module(f"sde_diffusion.{name}"), importlib.import_module(f"sde_diffusion.app.{name}")
+        assert old is new and new.__name__ == f"sde_diffusion.app.{name}"
+    from sde_diffusion.runs import load_run
+
+    assert load_run is importlib.import_module("sde_diffusion").load_run
+    # the core imports nothing of the configuration layer: only the apps, the tasks and sd.load_run do
+    core = [p for p in (ROOT / "sde_diffusion").rglob("*.py") if not {"app", "cli", "tasks"} & set(p.relative_to(ROOT / "sde_diffusion").parts)]
+    shims = {ROOT / "sde_diffusion" / f"{m}.py" for m in ("config", "schemas", "runs", "plotting")}
+    importers = sorted(str(p.relative_to(ROOT)) for p in core if p not in shims and re.search(r"from \.+app\b", p.read_text()))
+    # sd.load_run and the latent data set (which loads an autoencoder run) import it when first used
+    assert importers == ["sde_diffusion/__init__.py", "sde_diffusion/latents.py"]
+    code = "import sys, sde_diffusion.app\nassert not {'hydra', 'omegaconf', 'matplotlib'} & set(sys.modules)\n"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).returncode == 0

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import pytest
 import torch
 
-from sde_diffusion.plotting import (
+from sde_diffusion.app.plotting import (
     accuracy_figure,
     fit_titles,
     image_figure,

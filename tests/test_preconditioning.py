@@ -14,10 +14,10 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 import sde_diffusion as sd
-from sde_diffusion.config import ConfigError, build_score_model
+from sde_diffusion.app.config import ConfigError, build_score_model
 from sde_diffusion.examples.quadratic_vp import QuadraticVPSDE
 from sde_diffusion.models import preconditioning
-from sde_diffusion.runs import build_experiment
+from sde_diffusion.app.runs import build_experiment
 from sde_diffusion.training import load_checkpoint, save_checkpoint
 
 F64 = torch.float64

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 import sde_diffusion as sd
 from sde_diffusion import config
 from sde_diffusion import samplers as S
-from sde_diffusion.config import ConfigError, build_sampler, build_sde
+from sde_diffusion.app.config import ConfigError, build_sampler, build_sde
 
 F64 = torch.float64
 SHIPPED = sorted(e.name.removesuffix(".yaml") for e in (importlib.resources.files("sde_diffusion.conf") / "sampler").iterdir() if e.name.endswith(".yaml"))

@@ -22,7 +22,7 @@ from scipy import stats
 import sde_diffusion as sd
 from sde_diffusion._seeding import derive_seed
 from sde_diffusion.conditioning import ConditionedScore, Conditioning, SuperResolution, bicubic_upsample, downsample
-from sde_diffusion.config import build_sampler
+from sde_diffusion.app.config import build_sampler
 from sde_diffusion.data.dataset import Dataset
 from sde_diffusion.image_metrics import psnr, ssim, super_resolution_scores
 from sde_diffusion.models import UNet

@@ -84,7 +84,7 @@ def test_which_apps_a_super_resolution_run_serves():
 
 
 def test_a_super_resolution_draw_is_super_resolve_with_the_chosen_score_and_sampler():
-    from sde_diffusion.runs import TrainedRun
+    from sde_diffusion.app.runs import TrainedRun
     from sde_diffusion.samplers.draw import super_resolve
 
     sde, conditioner = sd.VPSDE(), sd.SuperResolution(factor=2)

@@ -17,7 +17,7 @@ import sde_diffusion as sd
 from sde_diffusion.data import digits_dataset
 from sde_diffusion.models import UNet
 from sde_diffusion.models.blocks import SelfAttention
-from sde_diffusion.runs import build_experiment
+from sde_diffusion.app.runs import build_experiment
 from sde_diffusion.training import evaluate_loss
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

@@ -19,7 +19,9 @@ CONF = DOCS.parent / "conf"
 GENERATED = DOCS / "_generated"
 
 # The apps: the command-line programs, documented on their pages and by --help, not in the API reference.
-API_SKIP = {"sde_diffusion.cli", "sde_diffusion.conf"}
+API_SKIP = {"sde_diffusion.cli", "sde_diffusion.conf", *(f"sde_diffusion.{m}" for m in ("config", "schemas", "runs", "plotting"))}
+"""Not documented: the apps, the shipped configs, and the old paths of the configuration layer's
+modules (each the same module as its sde_diffusion.app one, documented there)."""
 
 
 def _is_group(path: Path) -> bool:

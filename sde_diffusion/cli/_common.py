@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 from .. import distributed
 from .._checks import check_range
-from ..config import ConfigError, one_line, task_name
+from ..app.config import ConfigError, one_line, task_name
 from ..precision import check_compile, check_precision
 from ..training import CheckpointError, UnreadableCheckpointError
 

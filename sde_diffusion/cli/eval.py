@@ -37,11 +37,11 @@ from omegaconf import DictConfig, OmegaConf
 from .. import distributed
 from .._atomic import write_atomically
 from .._log import say
-from ..config import ConfigError, build_bound
+from ..app.config import ConfigError, build_bound
+from ..app.runs import load_run
 from ..likelihood.estimators import NLLBound
 from ..likelihood.evaluate import evaluate_nll
 from ..precision import accelerate
-from ..runs import load_run
 from ._common import (
     check_composes,
     fail,

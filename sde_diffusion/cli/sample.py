@@ -35,12 +35,12 @@ from torch import Tensor
 from .._checks import check_range
 from .._log import say
 from .._noise import PerSampleNoise
+from ..app.config import ConfigError, build_sampler, one_line, task_name
+from ..app.plotting import image_grid, plot_samples
+from ..app.runs import load_cascade_stage, load_run
 from ..conditioning import downsample
-from ..config import ConfigError, build_sampler, one_line, task_name
 from ..distances import sliced_w2_to_held_out
-from ..plotting import image_grid, plot_samples
 from ..precision import accelerate
-from ..runs import load_cascade_stage, load_run
 from ..sample_range import range_advice, sample_range
 from ..samplers.base import SamplerOutput
 from ..samplers.controllable import MASK_REGIONS, inpaint, inpainting_mask, sdedit

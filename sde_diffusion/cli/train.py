@@ -17,8 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from .. import distributed
 from .._checks import check_range
 from .._log import say
-from ..config import ConfigError, task_name
-from ..runs import build_experiment, load_cascade_stage
+from ..app.config import ConfigError, task_name
+from ..app.runs import build_experiment, load_cascade_stage
 from ..samplers.guidance import check_guidance
 from ..tasks import TASKS, Finished
 from ..tasks.score import with_prior_samples

@@ -1,5 +1,5 @@
 """One module per kind of sde-train run (a task): what it trains and how its run is summarized.
-:data:`TASKS` maps the names :func:`sde_diffusion.config.task_name` reads from a config to them."""
+:data:`TASKS` maps the names :func:`sde_diffusion.app.config.task_name` reads from a config to them."""
 
 from .autoencoder import AutoencoderTask
 from .base import Drawn, Finished, Task

@@ -6,9 +6,9 @@ import math
 
 import torch
 
+from ..app.plotting import image_grid, loss_curve
 from ..latents import latent_scale
 from ..losses.autoencoder import autoencoder_terms
-from ..plotting import image_grid, loss_curve
 from .base import PROG, Finished, Task, say, training_summary, write_summary
 
 

@@ -1,7 +1,7 @@
 """What every kind of sde-train run shares: the finished run a task summarizes, the samples a task
 draws for ``sde-sample``, the task's interface, and the summary's training part. A task is a module
 of this package (score model, classifier, autoencoder, cold diffusion, super-resolution); the apps
-choose one from the run's config (:func:`sde_diffusion.config.task_name`) and call it, so a new kind
+choose one from the run's config (:func:`sde_diffusion.app.config.task_name`) and call it, so a new kind
 of run adds a module here and a name there, and no app dispatches on flags of the model."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class Finished:
     ``trainer`` and its ``result``, where it wrote (``run_dir``), and the app's settings that the
     summary needs, as plain values (no config object reaches a task)."""
 
-    exp: Any  # sde_diffusion.runs.Experiment
+    exp: Any  # sde_diffusion.app.runs.Experiment
     trainer: Any  # sde_diffusion.training.Trainer
     result: Any  # the trainer's FitResult
     run_dir: Path
@@ -41,7 +41,7 @@ class Finished:
     eval_points: int = 0
     guidance: float = 0.0
     prior: dict = field(default_factory=dict)  # a fine-tuning run's prior-preservation samples, for the summary
-    sr: Any = None  # a cascade's second stage (a loaded super-resolution run, sde_diffusion.runs.TrainedRun)
+    sr: Any = None  # a cascade's second stage (a loaded super-resolution run, sde_diffusion.app.runs.TrainedRun)
     latent: Any = None  # a latent run's (codec, image data)
 
 
@@ -90,7 +90,7 @@ class Task(abc.ABC):
         latent: tuple | None = None,
         low: Tensor | None = None,
     ) -> Drawn:
-        """``n`` samples of the finished run ``trained`` (:class:`~sde_diffusion.runs.TrainedRun`) by
+        """``n`` samples of the finished run ``trained`` (:class:`~sde_diffusion.app.runs.TrainedRun`) by
         ``score`` (its model, guided or not) with ``sampler`` on ``grid``, seeded as
         :func:`~sde_diffusion.samplers.draw_samples` seeds them. What the run's config names beside
         it, loaded by the app: a cascade's second stage ``sr`` (a super-resolution ``TrainedRun``),

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..app.plotting import accuracy_curve, loss_curve
 from ..losses.classification import NOISE_LEVELS, noisy_accuracy
-from ..plotting import accuracy_curve, loss_curve
 from .base import PROG, Finished, Task, say, training_summary, write_summary
 
 

@@ -6,8 +6,8 @@ import math
 
 import torch
 
+from ..app.plotting import image_grid, loss_curve
 from ..distances import sliced_w2_to_held_out
-from ..plotting import image_grid, loss_curve
 from ..samplers.cold import ALGORITHMS, cold_sample
 from .base import PROG, Finished, Task, say, training_summary, write_summary
 

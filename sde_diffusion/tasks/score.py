@@ -13,11 +13,11 @@ import numpy as np
 import torch
 
 from .._seeding import derive_seed
+from ..app.plotting import image_grid, loss_curve, plot_samples
 from ..distances import sliced_w2_to_held_out
 from ..finetune import prior_weights, trainable_parameters
 from ..latents import decode_latents
 from ..likelihood.evaluate import evaluate_nll
-from ..plotting import image_grid, loss_curve, plot_samples
 from ..precision import accelerate
 from ..sample_range import SampleRange, range_advice, sample_range
 from ..samplers.draw import DrawnSamples, draw_samples

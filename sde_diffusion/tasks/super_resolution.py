@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..app.plotting import image_grid, loss_curve
 from ..conditioning import bicubic_upsample, downsample
 from ..image_metrics import super_resolution_scores
-from ..plotting import image_grid, loss_curve
 from ..samplers.draw import super_resolve
 from ..training import evaluate_loss
 from .base import PROG, Drawn, Finished, Task, say, training_summary, write_summary
