@@ -233,6 +233,19 @@ def test_each_evaluation_of_the_likelihoods_flow_derives_each_rate_once(time_var
     assert sde.derivations == {"m": 1, "s": 1}
 
 
+def test_the_velocity_conversions_derive_each_rate_once():
+    """score <-> velocity (a velocity-predicting network on a user's path) needs the drift and g^2: one
+    derivation of m and of s each, not one for the drift and another for the diffusion."""
+    sde, dist = CountedPath(), gaussian(dim=2, seed=4)
+    x = dist.sample(8, generator=torch.Generator().manual_seed(0), dtype=F64)
+    score = dist.score_fn(sde)(x, torch.full((8,), 0.5, dtype=F64))
+    velocity = sde.velocity_from_score(x, score, 0.5)
+    assert sde.derivations == {"m": 1, "s": 1}
+    torch.testing.assert_close(sde.score_from_velocity(x, velocity, 0.5), score, rtol=1e-12, atol=1e-12)
+    assert sde.derivations == {"m": 2, "s": 2}
+    torch.testing.assert_close(velocity, sde.probability_flow(dist.score_fn(sde)).drift(x, 0.5), rtol=1e-12, atol=1e-12)
+
+
 def test_a_users_path_trains():
     """Denoising score matching through the Trainer: a small network learns the score of Gaussian
     data well enough that its ODE samples recover the data mean and spread."""

@@ -216,17 +216,16 @@ class SDE(abc.ABC):
     def velocity_from_score(self, x: Tensor, score: Tensor, t: float | Tensor) -> Tensor:
         """The probability-flow velocity ``f(x, t) - g(t)^2 score / 2`` (Song et al. 2021, Eq. 13); for
         a Gaussian path, the flow-matching field ``E[m'(t) x0 + s'(t) eps | x_t]`` (Lipman et al. 2023,
-        Eq. 8). Needs only the drift and the diffusion, not the kernel."""
-        t = batch_time(t, x)
-        g = expand_like(self.diffusion(t), x)
-        return self.drift(x, t) - 0.5 * g**2 * score
+        Eq. 8). Needs only the drift and the diffusion (one :meth:`drift_and_diffusion_squared` call),
+        not the kernel."""
+        drift, g2 = self.drift_and_diffusion_squared(x, batch_time(t, x))
+        return drift - 0.5 * expand_like(g2, x) * score
 
     def score_from_velocity(self, x: Tensor, velocity: Tensor, t: float | Tensor) -> Tensor:
         """The score ``2 (f(x, t) - velocity) / g(t)^2`` of a velocity prediction (inverse of
         :meth:`velocity_from_score`; times with ``g(t) > 0``)."""
-        t = batch_time(t, x)
-        g2 = expand_like(self.diffusion(t) ** 2, x)
-        return 2.0 * (self.drift(x, t) - velocity) / g2
+        drift, g2 = self.drift_and_diffusion_squared(x, batch_time(t, x))
+        return 2.0 * (drift - velocity) / expand_like(g2, x)
 
     def reverse(self, score_fn: ScoreFn) -> ReverseSDE:
         """The reverse-time SDE driven by ``score_fn`` (Anderson 1982; Song et al. 2021, Eq. 6)."""
