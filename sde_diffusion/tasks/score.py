@@ -281,9 +281,7 @@ def _nll_text(s: dict, latent: bool = False) -> str:
 
 
 def _ema_text(trainer: Trainer) -> str:
-    ema = trainer.ema
-    warm = ", warmed up" if ema.warmup else ""
-    return f"EMA weights (decay {ema.last_decay:.4g} at the last step, at most {ema.decay:g}{warm})"
+    return f"EMA weights ({trainer.ema.description})"
 
 
 @torch.no_grad()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .._checks import check_range
+from .posthoc_ema import check_sigma_rel
+
+EMA_KINDS = ("standard", "posthoc")
 
 
 @dataclass
@@ -23,6 +26,15 @@ class TrainOptions:
         ema_warmup: warm the decay up as ``min(ema_decay, (1 + n) / (10 + n))`` after ``n``
             updates (:class:`~sde_diffusion.training.ema.EMA`), so that short runs are not
             evaluated with an average of mostly untrained weights; false gives the fixed decay.
+        ema: ``standard`` (the EMA above) or ``posthoc``: EDM2's post-hoc EMA (Karras et al. 2024,
+            Sec. 3), power-function averages of widths ``ema_sigma_rel`` tracked in place of the
+            EMA, with snapshots every ``ema_snapshot_every`` steps from which the average of any
+            width is reconstructed after training
+            (:mod:`~sde_diffusion.training.posthoc_ema`, ``sde-ema``).
+        ema_sigma_rel: with ``ema=posthoc``, the relative widths of the tracked profiles; the first
+            is the one the run evaluates and saves as its EMA weights.
+        ema_snapshot_every: with ``ema=posthoc``, write ``checkpoints/ema_snapshots/step-<step>.pt``
+            every this many steps (and at the end); None: every twentieth of ``steps``.
         checkpoint_every: write ``checkpoints/last.pt`` every this many steps (and at the end).
         log_every: append a line to ``metrics.jsonl`` every this many steps.
         resume: continue from the run directory's ``checkpoints/last.pt``.
@@ -47,6 +59,9 @@ class TrainOptions:
     grad_clip: float | None = 1.0
     ema_decay: float = 0.999
     ema_warmup: bool = True
+    ema: str = "standard"
+    ema_sigma_rel: list[float] = field(default_factory=lambda: [0.05, 0.10])
+    ema_snapshot_every: int | None = None
     checkpoint_every: int = 5_000
     log_every: int = 100
     resume: bool = False
@@ -66,6 +81,14 @@ class TrainOptions:
         self.lr = check_range("train.lr", self.lr, low=0, low_open=True, hint="try 1e-3")
         self.grad_clip = check_range("train.grad_clip", self.grad_clip, low=0, optional=True, hint="0 or null disables clipping") or None
         self.ema_decay = check_range("train.ema_decay", self.ema_decay, low=0, high=1, high_open=True, hint="0.999 is typical")
+        if self.ema not in EMA_KINDS:
+            raise ValueError(f"train.ema must be one of {', '.join(EMA_KINDS)}, got {self.ema!r}")
+        self.ema_sigma_rel = [check_sigma_rel(s, "train.ema_sigma_rel") for s in self.ema_sigma_rel]
+        if not self.ema_sigma_rel or len(set(self.ema_sigma_rel)) != len(self.ema_sigma_rel):
+            raise ValueError(f"train.ema_sigma_rel must list distinct profile widths (EDM2: [0.05, 0.10]); got {self.ema_sigma_rel}")
+        if self.ema_snapshot_every is None:
+            self.ema_snapshot_every = max(1, self.steps // 20)
+        self.ema_snapshot_every = check_range("train.ema_snapshot_every", self.ema_snapshot_every, low=1, integer=True)
         self.label_dropout = check_range(
             "train.label_dropout",
             self.label_dropout,

@@ -29,6 +29,7 @@ from .ema import EMA
 from .interrupt import StopRequest, TrainingInterrupted
 from .metrics import MetricsLog
 from .options import TrainOptions
+from .posthoc_ema import SNAPSHOT_DIR, PostHocEMA, discard_snapshots_after, write_snapshot
 from .schedules import lr_schedule as warmup_lr_schedule
 from .streaming import stream_batches
 
@@ -172,7 +173,11 @@ class Trainer:
                 f"train.batch_size ({options.batch_size}) must be divisible by the number of micro-batches, "
                 f"{dist.world_size} processes x train.grad_accumulation {options.grad_accumulation} = {self.micro_batches}"
             )
-        self.ema = EMA(self.model, options.ema_decay, warmup=options.ema_warmup)
+        self.ema: EMA | PostHocEMA = (
+            EMA(self.model, options.ema_decay, warmup=options.ema_warmup)
+            if options.ema == "standard"
+            else PostHocEMA(self.model, options.ema_sigma_rel)
+        )
         self._params = list(self.model.parameters())
         # foreach: one fused update over all tensors (measured 10 % faster per step on the CPU too)
         optimizer = optimizer or functools.partial(torch.optim.Adam, lr=options.lr, foreach=True)
@@ -202,8 +207,14 @@ class Trainer:
         return self.run_dir / "checkpoints" / "last.pt" if self.run_dir else None
 
     @property
+    def snapshot_dir(self) -> Path | None:
+        """Where ``train.ema=posthoc`` keeps its snapshots: ``checkpoints/ema_snapshots``."""
+        return self.run_dir / "checkpoints" / SNAPSHOT_DIR if self.run_dir else None
+
+    @property
     def ema_model(self) -> nn.Module:
-        """The score model with EMA weights (use it for sampling and evaluation)."""
+        """The score model with EMA weights (use it for sampling and evaluation): the EMA, or post-hoc
+        EMA's first profile."""
         return self.ema.module
 
     def state(self) -> dict:
@@ -229,6 +240,14 @@ class Trainer:
         if not self.dist.is_main:
             return None
         return save_checkpoint(self.checkpoint_path, self.state())
+
+    def save_snapshot(self) -> Path | None:
+        """Write post-hoc EMA's snapshot of this step to :attr:`snapshot_dir` (the main process only)."""
+        if not isinstance(self.ema, PostHocEMA) or self.snapshot_dir is None:
+            raise ValueError("snapshots are kept by a Trainer with train.ema=posthoc and a run_dir")
+        if not self.dist.is_main:
+            return None
+        return write_snapshot(self.snapshot_dir, self.ema.snapshot(self.step))
 
     def load_state(self, state: dict) -> None:
         try:
@@ -266,6 +285,8 @@ class Trainer:
         self.load_state(load_checkpoint(self.checkpoint_path, map_location=self.device))
         if self.metrics:  # the main process's
             self.metrics.truncate_after(self.step)
+        if isinstance(self.ema, PostHocEMA) and self.dist.is_main and self.snapshot_dir is not None:
+            discard_snapshots_after(self.snapshot_dir, self.step)
 
     # ------------------------------------------------------------------------------- training
     def train_step(self) -> tuple[Tensor, Tensor]:
@@ -369,6 +390,8 @@ class Trainer:
         window_loss = torch.zeros((), device=self.device)
         window_start, window_time = self.step, start
         last_loss = math.nan
+        snapshots = self.run_dir is not None and isinstance(self.ema, PostHocEMA)  # post-hoc EMA's
+        snapshot_every = cast(int, opts.ema_snapshot_every)  # resolved by TrainOptions
         self.model.train()
         show = opts.progress and self.dist.is_main
         with (
@@ -405,6 +428,8 @@ class Trainer:
                     bar.set_postfix(loss=f"{last_loss:.4f}")
                     window_loss.zero_()
                     window_start, window_time = self.step, now
+                if snapshots and (self.step % snapshot_every == 0 or self.step == opts.steps):
+                    self.save_snapshot()
                 if self.run_dir and (self.step % opts.checkpoint_every == 0 or self.step == opts.steps):
                     self.save()
                 for callback in self.on_step:
