@@ -12,12 +12,12 @@ import torch
 
 
 def run_app(module: str, *args: str, cwd) -> tuple[int, str, str]:
-    """Run ``sde-train``, ``sde-sample`` or ``sde-eval`` (``module`` ``train``, ``sample``, ``eval``)
+    """Run ``sde-train``, ``sde-sample``, ``sde-eval`` or ``sde-ema`` (``module`` ``train``, ``sample``, ``eval``, ``ema``)
     with ``args`` in ``cwd``; returns the exit code and what it printed to stdout and stderr."""
+    from sde_diffusion.cli import ema, sample, train
     from sde_diffusion.cli import eval as eval_app
-    from sde_diffusion.cli import sample, train
 
-    main = {"train": train.main, "sample": sample.main, "eval": eval_app.main}[module]
+    main = {"train": train.main, "sample": sample.main, "eval": eval_app.main, "ema": ema.main}[module]
     out, err = io.StringIO(), io.StringIO()
     code = 0
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

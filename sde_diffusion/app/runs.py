@@ -26,6 +26,7 @@ from ..models.lora import merge_lora
 from ..sdes.base import SDE
 from ..training import load_checkpoint
 from ..training.options import TrainOptions
+from ..training.posthoc_ema import SNAPSHOT_DIR, Reconstruction, ema_weights, load_snapshots, reconstruct
 from .config import (
     ConfigError,
     _build,
@@ -57,6 +58,7 @@ class TrainedRun:
     step: int
     device: torch.device
     conditioner: SuperResolution | None = None  # a super-resolution run's image conditioning
+    reconstruction: Reconstruction | None = None  # with weights=posthoc: how the weights were made (width, fit error)
 
     def super_resolve(
         self, low: torch.Tensor, *, batch_size: int, seed: int, progress: bool = False, score=None, sampler: tuple | None = None
@@ -100,25 +102,35 @@ def _anchor_relative_paths(cfg: DictConfig, run_dir: Path) -> None:
             OmegaConf.update(cfg, key, str(Path(launch_dir) / path))
 
 
-WEIGHTS = ("ema", "raw")
-"""Which weights of a checkpoint :func:`load_run` loads: the EMA of the weights (what ``sde-train``
-evaluates) or the raw weights of the last step."""
+WEIGHTS = ("ema", "raw", "posthoc")
+"""Which weights of a run :func:`load_run` loads: the EMA of the weights (what ``sde-train``
+evaluates), the raw weights of the last step, or a post-hoc EMA of any width reconstructed from the
+snapshots of a ``train.ema=posthoc`` run (:mod:`~sde_diffusion.training.posthoc_ema`)."""
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "auto", *, weights: str = "ema") -> TrainedRun:
+def load_run(
+    run_dir: str | Path, device: str | torch.device = "auto", *, weights: str = "ema", sigma_rel: float | None = None
+) -> TrainedRun:
     """Load the run ``sde-train`` wrote in ``run_dir``: ``.hydra/config.yaml`` (a relative
     ``data.path`` is taken from where ``sde-train`` was launched) and ``checkpoints/last.pt``
     (verified, loaded without running code); a LoRA fine-tuning run's adapters are merged into the
     weights (:func:`~sde_diffusion.models.lora.merge_lora`). ``device``: ``auto`` (CUDA when present), ``cpu``,
     ``cuda``, ``cuda:<index>`` or a ``torch.device``. ``weights``: ``ema`` (the exponential moving
-    average, the default) or ``raw`` (the weights of the last step: better than a lagging EMA in
-    short runs, see ``sde-train``'s warnings).
+    average, the default), ``raw`` (the weights of the last step: better than a lagging EMA in
+    short runs, see ``sde-train``'s warnings) or ``posthoc`` (the post-hoc EMA of relative width
+    ``sigma_rel``, reconstructed from the run's ``checkpoints/ema_snapshots``; ``sde-ema`` sweeps it).
 
     Raises :class:`~sde_diffusion.config.ConfigError` for a directory without a saved config and
     :class:`~sde_diffusion.training.CheckpointError` for a missing or damaged checkpoint.
     """
     if weights not in WEIGHTS:
         raise ConfigError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+    if (weights == "posthoc") != (sigma_rel is not None):
+        raise ConfigError(
+            "weights=posthoc reconstructs the average of width sigma_rel: give both (weights=posthoc sigma_rel=0.07)"
+            if weights == "posthoc"
+            else f"sigma_rel={sigma_rel} chooses a post-hoc EMA: add weights=posthoc"
+        )
     run_dir = Path(run_dir).expanduser().resolve()
     cfg_path = run_dir / ".hydra" / "config.yaml"
     if not cfg_path.is_file():
@@ -132,12 +144,22 @@ def load_run(run_dir: str | Path, device: str | torch.device = "auto", *, weight
     data = build_dataset(cfg)
     model = build_model(cfg, sde, data)
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt", map_location=dev)
-    if weights == "ema":  # the EMA module's state: the averaged model under "module."
-        model.load_state_dict({k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")})
+    reconstruction = None if sigma_rel is None else posthoc_weights(run_dir, sigma_rel)  # weights=posthoc
+    if weights == "ema":
+        model.load_state_dict(ema_weights(state["ema"]))
     else:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state["model"] if reconstruction is None else reconstruction.state)
     merge_lora(model)  # a LoRA fine-tuning run samples at the base model's cost, with the same outputs (to round-off)
-    return TrainedRun(run_dir, cfg, sde, data, model.to(dev).eval(), int(state["step"]), dev, build_conditioner(cfg))
+    return TrainedRun(run_dir, cfg, sde, data, model.to(dev).eval(), int(state["step"]), dev, build_conditioner(cfg), reconstruction)
+
+
+def posthoc_weights(run_dir: Path, sigma_rel: float) -> Reconstruction:
+    """The post-hoc EMA of relative width ``sigma_rel`` of the run in ``run_dir``, reconstructed from
+    its snapshots (on the CPU); a ConfigError for a width out of range."""
+    try:
+        return reconstruct(load_snapshots(run_dir / "checkpoints" / SNAPSHOT_DIR), sigma_rel)
+    except ValueError as err:
+        raise ConfigError(one_line(err)) from None
 
 
 def load_cascade_stage(cfg: DictConfig, device: torch.device, low_shape: tuple[int, ...]) -> TrainedRun | None:

@@ -1,7 +1,7 @@
 """Typed schemas of the apps' configs (Hydra structured configs), so that a value of the wrong type
 or a key that does not exist fails when the config is composed, before anything runs.
 
-Each primary config (``conf/config.yaml``, ``sample.yaml``, ``eval.yaml``) names its schema first in
+Each primary config (``conf/config.yaml``, ``sample.yaml``, ``eval.yaml``, ``ema.yaml``) names its schema first in
 its defaults list; the YAML files give the values and their comments. The SDE, model, data, loss,
 sampler, optimizer and schedule groups stay free-form: they name any class by ``_target_``, whose
 own constructor checks its arguments (``sde._target_=my_module.MySDE`` with options of its own);
@@ -110,6 +110,7 @@ class SampleAppConfig(AppConfig):
     classifier_scale: float = MISSING
     low_res: str | None = MISSING
     weights: str = MISSING
+    sigma_rel: float | None = MISSING  # weights=posthoc: the post-hoc EMA's relative width
 
 
 @dataclass
@@ -135,9 +136,22 @@ class EvalAppConfig(AppConfig):
     elbo_eps: Any = MISSING  # a time or "auto"
     time_variable: str = MISSING
     weights: str = MISSING
+    sigma_rel: float | None = MISSING  # weights=posthoc: the post-hoc EMA's relative width
 
 
-SCHEMAS = {"train_schema": TrainAppConfig, "sample_schema": SampleAppConfig, "eval_schema": EvalAppConfig}
+@dataclass
+class EmaAppConfig:
+    """``sde-ema``'s top level (``conf/ema.yaml``)."""
+
+    run_dir: str = MISSING
+    sigma_rel: Any = MISSING  # a width or a list of widths
+    n_points: int | None = MISSING
+    seed: int = MISSING
+    device: str = MISSING
+    threads: Any = MISSING
+
+
+SCHEMAS = {"train_schema": TrainAppConfig, "sample_schema": SampleAppConfig, "eval_schema": EvalAppConfig, "ema_schema": EmaAppConfig}
 
 
 def register() -> None:

@@ -119,7 +119,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         raise ConfigError(f"run_dir={run_dir} is not a directory; pass the directory sde-train wrote")
     ctx = distributed.current()
     device = f"cuda:{ctx.local_rank}" if ctx.active and str(cfg.device) in ("auto", "cuda") and torch.cuda.is_available() else cfg.device
-    trained = load_run(run_dir, device, weights=str(cfg.get("weights", "ema")))
+    trained = load_run(run_dir, device, weights=str(cfg.get("weights", "ema")), sigma_rel=cfg.get("sigma_rel"))
     require_score_run(trained, PROG)
     bound = build_bound(cfg)
     data = trained.data
@@ -178,6 +178,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         "data": data.name,
         "split": cfg.split,
         "weights": str(cfg.get("weights", "ema")),
+        "sigma_rel": cfg.get("sigma_rel"),
         **settings,
         **result,  # the bound's name and settings, resolved: the divergence replaces "auto"
         "device": str(trained.device),

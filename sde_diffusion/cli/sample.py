@@ -305,7 +305,7 @@ def run(cfg: DictConfig, out_dir: Path, *, sampler_name: str = "sampler", sample
     run_dir = Path(str(cfg.run_dir)).expanduser()
     if not run_dir.is_dir():
         raise ConfigError(f"run_dir={run_dir} is not a directory; pass the directory sde-train wrote")
-    trained = load_run(run_dir, cfg.device, weights=str(cfg.get("weights", "ema")))
+    trained = load_run(run_dir, cfg.device, weights=str(cfg.get("weights", "ema")), sigma_rel=cfg.get("sigma_rel"))
     require_score_run(trained, PROG)
     precision, compiled = speed_settings(cfg, trained.device)
     trained.score_model = accelerate(trained.score_model, precision=precision, compile=compiled, device=trained.device)
@@ -395,6 +395,7 @@ def run(cfg: DictConfig, out_dir: Path, *, sampler_name: str = "sampler", sample
         "seconds": round(drawn.seconds, 3),
         "nonfinite_samples": n_bad,
         "weights": str(cfg.get("weights", "ema")),
+        "sigma_rel": cfg.get("sigma_rel"),
         "sliced_w2_vs_held_out": sw2,
         "sliced_w2_reference": of_class or "all held-out data",
         **in_range.summary_entries("latents" if latents is not None else "samples"),
