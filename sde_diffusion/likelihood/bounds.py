@@ -34,8 +34,8 @@ from torch import Tensor
 
 from .._checks import check_range
 from .._shapes import expand_like, flat_dim
+from ..losses.proposals import discrete_chain
 from ..losses.vlb import VARIANCES, discretized_gaussian_log_prob, model_prediction, prior_term, step_terms
-from ..losses.weighting import discrete_chain
 from ..sdes.base import SDE
 from ..types import ScoreFn
 

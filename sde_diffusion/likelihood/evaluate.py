@@ -35,7 +35,7 @@ from .._seeding import derive_seed
 from .._shapes import check_data, flat_dim
 from ..data.dataset import Density
 from ..distributed import SINGLE, DistributedContext, all_gather_objects
-from ..losses.weighting import discrete_chain
+from ..losses.proposals import discrete_chain
 from ..sdes.base import SDE
 from ..types import ScoreFn
 from .bits import nats_per_dim

@@ -1,11 +1,32 @@
-"""Score-matching losses (per-sample values) and time weightings."""
+"""Score-matching losses (per-sample values), noise-level weightings and the proposals their times are drawn from."""
 
 from .autoencoder import AutoencoderLoss, autoencoder_terms
 from .classification import classifier_loss, noisy_accuracy
 from .ddpm import HybridLoss, LossAwareStepSampler
+from .proposals import (
+    DiscreteTimeProposal,
+    LogitNormalProposal,
+    LogNormalProposal,
+    Proposal,
+    UniformLogSNRProposal,
+    UniformTimeProposal,
+    log_snr_speed,
+)
 from .restoration import RestorationLoss, restoration_loss
 from .score_matching import denoising_score_matching, sliced_score_matching
-from .weighting import DiscreteStepWeighting, FlowMatchingWeighting, ImportanceLikelihoodWeighting, LikelihoodWeighting, NoiseWeighting
+from .weighting import (
+    DiscreteStepWeighting,
+    EDMWeighting,
+    FlowMatchingWeighting,
+    ImportanceLikelihoodWeighting,
+    ImportanceSampled,
+    LikelihoodWeighting,
+    MinSNRWeighting,
+    NoiseWeighting,
+    SigmoidWeighting,
+    VPredictionWeighting,
+    Weighting,
+)
 
 __all__ = [
     "denoising_score_matching",
@@ -15,6 +36,19 @@ __all__ = [
     "ImportanceLikelihoodWeighting",
     "FlowMatchingWeighting",
     "DiscreteStepWeighting",
+    "VPredictionWeighting",
+    "MinSNRWeighting",
+    "SigmoidWeighting",
+    "EDMWeighting",
+    "Weighting",
+    "ImportanceSampled",
+    "Proposal",
+    "UniformTimeProposal",
+    "UniformLogSNRProposal",
+    "LogNormalProposal",
+    "LogitNormalProposal",
+    "DiscreteTimeProposal",
+    "log_snr_speed",
     "HybridLoss",
     "classifier_loss",
     "noisy_accuracy",

@@ -20,8 +20,8 @@ from torch import Tensor
 from .._checks import check_range
 from .._shapes import expand_like
 from ..sdes.base import SDE
+from .proposals import discrete_chain
 from .vlb import model_prediction, step_terms
-from .weighting import discrete_chain
 
 
 class LossAwareStepSampler:

@@ -9,7 +9,8 @@ from .._checks import check_range
 from ..sdes.base import SDE
 from ..sdes.simulate import sample_marginal
 from ..types import ScoreFn
-from .weighting import LikelihoodWeighting, NoiseWeighting
+from .proposals import Proposal
+from .weighting import LikelihoodWeighting, NoiseWeighting, Weighting
 
 _REDUCTIONS = ("sum", "mean")
 
@@ -18,6 +19,16 @@ def _check(sde: SDE, eps: float, reduce: str) -> None:
     check_range("eps", eps, low=0.0, high=sde.T, low_open=True, high_open=True, hint="a time in (0, T); the usual value is 1e-5")
     if reduce not in _REDUCTIONS:
         raise ValueError(f"reduce must be one of {_REDUCTIONS}, got {reduce!r}")
+
+
+def _drawn(weighting, proposal: Proposal | None):
+    """What draws the times and weighs them: a :class:`~.weighting.Weighting` drawn from ``proposal``
+    (default: its own), or a duck-typed weighting, which draws its own times."""
+    if isinstance(weighting, Weighting):
+        return weighting.drawn_from(proposal)
+    if proposal is not None:
+        raise TypeError(f"{weighting!r} draws its own times and states no value per noise level: give it no proposal, or use a Weighting")
+    return weighting
 
 
 def _reduce(v: Tensor, reduce: str) -> Tensor:
@@ -31,6 +42,7 @@ def denoising_score_matching(
     x0: Tensor,
     *,
     weighting=None,
+    proposal: Proposal | None = None,
     eps: float = 1e-5,
     reduce: str = "sum",
     generator: torch.Generator | None = None,
@@ -38,8 +50,10 @@ def denoising_score_matching(
     """Denoising score matching (Vincent 2011; Song et al. 2021, Eq. 7), per sample.
 
     ``lambda(t) || s_theta(x_t, t) + z / s(t) ||^2`` with ``x_t = m(t) x0 + s(t) z``, ``z ~ N(0, I)``,
-    ``t`` drawn by ``weighting`` (default :class:`NoiseWeighting`, ``lambda = s^2``: the eps loss).
-    Computed as ``(lambda / s^2) || eps_hat - z ||^2``, ``eps_hat = -s s_theta``
+    ``t`` drawn from ``proposal`` (default: the weighting's own, see :mod:`.proposals`) and
+    ``lambda`` the weighting's times the proposal's importance, so the expectation is the objective
+    ``weighting`` states (default :class:`NoiseWeighting`, ``lambda = s^2``: the eps loss, uniform
+    ``t``). Computed as ``(lambda / s^2) || eps_hat - z ||^2``, ``eps_hat = -s s_theta``
     (:meth:`~sde_diffusion.sdes.SDE.eps_from_score`), for numerical range at small ``s``, with the
     weighting's own ``weight_over_variance`` when it has one (see :mod:`.weighting`).
 
@@ -52,11 +66,12 @@ def denoising_score_matching(
         raise ValueError(
             f"denoising score matching needs a closed-form kernel, which {type(sde).__name__} lacks; use sliced_score_matching instead"
         )
-    t = weighting.sample_time(sde, x0.shape[0], eps, generator=generator, device=x0.device, dtype=x0.dtype)
+    drawn = _drawn(weighting, proposal)
+    t = drawn.sample_time(sde, x0.shape[0], eps, generator=generator, device=x0.device, dtype=x0.dtype)
     x_t, z, s = sde.perturb(x0, t, generator=generator)
     residual = sde.eps_from_score(score_fn(x_t, t), t) - z
-    ratio = getattr(weighting, "weight_over_variance", None)
-    ratio = weighting.weight(sde, t, eps) / s**2 if ratio is None else ratio(sde, t, eps)
+    ratio = getattr(drawn, "weight_over_variance", None)
+    ratio = drawn.weight(sde, t, eps) / s**2 if ratio is None else ratio(sde, t, eps)
     return ratio * _reduce(residual**2, reduce)
 
 
@@ -66,6 +81,7 @@ def sliced_score_matching(
     x0: Tensor,
     *,
     weighting=None,
+    proposal: Proposal | None = None,
     eps: float = 1e-5,
     reduce: str = "sum",
     n_projections: int = 1,
@@ -79,7 +95,8 @@ def sliced_score_matching(
     ``n_projections`` probes ``v`` (Rademacher or Gaussian, ``E[v v^T] = I``). Its expectation is
     ``1/2 E || s_theta - grad log p_t ||^2 - 1/2 E || grad log p_t ||^2``: it needs no kernel, only
     samples of ``x_t``, drawn from the kernel when there is one and by forward Euler-Maruyama with
-    ``simulation_steps`` otherwise. Default weighting: likelihood (``lambda = g^2``).
+    ``simulation_steps`` otherwise. Default weighting: likelihood (``lambda = g^2``, uniform ``t``);
+    ``proposal`` as in :func:`denoising_score_matching`.
 
     ``x0``: ``(B, *dims)``. Returns ``(B,)``; ``reduce="mean"`` divides by the data dimension.
     """
@@ -88,9 +105,10 @@ def sliced_score_matching(
     if projection not in ("rademacher", "gaussian"):
         raise ValueError(f"projection must be 'rademacher' or 'gaussian', got {projection!r}")
     check_range("n_projections", n_projections, low=1, integer=True)
-    if getattr(weighting, "needs_kernel", False) and not sde.has_kernel:
-        raise ValueError(f"{weighting!r} needs the SDE's kernel; use LikelihoodWeighting()")
-    t = weighting.sample_time(sde, x0.shape[0], eps, generator=generator, device=x0.device, dtype=x0.dtype)
+    drawn = _drawn(weighting, proposal)
+    if getattr(drawn, "needs_kernel", False) and not sde.has_kernel:
+        raise ValueError(f"{drawn!r} needs the SDE's kernel; use LikelihoodWeighting() with uniform t")
+    t = drawn.sample_time(sde, x0.shape[0], eps, generator=generator, device=x0.device, dtype=x0.dtype)
     with torch.no_grad():
         x_t = sample_marginal(sde, x0, t, generator=generator, n_steps=simulation_steps)
     keep_graph = torch.is_grad_enabled()  # False in evaluation: no graph through the parameters
@@ -107,4 +125,4 @@ def sliced_score_matching(
     per_sample = trace / n_projections + 0.5 * score.reshape(x0.shape[0], -1).pow(2).sum(dim=1)
     if reduce == "mean":
         per_sample = per_sample / x0[0].numel()
-    return weighting.weight(sde, t, eps) * per_sample
+    return drawn.weight(sde, t, eps) * per_sample
