@@ -248,3 +248,23 @@ def test_apps_train_sweep_and_sample_a_posthoc_ema(tmp_path):
     assert code == 2 and "add weights=posthoc" in err
     code, _, err = run_app("sample", f"run_dir={standard}", "weights=posthoc", "sigma_rel=0.07", f"hydra.run.dir={tmp_path / 's3'}", cwd=tmp_path)
     assert code == 2 and "train.ema=posthoc" in err
+
+
+@pytest.mark.slow
+def test_torchrun_posthoc_ema_equals_one_process(tmp_path):
+    """Two processes (gloo) with train.ema=posthoc train, average and snapshot as one process with
+    the same global batch in two micro-batches; rank 0 alone writes the snapshots."""
+    from test_distributed import TINY, _assert_same_weights, _single, _torchrun
+
+    args = [*TINY, "train.steps=20", "train.ema=posthoc", "train.ema_snapshot_every=5"]
+    ddp = _torchrun("sde-train", [*args, f"hydra.run.dir={tmp_path / 'ddp'}"], tmp_path)
+    assert ddp.returncode == 0, ddp.stderr
+    single = _single("sde-train", [*args, "train.grad_accumulation=2", f"hydra.run.dir={tmp_path / 'single'}"], tmp_path)
+    assert single.returncode == 0, single.stderr
+    _assert_same_weights(tmp_path / "ddp", tmp_path / "single")  # the model and every profile
+    a, b = (load_snapshots(tmp_path / d / "checkpoints" / "ema_snapshots") for d in ("ddp", "single"))
+    assert [s["step"] for s in a] == [s["step"] for s in b] == [5, 10, 15, 20]
+    for sa, sb in zip(a, b, strict=True):
+        for pa, pb in zip(sa["parameters"], sb["parameters"], strict=True):
+            for name in pa:
+                torch.testing.assert_close(pa[name], pb[name], rtol=0, atol=1e-6)
