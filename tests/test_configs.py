@@ -63,6 +63,7 @@ def test_every_loss_builds_and_returns_per_sample_values(option):
         "classifier": ["model=classifier_mlp"],
         "restoration": ["degradation=blur"],  # cold diffusion: images
         "autoencoder": ["model=autoencoder"],  # latent diffusion's autoencoder: images
+        "edm": ["loss.weighting.sigma_data=0.5"],  # auto needs the training data, which build_loss is not given here
     }
     cfg = _compose([f"loss={option}", *companions.get(option, []), *SMALL])
     sde = build_sde(cfg)

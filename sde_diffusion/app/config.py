@@ -11,6 +11,7 @@ import functools
 import importlib.resources
 import re
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from hydra.errors import HydraException
@@ -180,24 +181,57 @@ def _edm_preconditioning(cfg: DictConfig, wrap: Callable, train_data: torch.Tens
         )
     if OmegaConf.select(cfg, "model.parameterization.sigma_data", default=None) is not None:
         raise ConfigError("model.parameterization.sigma_data and model.sigma_data: give it once, as model.sigma_data")
-    sigma_data = OmegaConf.select(cfg, "model.sigma_data", default="auto")
+    learn_variance = bool(getattr(replaced, "learns_variance", False))
+    sigma_data = _sigma_data("model.sigma_data", OmegaConf.select(cfg, "model.sigma_data", default="auto"), train_data)
+    return functools.partial(EDMPreconditioning, sigma_data=sigma_data, learn_variance=learn_variance)
+
+
+def _sigma_data(key: str, sigma_data, train_data: torch.Tensor | None) -> float:
+    """``sigma_data`` given at ``key``: a positive number, or for ``auto``
+    :func:`~sde_diffusion.models.estimate_sigma_data` of ``train_data``."""
     if sigma_data == "auto":
         if train_data is None:
-            raise ConfigError(
-                "model.sigma_data=auto is estimated from the training data, which were not given; set model.sigma_data=<number>"
-            )
-        sigma_data = estimate_sigma_data(train_data)
-    elif isinstance(sigma_data, bool) or not isinstance(sigma_data, (int, float)) or not sigma_data > 0:
-        raise ConfigError(f"model.sigma_data must be auto or a positive number (the data's standard deviation), got {sigma_data!r}")
-    learn_variance = bool(getattr(replaced, "learns_variance", False))
-    return functools.partial(EDMPreconditioning, sigma_data=float(sigma_data), learn_variance=learn_variance)
+            raise ConfigError(f"{key}=auto is estimated from the training data, which were not given; set {key}=<number>")
+        return estimate_sigma_data(train_data)
+    if isinstance(sigma_data, bool) or not isinstance(sigma_data, (int, float)) or not sigma_data > 0:
+        raise ConfigError(f"{key} must be auto or a positive number (the data's standard deviation), got {sigma_data!r}")
+    return float(sigma_data)
+
+
+LOSS_OPTIONS = ("weighting", "proposal")
+"""The loss keys with a nested group (``conf/loss/weighting/``, ``conf/loss/proposal/``): a name given
+as the key's value (``loss.weighting=min_snr``) is that option with its defaults, as
+``loss/weighting=min_snr`` is (which also takes ``loss.weighting.gamma=3``)."""
 
 
 def build_loss(cfg: DictConfig, data: Dataset | None = None) -> Callable:
-    """``loss``; ``loss.levels=auto`` (an autoencoder's decoder) takes the data's number of levels."""
+    """``loss``; ``loss.levels=auto`` (an autoencoder's decoder) takes the data's number of levels;
+    ``loss.weighting`` and ``loss.proposal`` may name an option (:data:`LOSS_OPTIONS`); a weighting's
+    ``sigma_data: auto`` (``loss=edm``) is the model's: ``model.sigma_data`` with
+    ``model.preconditioning=edm``, else the training data's standard deviation, the value
+    ``model.sigma_data=auto`` gives a new model (a fine-tuned model keeps the value it was trained with)."""
+    given: dict = {}
+    for key in LOSS_OPTIONS:
+        name = OmegaConf.select(cfg, f"loss.{key}", default=None)
+        if isinstance(name, str):
+            given[key] = _loss_option(key, name)
+    weighting = given.get("weighting", OmegaConf.select(cfg, "loss.weighting", default=None))
+    if isinstance(weighting, DictConfig) and weighting.get("sigma_data") == "auto":
+        key = "model.sigma_data" if OmegaConf.select(cfg, "model.preconditioning", default="none") == "edm" else "loss.weighting.sigma_data"
+        sigma_data = _sigma_data(key, OmegaConf.select(cfg, key, default="auto"), None if data is None else data.train)
+        given["weighting"] = OmegaConf.merge(weighting, {"sigma_data": sigma_data})
     if OmegaConf.select(cfg, "loss.levels", default=None) == "auto":
-        return _build(cfg, "loss", levels=None if data is None else data.levels)
-    return _build(cfg, "loss")
+        given["levels"] = None if data is None else data.levels
+    return _build(cfg, "loss", **given)
+
+
+def _loss_option(key: str, name: str) -> DictConfig:
+    """The shipped option ``conf/loss/<key>/<name>.yaml``, or a ConfigError listing them."""
+    folder = importlib.resources.files("sde_diffusion.conf") / "loss" / key
+    options = sorted(entry.name.removesuffix(".yaml") for entry in folder.iterdir() if entry.name.endswith(".yaml"))
+    if name not in options:
+        raise ConfigError(f"loss.{key}={name} is not an option; choose one of {', '.join(options)} (conf/loss/{key}/)")
+    return cast(DictConfig, OmegaConf.create((folder / f"{name}.yaml").read_text()))
 
 
 def build_train_options(cfg: DictConfig) -> TrainOptions:
