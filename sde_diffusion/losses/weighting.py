@@ -148,7 +148,7 @@ class VPredictionWeighting(Weighting):
 
 class MinSNRWeighting(Weighting):
     """``omega = min(1, gamma e^-lambda)`` over uniform ``t``: Min-SNR-gamma (Hang et al. 2023, "Efficient
-    Diffusion Training via Min-SNR Weighting Strategy", Sec. 3.4, ``gamma = 5``), the data-prediction
+    Diffusion Training via Min-SNR Weighting Strategy", ``gamma = 5``), the data-prediction
     weight ``min(SNR, gamma)``: the eps loss with its low-noise levels, where the data are all but
     seen, weighted down. ``loss.weighting=min_snr``."""
 
@@ -187,7 +187,7 @@ class FlowMatchingWeighting(Weighting):
 class LikelihoodWeighting(Weighting):
     """``w = 1`` per unit of log-SNR: over uniform ``t``, ``omega = g^2 / s^2``, i.e. ``lambda(t) = g(t)^2``,
     the loss that bounds the negative log-likelihood (Song, Durkan et al. 2021, Thm. 1; the
-    continuous-time VDM bound, Kingma et al. 2021, Eq. 17). Needs no kernel drawn over ``t``.
+    continuous-time VDM bound of Kingma et al. 2021). Needs no kernel drawn over ``t``.
     ``loss.weighting=likelihood``."""
 
     measure = "log_snr"
@@ -225,9 +225,9 @@ class DiscreteStepWeighting(NoiseWeighting):
 
 
 class SigmoidWeighting(Weighting):
-    """``w = sigmoid(bias - lambda)`` per unit of log-SNR (Kingma & Gao 2023, Sec. 5): 1 at high
-    noise, falling as ``e^(bias - lambda)`` past ``lambda = bias``; monotone in ``lambda``, so the
-    objective is an ELBO under Gaussian data augmentation (their Sec. 4). ``loss.weighting=sigmoid``."""
+    """``w = sigmoid(bias - lambda)`` per unit of log-SNR (Kingma & Gao 2023): 1 at high noise,
+    falling as ``e^(bias - lambda)`` past ``lambda = bias``; monotone in ``lambda``, so the objective is
+    an ELBO under Gaussian data augmentation (their main result). ``loss.weighting=sigmoid``."""
 
     measure = "log_snr"
 
