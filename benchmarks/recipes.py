@@ -151,7 +151,7 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     datasets = list(results["floor"])
-    recipes = list(dict.fromkeys(r["recipe"] for r in results["runs"]))
+    recipes = list(dict.fromkeys(r["recipe"] for r in results["runs"] if "skipped" not in r))  # skipped everywhere: no bars
     fig, axes = plt.subplots(len(datasets), 2, figsize=(14, 4.2 * len(datasets)), squeeze=False)
     width = 0.8 / max(1, len(recipes))
     for row, name in zip(axes, datasets, strict=True):
@@ -159,15 +159,16 @@ def plot(results: dict, path: Path) -> None:
         for k, recipe in enumerate(recipes):
             mine = {r["path"]: r for r in runs if r["recipe"] == recipe}
             xs = [i + k * width for i, p in enumerate(PATHS) if p in mine]
-            row[0].bar(xs, [mine[p]["nll"]["nll_nats_per_dim"] for p in PATHS if p in mine], width, label=recipe)
-            row[1].bar(xs, [mine[p]["best"]["20"]["sw2"] for p in PATHS if p in mine], width, label=recipe)
+            color = plt.cm.tab10.colors[k % 10]
+            row[0].bar(xs, [mine[p]["nll"]["nll_nats_per_dim"] for p in PATHS if p in mine], width, label=recipe, color=color)
+            row[1].bar(xs, [mine[p]["best"]["20"]["sw2"] for p in PATHS if p in mine], width, label=recipe, color=color)
         exact = next((r["nll"]["data_nll_nats_per_dim"] for r in runs), None)
         if exact is not None:
             row[0].axhline(exact, color="black", ls="--", lw=1, label="exact data NLL")
         row[1].axhline(results["floor"][name]["mean"], color="black", ls="--", lw=1, label="statistical floor")
-        for ax, what in zip(row, ("held-out NLL (nats/dim)", "sliced W2 at 20 NFE"), strict=True):
+        for ax, what, dashed in zip(row, ("held-out NLL (nats/dim)", "sliced W2 at 20 NFE"), ("exact data NLL", "floor"), strict=True):
             ax.set_xticks([i + 0.4 - width / 2 for i in range(len(PATHS))], list(PATHS))
-            ax.set(title=f"{name}: {what}, lower is better", ylabel=what)
+            ax.set(title=f"{name}: {what} (lower is better; dashed: {dashed})", ylabel=what)
             ax.grid(True, axis="y", alpha=0.3)
         row[1].set_yscale("log")
     axes[0][1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
