@@ -114,15 +114,15 @@ def sample_range(samples: Tensor, data: Tensor, *, margin: float = MARGIN) -> Sa
     )
 
 
-def range_advice(ema: SampleRange, raw: SampleRange | None = None, *, hint: str = "") -> str:
+def range_advice(ema: SampleRange, raw: SampleRange | None = None, *, hint: str = "", ema_fix: str = "lower train.ema_decay") -> str:
     """The likely cause and the fix of samples that leave the data's range, in one sentence for a
     warning line. ``ema``: the range of the (EMA) model's samples; ``raw``: that of the raw weights'
     samples drawn the same way, when they were checked; ``hint``: a fix specific to the run (its
-    path or network), appended as it is."""
+    path or network), appended as it is; ``ema_fix``: how this run's average is made shorter."""
     if raw is not None and not raw.material:
         cause = (
             f"the raw weights' samples stay in range ({raw.text()}), so the EMA still averages early, poorer weights: "
-            "train longer (train.steps), lower train.ema_decay, or sample the raw weights (weights=raw in sde-sample and sde-eval)"
+            f"train longer (train.steps), {ema_fix}, or sample the raw weights (weights=raw in sde-sample and sde-eval)"
         )
     else:
         also = ""

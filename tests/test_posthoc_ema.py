@@ -229,6 +229,12 @@ def test_apps_train_sweep_and_sample_a_posthoc_ema(tmp_path):
     assert [r["sigma_rel"] for r in record["sweep"]] == [0.05, 0.08] and record["sweep"][0]["kernel_error"] < 1e-6
     assert record["sweep"][0]["held_out_loss"] == pytest.approx(record["held_out_loss_ema"], rel=1e-6)  # the first profile
     assert "best sigma_rel" in out and (run / "checkpoints" / "posthoc_ema" / f"sigma_rel-{record['best_sigma_rel']:.3f}.pt").is_file()
+    raw = load_run(run, "cpu", weights="raw")
+    assert record["held_out_loss_raw"] != record["held_out_loss_ema"] and f"the raw weights: {record['held_out_loss_raw']:.5f}" in out
+    # two widths: the best is one of the sweep's ends, and the line says a width beyond it may be better
+    assert "it is the sweep's narrowest width" in out or "it is the sweep's widest width" in out
+    assert ("the raw weights beat every average" in out) == (record["held_out_loss_raw"] < min(r["held_out_loss"] for r in record["sweep"]))
+    assert raw.step == record["step"]
     ema, posthoc = load_run(run, "cpu"), load_run(run, "cpu", weights="posthoc", sigma_rel=0.05)
     for (name, a), b in zip(ema.score_model.state_dict().items(), posthoc.score_model.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
+import sde_diffusion as sd
 from apps import run_app
 from sde_diffusion.sample_range import MATERIAL_FRACTION, MATERIAL_RATIO, range_advice, sample_range
 
@@ -90,13 +92,17 @@ def test_the_ema_lag_warning_fires_in_one_direction_only():
     from sde_diffusion.tasks.score import _warnings
 
     class Exp:
-        pass
+        options = sd.TrainOptions()
 
     fine = sample_range(torch.zeros(4, 2), torch.tensor([[-1.0, 1.0]]))
-    lag = _warnings(Exp(), fine, None, loss_ema=1.15, loss_raw=1.0, latent=False)
-    assert len(lag) == 1 and "1.15x the raw weights'" in lag[0]
-    assert _warnings(Exp(), fine, None, loss_ema=1.0, loss_raw=3.0, latent=False) == []  # raw far worse: what the EMA is for
-    assert _warnings(Exp(), fine, None, loss_ema=1.05, loss_raw=1.0, latent=False) == []
+    run = Path("runs/a")
+    lag = _warnings(Exp(), run, fine, None, loss_ema=1.15, loss_raw=1.0, latent=False)
+    assert len(lag) == 1 and "1.15x the raw weights'" in lag[0] and "lower train.ema_decay" in lag[0]
+    assert _warnings(Exp(), run, fine, None, loss_ema=1.0, loss_raw=3.0, latent=False) == []  # raw far worse: what the EMA is for
+    assert _warnings(Exp(), run, fine, None, loss_ema=1.05, loss_raw=1.0, latent=False) == []
+    Exp.options = sd.TrainOptions(ema="posthoc")  # its decay is not a key: the width is chosen after training
+    lag = _warnings(Exp(), run, fine, None, loss_ema=1.15, loss_raw=1.0, latent=False)
+    assert "train.ema_decay" not in lag[0] and "sde-ema run_dir=runs/a" in lag[0]
 
 
 def test_the_sweep_table_shows_the_range_and_names_the_runs_that_stray(tmp_path, capsys):
@@ -140,10 +146,13 @@ def test_the_ema_lag_check_works_for_negative_losses():
     weights' by more than a tenth of their magnitude."""
     from sde_diffusion.tasks.score import _warnings
 
+    class Exp:
+        options = sd.TrainOptions()
+
     fine = sample_range(torch.zeros(4, 2), torch.tensor([[-1.0, 1.0]]))
-    lag = _warnings(object(), fine, None, loss_ema=-5.0, loss_raw=-6.0, latent=False)
+    lag = _warnings(Exp(), Path("run"), fine, None, loss_ema=-5.0, loss_raw=-6.0, latent=False)
     assert len(lag) == 1 and "is 1 above the raw weights' -6.0000" in lag[0]
-    assert _warnings(object(), fine, None, loss_ema=-6.0, loss_raw=-5.0, latent=False) == []
+    assert _warnings(Exp(), Path("run"), fine, None, loss_ema=-6.0, loss_raw=-5.0, latent=False) == []
 
 
 def test_flow_matching_without_the_velocity_network_is_refused_in_one_line(tmp_path):

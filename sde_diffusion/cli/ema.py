@@ -76,6 +76,7 @@ def run(cfg: DictConfig) -> dict:
         return evaluate_loss(model, trained.sde, held_out, loss_fn=loss_fn, seed=seed, conditioner=trained.conditioner)
 
     ema_loss = loss_of(trained.score_model)
+    raw_loss = loss_of(load_run(run_dir, cfg.device, weights="raw").score_model)  # the last step's weights, for scale
     rows, best = [], None
     for width in widths:
         posthoc = load_run(run_dir, cfg.device, weights="posthoc", sigma_rel=width)
@@ -101,6 +102,7 @@ def run(cfg: DictConfig) -> dict:
         "n_points": int(held_out.shape[0]),
         "seed": seed,
         "held_out_loss_ema": ema_loss,
+        "held_out_loss_raw": raw_loss,
         "sweep": rows,
         "best_sigma_rel": row["sigma_rel"],
         "weights": str(weights),
@@ -109,10 +111,22 @@ def run(cfg: DictConfig) -> dict:
     write_atomically(trained.run_dir / RESULTS, lambda f: f.write(json.dumps(record, indent=2) + "\n"), binary=False, mode=0o644)
     say(
         f"{PROG}: best sigma_rel {row['sigma_rel']:g}, held-out loss {row['held_out_loss']:.5f} (the run's EMA weights: "
-        f"{ema_loss:.5f}); wrote {weights} and {trained.run_dir / RESULTS}; sample it with sde-sample run_dir={trained.run_dir} "
-        f"weights=posthoc sigma_rel={row['sigma_rel']:g}"
+        f"{ema_loss:.5f}, the raw weights: {raw_loss:.5f}); wrote {weights} and {trained.run_dir / RESULTS}; sample it with "
+        f"sde-sample run_dir={trained.run_dir} weights=posthoc sigma_rel={row['sigma_rel']:g}{_edge_note(widths, row, raw_loss)}"
     )
     return record
+
+
+def _edge_note(widths: list[float], best: dict, raw_loss: float) -> str:
+    """What to try when the sweep's best width is one of its ends (the optimum may lie beyond), or when
+    the raw weights beat every average (a short run, whose early weights every average still holds)."""
+    note = ""
+    if len(widths) > 1 and best["sigma_rel"] in (min(widths), max(widths)):
+        side, other = ("narrowest", "narrower") if best["sigma_rel"] == min(widths) else ("widest", "wider")
+        note = f"; it is the sweep's {side} width, so a {other} one may be better still (sigma_rel=[...] sets the sweep)"
+    if raw_loss < best["held_out_loss"]:
+        note += "; the raw weights beat every average (train longer, or weights=raw in sde-sample and sde-eval)"
+    return note
 
 
 @hydra.main(version_base=None, config_path="pkg://sde_diffusion.conf", config_name="ema")

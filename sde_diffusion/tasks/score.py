@@ -76,7 +76,7 @@ class ScoreTask(Task):
         # the model's own samples (latents for a latent run, base images for a cascade) against its held-out data
         in_range = sample_range(samples, exp.data.test)
         raw_check = _raw_weights_check(exp, raw, run) if in_range.material else None
-        warnings = _warnings(exp, in_range, raw_check, held_out_loss, held_out_loss_raw, latent is not None)
+        warnings = _warnings(exp, run_dir, in_range, raw_check, held_out_loss, held_out_loss_raw, latent is not None)
         stage: dict = {}  # the summary of a second stage: a cascade's super-resolution or a latent run's decoder
         if sr is not None:  # the cascade's second stage: the base samples super-resolved
             _plot(samples, exp, ema, run_dir / "samples_low_res.png", title=f"{exp.data.name}: the cascade's base samples")
@@ -300,7 +300,7 @@ EMA_LAG = 0.1
 """The EMA's held-out loss more than this fraction above the raw weights': the average lags."""
 
 
-def _warnings(exp, in_range: SampleRange, raw_check, loss_ema: float, loss_raw: float, latent: bool) -> list[str]:
+def _warnings(exp, run_dir: Path, in_range: SampleRange, raw_check, loss_ema: float, loss_raw: float, latent: bool) -> list[str]:
     """One line each for what the summary's numbers hide: samples outside the data's range, with the
     likely cause (from the raw weights' samples, drawn when the EMA's stray: the EMA's lag or the
     score itself), and an EMA whose held-out loss lags the raw weights'. (The other direction, raw
@@ -309,14 +309,22 @@ def _warnings(exp, in_range: SampleRange, raw_check, loss_ema: float, loss_raw: 
     if in_range.material:
         raw_range = None if raw_check is None else raw_check[0]
         what = "the latents leave the latent data's range" if latent else "the samples leave the data's range"
-        out.append(f"{what}: {in_range.text()}; {range_advice(in_range, raw_range, hint=_path_hint(exp))}")
+        out.append(f"{what}: {in_range.text()}; {range_advice(in_range, raw_range, hint=_path_hint(exp), ema_fix=_ema_fix(exp, run_dir))}")
     if loss_ema - loss_raw > EMA_LAG * abs(loss_raw):  # differences, not ratios: a loss may be negative (ssm)
         by = f"{loss_ema / loss_raw:.2f}x" if loss_raw > 0 else f"{loss_ema - loss_raw:.4g} above"
         out.append(
             f"the EMA weights' held-out loss {loss_ema:.4f} is {by} the raw weights' {loss_raw:.4f}: the average still "
-            f"remembers early weights; train longer, lower train.ema_decay, or use the raw weights (weights=raw in sde-sample and sde-eval)"
+            f"remembers early weights; train longer, {_ema_fix(exp, run_dir)}, or use the raw weights (weights=raw in sde-sample and sde-eval)"
         )
     return out
+
+
+def _ema_fix(exp, run_dir: Path) -> str:
+    """How the run's weight average is made shorter: its decay, or for post-hoc EMA a narrower width
+    chosen after training."""
+    if exp.options.ema == "posthoc":
+        return f"choose a narrower average now (sde-ema run_dir={run_dir})"
+    return "lower train.ema_decay"
 
 
 def _path_hint(exp) -> str:
