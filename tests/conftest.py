@@ -3,7 +3,7 @@
 Two ways to run it, both on 2 cores (pytest-xdist, one worker per core):
 
     python -m pytest -n 2                  # everything (what CI's .ci/run runs): ~1,530 tests, about 5 minutes
-    python -m pytest -n 2 -m "not slow"    # the quick loop: ~1,530 tests, about 2 minutes
+    python -m pytest -n 2 -m "not slow"    # the quick loop: ~1,640 tests, about 2 minutes
 
 The quick subset leaves out the tests marked ``@pytest.mark.slow``: end-to-end app runs (each a
 subprocess that imports torch and Hydra, trains and samples) and the users of their module-scoped
