@@ -325,6 +325,7 @@ def test_train_log_holds_the_runs_lines_and_samples_npz_the_raw_samples(ve_run):
     assert set(saved) == {"samples"}  # checkerboard is not standardized: no raw copy to add
     summary = json.loads((ve_run / "summary.json").read_text())
     assert summary["evaluated_weights"] == "ema" and 0 < summary["ema_decay_last_step"] < 0.999
+    assert summary["ema_weights"].startswith(f"decay {summary['ema_decay_last_step']:.4g} at the last step")
     assert summary["held_out_loss_raw"] > 0
 
 

@@ -223,6 +223,7 @@ def test_apps_train_sweep_and_sample_a_posthoc_ema(tmp_path):
     common = ["train.steps=60", "train.batch_size=64", "n_samples=50", "eval_points=0", "sampler.grid.n_steps=10", "progress=false"]
     code, _, err = run_app("train", *common, "train.ema=posthoc", "train.ema_snapshot_every=10", f"hydra.run.dir={run}", cwd=tmp_path)
     assert code == 0, err
+    assert json.loads((run / "summary.json").read_text())["ema_weights"] == "post-hoc EMA's profile sigma_rel 0.05 of 0.05, 0.1"
     code, out, err = run_app("ema", f"run_dir={run}", "sigma_rel=[0.05,0.08]", "n_points=200", f"hydra.run.dir={tmp_path / 'ema'}", cwd=tmp_path)
     assert code == 0, err
     record = json.loads((run / "posthoc_ema.json").read_text())

@@ -124,6 +124,7 @@ class ScoreTask(Task):
         summary = {
             **training_summary(result, run.threads),
             "ema_decay_last_step": trainer.ema.last_decay,
+            "ema_weights": trainer.ema.description,  # which average the EMA weights are (post-hoc: its first profile)
             "held_out_loss_ema": held_out_loss,
             "held_out_loss_raw": held_out_loss_raw,
             "held_out_loss_ema_over_raw": held_out_loss / held_out_loss_raw if held_out_loss_raw > 0 else None,
