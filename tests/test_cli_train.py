@@ -62,6 +62,10 @@ def test_train_end_to_end_then_resume_from_outside_the_repo(tmp_path):
     proc = _sde_train([*TINY, "sde=ve", "train.steps=80", "train.resume=true", f"hydra.run.dir={run}"], cwd=tmp_path)
     assert proc.returncode != 0 and len(_error_lines(proc)) == 1
     assert "change sde (saved sde_diffusion.VPSDE, given sde_diffusion.VESDE)" in proc.stderr
+    # and so is another kind of weight average, whose state the checkpoint does not hold
+    proc = _sde_train([*TINY, "train.ema=posthoc", "train.steps=80", "train.resume=true", f"hydra.run.dir={run}"], cwd=tmp_path)
+    assert proc.returncode != 0 and len(_error_lines(proc)) == 1
+    assert "change train.ema (saved 'standard', given 'posthoc')" in proc.stderr
 
 
 @pytest.mark.parametrize(

@@ -25,9 +25,9 @@ from omegaconf import DictConfig, OmegaConf
 from .._atomic import write_atomically
 from ._common import fail, override_key
 
-FIXED = ("sde", "model", "data", "loss", "seed")
-"""Config sections a resumed run may not change: the checkpoint's weights, optimizer state and
-random streams were made with them."""
+FIXED = ("sde", "model", "data", "loss", "seed", "train.ema", "train.ema_sigma_rel")
+"""Config sections (and keys) a resumed run may not change: the checkpoint's weights, optimizer state,
+weight averages and random streams were made with them."""
 
 
 def _value_of(argv: list[str], key: str) -> str | None:
@@ -88,7 +88,17 @@ def contradictions(saved: dict, cfg: DictConfig) -> list[str]:
     """What the composed ``cfg`` changes in the checkpoint's ``saved`` config among :data:`FIXED`."""
     new = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(new, dict)  # the container of a DictConfig is a dict
-    return [d for key in FIXED if key in saved for d in _differences(saved[key], new.get(key, _MISSING), key)]
+    olds = {key: _select(saved, key) for key in FIXED}
+    return [d for key, old in olds.items() if old is not _MISSING for d in _differences(old, _select(new, key), key)]
+
+
+def _select(config: dict, dotted: str):
+    """The value at the dotted key of a plain config, or :data:`_MISSING` (a checkpoint saved before the key existed)."""
+    for part in dotted.split("."):
+        if not isinstance(config, dict) or part not in config:
+            return _MISSING
+        config = config[part]
+    return config
 
 
 def save_run_config(run_dir: Path, cfg: DictConfig, overrides: list[str]) -> None:
