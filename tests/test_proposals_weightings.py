@@ -373,7 +373,26 @@ def test_loss_edm_takes_sigma_data_from_the_model(overrides, expected):
     data = build_dataset(cfg)
     weighting = build_loss(cfg, data).keywords["weighting"]
     assert weighting.sigma_data == (sd.estimate_sigma_data(data.train) if expected == "estimate" else expected)
-    assert weighting.proposal.P_mean == -1.2 and weighting.proposal.P_std == 1.2
+    assert weighting.proposal.P_mean == pytest.approx(-1.2 + math.log(weighting.sigma_data / 0.5), abs=1e-12)
+    assert weighting.proposal.P_std == 1.2
+
+
+def test_loss_edm_keeps_a_P_mean_that_is_given():
+    """A number at ``loss.weighting.P_mean`` (what runs saved before ``null`` existed say) is used as given."""
+    cfg = _compose(["loss=edm", "loss.weighting.P_mean=-1.2"])
+    assert build_loss(cfg, build_dataset(cfg)).keywords["weighting"].proposal.P_mean == -1.2
+
+
+@pytest.mark.parametrize("k", [0.25, 4.62])
+def test_edm_weighting_moves_with_the_data_scale(k):
+    """Scaling the data by ``k`` scales every noise level of the same problem by ``k``: on EDM's path
+    (sigma = t) the weighting of ``sigma_data = 0.5 k`` at ``k t`` equals that of ``sigma_data = 0.5``
+    at ``t`` (per unit of log-SNR, which only shifts), and its mean of ln sigma is EDM's -1.2 + ln k."""
+    sde = sd.EDMSDE(sigma_min=0.002, sigma_max=1000.0)
+    t = torch.tensor([0.01, 0.1, 0.3, 1.0, 5.0], dtype=F64)
+    base, scaled = sd.EDMWeighting(sigma_data=0.5), sd.EDMWeighting(sigma_data=0.5 * k)
+    assert base.P_mean == -1.2 and scaled.P_mean == pytest.approx(-1.2 + math.log(k), abs=1e-12)
+    torch.testing.assert_close(scaled.value(sde, k * t), base.value(sde, t), rtol=1e-12, atol=0)
 
 
 def test_refusals_name_the_fix():
