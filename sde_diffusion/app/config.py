@@ -7,6 +7,7 @@ line naming the config key and the fix. The entry points in :mod:`sde_diffusion.
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib.resources
 import re
@@ -16,12 +17,13 @@ from typing import cast
 import torch
 from hydra.errors import HydraException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from ..data.dataset import Dataset
 from ..likelihood.estimators import NLLBound
+from ..losses import LearnedUncertainty
 from ..models import (
     DataParameterization,
     EDMPreconditioning,
@@ -209,7 +211,9 @@ def build_loss(cfg: DictConfig, data: Dataset | None = None) -> Callable:
     ``loss.weighting`` and ``loss.proposal`` may name an option (:data:`LOSS_OPTIONS`); a weighting's
     ``sigma_data: auto`` (``loss=edm``) is the model's: ``model.sigma_data`` with
     ``model.preconditioning=edm``, else the training data's standard deviation, the value
-    ``model.sigma_data=auto`` gives a new model (a fine-tuned model keeps the value it was trained with)."""
+    ``model.sigma_data=auto`` gives a new model (a fine-tuned model keeps the value it was trained with).
+    ``loss.learned_weighting=true`` wraps the loss in :class:`~sde_diffusion.losses.LearnedUncertainty`
+    (EDM2's learned ``u(sigma)``); a loss that is not denoising score matching refuses it in one line."""
     given: dict = {}
     for key in LOSS_OPTIONS:
         name = OmegaConf.select(cfg, f"loss.{key}", default=None)
@@ -222,7 +226,20 @@ def build_loss(cfg: DictConfig, data: Dataset | None = None) -> Callable:
         given["weighting"] = OmegaConf.merge(weighting, {"sigma_data": sigma_data})
     if OmegaConf.select(cfg, "loss.levels", default=None) == "auto":
         given["levels"] = None if data is None else data.levels
-    return _build(cfg, "loss", **given)
+    learned = OmegaConf.select(cfg, "loss.learned_weighting", default=None)
+    if learned is not None:  # a key of this layer, not an argument of the loss
+        if not isinstance(learned, bool):
+            raise ConfigError(f"loss.learned_weighting must be true or false, got {learned!r}")
+        cfg = copy.deepcopy(cfg)
+        with open_dict(cfg.loss):
+            del cfg.loss["learned_weighting"]
+    loss_fn = _build(cfg, "loss", **given)
+    if not learned:
+        return loss_fn
+    try:
+        return LearnedUncertainty(loss_fn)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"loss.learned_weighting=true: {one_line(err)}") from None
 
 
 def _loss_option(key: str, name: str) -> DictConfig:

@@ -270,10 +270,11 @@ def _check_loss_fits_model(loss_fn, score_model) -> None:
     (the loss is DSM with lambda = g^4 / 4) but badly, since the weighting is flat only for the
     velocity (rectified flow, 2,000 steps on the checkerboard: sliced W2 0.70 with noise prediction,
     the raw weights' held-out loss 2.3x the EMA's; 0.14 with model=mlp_velocity)."""
+    from ..losses import plain_loss
     from ..losses.weighting import FlowMatchingWeighting
     from ..models import VelocityParameterization
 
-    weighting = getattr(loss_fn, "keywords", {}).get("weighting")
+    weighting = getattr(plain_loss(loss_fn), "keywords", {}).get("weighting")
     if isinstance(weighting, FlowMatchingWeighting) and not isinstance(score_model, VelocityParameterization):
         raise ConfigError(
             f"loss=flow_matching trains a network that predicts the velocity, but model.parameterization is "

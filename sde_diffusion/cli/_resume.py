@@ -83,13 +83,22 @@ def _differences(old, new, prefix: str) -> list[str]:
 
 _MISSING = object()
 
+ADDED_LATER = {"loss.learned_weighting": False}
+"""Keys under :data:`FIXED` added after checkpoints were written, and the value such a checkpoint was
+trained with: a saved config without the key is held to it (a key missing on both sides is not)."""
+
 
 def contradictions(saved: dict, cfg: DictConfig) -> list[str]:
     """What the composed ``cfg`` changes in the checkpoint's ``saved`` config among :data:`FIXED`."""
     new = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(new, dict)  # the container of a DictConfig is a dict
     olds = {key: _select(saved, key) for key in FIXED}
-    return [d for key, old in olds.items() if old is not _MISSING for d in _differences(old, _select(new, key), key)]
+    changed = [d for key, old in olds.items() if old is not _MISSING for d in _differences(old, _select(new, key), key)]
+    for key, before in ADDED_LATER.items():
+        given = _select(new, key)
+        if _select(saved, key) is _MISSING and given is not _MISSING and given != before:
+            changed.append(f"{key} (saved before the key existed: {before!r}, given {given!r})")
+    return changed
 
 
 def _select(config: dict, dotted: str):

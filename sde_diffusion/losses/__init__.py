@@ -14,6 +14,7 @@ from .proposals import (
 )
 from .restoration import RestorationLoss, restoration_loss
 from .score_matching import denoising_score_matching, sliced_score_matching
+from .uncertainty import LearnedUncertainty, plain_loss
 from .weighting import (
     DiscreteStepWeighting,
     EDMWeighting,
@@ -31,6 +32,8 @@ from .weighting import (
 __all__ = [
     "denoising_score_matching",
     "sliced_score_matching",
+    "LearnedUncertainty",
+    "plain_loss",
     "NoiseWeighting",
     "LikelihoodWeighting",
     "ImportanceLikelihoodWeighting",

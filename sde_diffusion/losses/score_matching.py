@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -46,6 +48,7 @@ def denoising_score_matching(
     eps: float = 1e-5,
     reduce: str = "sum",
     generator: torch.Generator | None = None,
+    uncertainty: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Denoising score matching (Vincent 2011; Song et al. 2021, Eq. 7), per sample.
 
@@ -59,6 +62,10 @@ def denoising_score_matching(
 
     ``x0``: ``(B, *dims)``. Returns ``(B,)``: the squared norm summed (``reduce="sum"``) or averaged
     (``"mean"``) over the data dimensions. Needs the SDE's kernel.
+
+    ``uncertainty``: a learned log-variance ``u(sigma)`` ``(B,) -> (B,)`` of the noise level
+    ``sigma = s/m``; the per-sample loss ``L`` becomes ``L / e^u + u`` (EDM2, Karras et al. 2024,
+    Eq. 21; :class:`~.uncertainty.LearnedUncertainty`, which trains it).
     """
     weighting = NoiseWeighting() if weighting is None else weighting
     _check(sde, eps, reduce)
@@ -72,7 +79,11 @@ def denoising_score_matching(
     residual = sde.eps_from_score(score_fn(x_t, t), t) - z
     ratio = getattr(drawn, "weight_over_variance", None)
     ratio = drawn.weight(sde, t, eps) / s**2 if ratio is None else ratio(sde, t, eps)
-    return ratio * _reduce(residual**2, reduce)
+    loss = ratio * _reduce(residual**2, reduce)
+    if uncertainty is None:
+        return loss
+    u = uncertainty(s / sde.kernel(t)[0])
+    return loss * torch.exp(-u) + u
 
 
 def sliced_score_matching(

@@ -18,6 +18,7 @@ from ..distances import sliced_w2_to_held_out
 from ..finetune import prior_weights, trainable_parameters
 from ..latents import decode_latents
 from ..likelihood.evaluate import evaluate_nll
+from ..losses import LearnedUncertainty
 from ..precision import accelerate
 from ..sample_range import SampleRange, range_advice, sample_range
 from ..samplers.draw import DrawnSamples, draw_samples
@@ -128,6 +129,8 @@ class ScoreTask(Task):
             "held_out_loss_ema": held_out_loss,
             "held_out_loss_raw": held_out_loss_raw,
             "held_out_loss_ema_over_raw": held_out_loss / held_out_loss_raw if held_out_loss_raw > 0 else None,
+            # EDM2's learned u(sigma): the training loss is w err / e^u + u, the held-out losses the plain w err
+            **({"learned_weighting": True} if isinstance(exp.loss_fn, LearnedUncertainty) else {}),
             **held_out_nll,
             "sampler": sampler_name,
             "nfe": nfe,

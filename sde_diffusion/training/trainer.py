@@ -21,7 +21,7 @@ from .._seeding import derive_seed
 from .._shapes import check_data
 from ..conditioning import Conditioning
 from ..distributed import SINGLE, DistributedContext, all_reduce_mean
-from ..losses import denoising_score_matching
+from ..losses import LearnedUncertainty, denoising_score_matching, plain_loss
 from ..precision import accelerate, check_compile, check_precision
 from ..sdes.base import SDE
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 LossFn = Callable[..., Tensor]
 """``loss_fn(score_model, sde, x0, generator=...) -> (B,)`` per-sample losses. A loss with state (an
 importance sampler's history: :class:`~sde_diffusion.losses.HybridLoss`) has ``state_dict`` and
-``load_state_dict``, and its state is checkpointed with the run."""
+``load_state_dict``, and its state is checkpointed with the run. A loss that is an ``nn.Module`` with
+parameters (:class:`~sde_diffusion.losses.LearnedUncertainty`) has them trained with the model's."""
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 """``optimizer(parameters) -> torch.optim.Optimizer``, e.g. ``functools.partial(torch.optim.AdamW, lr=1e-3)``."""
@@ -111,6 +112,11 @@ class Trainer:
     from its clean rows, its augmentation noise drawn from the micro-batch's generator (after label
     dropout), and the loss sees ``lambda x, t: score_model(x, t, y, cond=cond)``.
 
+    A loss with parameters (EDM2's learned uncertainty, :class:`~sde_diffusion.losses.LearnedUncertainty`)
+    trains them by the same optimiser, after the model's parameters in its one parameter group; they
+    are saved and restored with the loss's state, outside the EMA, the gradient clipping and its
+    logged norm (which stay the model's), and averaged across processes as DDP averages the model's.
+
     ``row_weights`` ``(N,)`` weight each training row's loss (prior preservation:
     :func:`sde_diffusion.finetune.prior_weights`); the batch loss is the mean of the weighted values.
 
@@ -162,7 +168,9 @@ class Trainer:
         self._stream_from = -1
         self.labels = None if labels is None else _check_labels(labels, self.data, score_model).to(self.device)
         self.options = options
-        self.loss_fn = loss_fn
+        self.loss_fn = loss_fn.to(self.device) if isinstance(loss_fn, nn.Module) else loss_fn
+        # a loss's own parameters (a learned uncertainty u(sigma)): trained with the model's
+        self._loss_params = [p for p in loss_fn.parameters() if p.requires_grad] if isinstance(loss_fn, nn.Module) else []
         self.config = config
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.dist = dist
@@ -181,7 +189,7 @@ class Trainer:
         self._params = list(self.model.parameters())
         # foreach: one fused update over all tensors (measured 10 % faster per step on the CPU too)
         optimizer = optimizer or functools.partial(torch.optim.Adam, lr=options.lr, foreach=True)
-        self.optimizer = optimizer(self.model.parameters())
+        self.optimizer = optimizer([*self.model.parameters(), *self._loss_params])
         lr_schedule = lr_schedule or functools.partial(warmup_lr_schedule, warmup_steps=options.warmup_steps, total_steps=options.steps)
         self.scheduler = lr_schedule(self.optimizer)
         self.last_lr = self.optimizer.param_groups[0]["lr"]
@@ -250,13 +258,14 @@ class Trainer:
         return write_snapshot(self.snapshot_dir, self.ema.snapshot(self.step))
 
     def load_state(self, state: dict) -> None:
+        self._check_loss_state(state)
         try:
             self.model.load_state_dict(state["model"])
             self.ema.load_state_dict(state["ema"])
             self.optimizer.load_state_dict(state["optimizer"])
             if "scheduler" in state:
                 self.scheduler.load_state_dict(state["scheduler"])
-            if "loss" in state and hasattr(self.loss_fn, "load_state_dict"):  # a stateful loss (importance sampler)
+            if "loss" in state and hasattr(self.loss_fn, "load_state_dict"):  # a stateful loss (importance sampler, u(sigma))
                 self.loss_fn.load_state_dict(state["loss"])
             if "grad_scaler" in state and self.scaler.is_enabled():
                 self.scaler.load_state_dict(state["grad_scaler"])
@@ -275,6 +284,17 @@ class Trainer:
                 warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
                 for _ in range(self.step):
                     self.scheduler.step()
+
+    def _check_loss_state(self, state: dict) -> None:
+        """Refuse a checkpoint whose loss had learned parameters (``loss.learned_weighting``) when this
+        Trainer's has none, and the other way round, before the optimizer's state fails to fit."""
+        saved = isinstance(state.get("loss"), dict) and "frequencies" in state["loss"]  # LearnedUncertainty's state
+        learned = isinstance(self.loss_fn, LearnedUncertainty)
+        if saved != learned:
+            raise CheckpointError(
+                f"the checkpoint was trained {'with' if saved else 'without'} a learned loss weighting, which this run "
+                f"{'drops' if saved else 'adds'}: resume with loss.learned_weighting={str(saved).lower()}, as it was trained"
+            )
 
     def _resume(self) -> None:
         if self.checkpoint_path is None or not self.checkpoint_path.exists():
@@ -311,6 +331,10 @@ class Trainer:
                 self.scaler.scale(micro if n_acc == 1 else micro / n_acc).backward()
             losses.append(micro.detach())
         loss = losses[0] if n_acc == 1 else torch.stack(losses).mean()
+        if self._ddp is not None:  # the loss's parameters are outside DDP: average their gradients as it does
+            for p in self._loss_params:
+                if p.grad is not None:
+                    p.grad.copy_(all_reduce_mean(p.grad, self.dist))
         self.scaler.unscale_(self.optimizer)  # true gradients for clipping and the norm (no-op unless fp16)
         if opts.grad_clip is not None:
             grad_norm = nn.utils.clip_grad_norm_(self._params, opts.grad_clip)
@@ -479,7 +503,10 @@ def evaluate_loss(
     An image-conditioned model gets each chunk's conditioning from ``conditioner`` as in training.
 
     Runs without building a graph for the parameters; losses that differentiate the score in ``x``
-    (sliced score matching) enable gradients for that part themselves."""
+    (sliced score matching) enable gradients for that part themselves. A loss with a learned
+    uncertainty weighting is evaluated without it (:func:`~sde_diffusion.losses.plain_loss`): the
+    objective itself, comparable with a run trained without one."""
+    loss_fn = plain_loss(loss_fn)
     device = next(score_model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
     total = 0.0
