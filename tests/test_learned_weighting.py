@@ -251,3 +251,23 @@ def test_sde_train_records_it_and_a_resume_that_switches_it_is_refused_in_one_li
     code, _, err = run_app("train", *args, "train.steps=20", "train.resume=true", cwd=tmp_path)
     assert code == 0, err
     assert int(load_checkpoint(run / "checkpoints" / "last.pt")["step"]) == 20
+
+
+@pytest.mark.slow
+def test_torchrun_with_learned_weighting_equals_one_process(tmp_path):
+    """Two processes (gloo) train u as one process with the same global batch in two micro-batches:
+    u's parameters live outside DDP, and the Trainer averages their gradients as DDP does the model's."""
+    from test_distributed import TINY, _assert_same_weights, _single, _torchrun
+
+    from sde_diffusion.training import load_checkpoint
+
+    args = [*TINY, "train.steps=20", "loss=edm", "model.preconditioning=edm", "loss.learned_weighting=true"]
+    ddp = _torchrun("sde-train", [*args, f"hydra.run.dir={tmp_path / 'ddp'}"], tmp_path)
+    assert ddp.returncode == 0, ddp.stderr
+    single = _single("sde-train", [*args, "train.grad_accumulation=2", f"hydra.run.dir={tmp_path / 'single'}"], tmp_path)
+    assert single.returncode == 0, single.stderr
+    _assert_same_weights(tmp_path / "ddp", tmp_path / "single")
+    a, b = (load_checkpoint(tmp_path / d / "checkpoints" / "last.pt")["loss"] for d in ("ddp", "single"))
+    for name in ("weight", "bias"):
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
+    assert float(a["bias"].abs()) > 0
