@@ -150,8 +150,9 @@ def run_path(path: Path_, data: sd.Dataset, args, log) -> tuple[dict, torch.Tens
 def evaluate(sde: sd.SDE, score, data: sd.Dataset, args, log) -> tuple[dict, torch.Tensor]:
     """The held-out NLL (exact divergence; bits/dim too on discrete data) of ``score`` and the sliced
     W2 of its samples at each budget and by 1000-step Euler-Maruyama; returns ``{"nll", "sw2", "best",
-    "em_1000"}`` and the best 20-NFE samples. ``args``: ``seed``, ``nll_points``, ``samples``."""
-    nll = sd.evaluate_nll(sde, score, data.test, n_points=args.nll_points, divergence="exact", seed=args.seed,
+    "em_1000"}`` and the best 20-NFE samples. ``args``: ``seed``, ``nll_points``, ``samples`` and
+    optionally ``divergence`` (default ``exact``; ``auto`` is Hutchinson's above 16 dimensions)."""
+    nll = sd.evaluate_nll(sde, score, data.test, n_points=args.nll_points, divergence=getattr(args, "divergence", "exact"), seed=args.seed,
                           density=data.distribution, levels=data.levels, interval_width=data.interval_width)
     exact = "" if nll["data_nll_nats_per_dim"] is None else f" (exact data {nll['data_nll_nats_per_dim']:.4f})"
     bpd = "" if nll["bpd"] is None else f", {nll['bpd']:.3f} bits/dim"

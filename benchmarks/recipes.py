@@ -27,16 +27,32 @@ Euler-Maruyama, beside the statistical floor. Two budgets:
   - equal CPU time (``--minutes``, default off): each run's steps are its measured steps/s (a
     100-step pilot) times the budget.
 
-Everything runs on one thread (``torch.set_num_threads(1)``).
+Everything runs on one thread (``torch.set_num_threads(1)``). Two more studies, each with its own
+results file:
+
+  - ``--digits``: ``experiment=digits`` (the class-conditional U-Net on scikit-learn's 8x8 digits)
+    with the paths and recipes of :data:`DIGITS_RUNS`, 3,000 steps: held-out bits/dim on all 297
+    held-out digits (Hutchinson divergence, as ``sde-train`` reports it) and sliced W2 in pixel space;
+    ``results/recipes_digits.{json,md}``.
+  - ``--posthoc-ema``: post-hoc EMA (EDM2, Karras et al. 2024, Sec. 3) on the digits at 300 and 3,000
+    steps. One run per length with ``train.ema=posthoc``; the fixed-decay EMAs (with and without
+    warm-up) and one directly tracked power-function profile are kept beside it on the same
+    trajectory of raw weights, so every average is of the very same weights. Held-out bits/dim of
+    each post-hoc width (reconstructed from the snapshots), each fixed decay and the raw weights,
+    on the same held-out digits with the same dequantization and probes;
+    ``results/recipes_posthoc_ema.{json,md,png}``.
 
     python benchmarks/recipes.py              # checkerboard and eight Gaussians, 2,000 steps: about an hour
-    python benchmarks/recipes.py --minutes 10 # equal CPU minutes instead
+    python benchmarks/recipes.py --minutes 10 --only "VP:default" "rectified flow:default"  # equal CPU minutes
+    python benchmarks/recipes.py --digits     # digits, 3,000 steps per run: about 20 min a run
+    python benchmarks/recipes.py --posthoc-ema  # post-hoc EMA against fixed decays on the digits: about an hour
     python benchmarks/recipes.py --quick      # smoke run: checkerboard, 200 steps, three recipes (~3 min)
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import platform
@@ -53,6 +69,8 @@ from paths import BUDGETS, evaluate, floor
 import sde_diffusion as sd
 from sde_diffusion.app.config import ConfigError, build_dataset
 from sde_diffusion.app.runs import build_experiment
+from sde_diffusion.training.ema import EMA
+from sde_diffusion.training.posthoc_ema import PowerFunctionEMA, load_snapshots, reconstruct
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DATASETS = ("checkerboard", "eight_gaussians")
@@ -74,6 +92,16 @@ RECIPES = {
 }
 QUICK_RECIPES = ("default", "EDM precond", "EDM")
 PILOT_STEPS = 100
+DIGITS_RUNS = (("VP", "default"), ("VP", "EDM"), ("EDM", "EDM"), ("VP", "EDM + uncertainty"))
+"""The (path, recipe) pairs of ``--digits`` (rectified flow's velocity MLP does not fit the digits' U-Net)."""
+DIGITS_STEPS = 3000
+POSTHOC_STEPS = (300, 3000)
+POSTHOC_WIDTHS = (0.03, 0.05, 0.1, 0.15, 0.25)
+"""The post-hoc widths sigma_rel evaluated (EDM2 found its best between 0.05 and 0.2)."""
+FIXED_DECAYS = {300: (0.9, 0.95, 0.99, 0.999), 3000: (0.99, 0.995, 0.999, 0.9995)}
+"""The fixed EMA decays kept beside the post-hoc run, per length: from a tenth of the run to twice it."""
+TRACKED_WIDTH = 0.15
+"""A power-function profile tracked directly beside the run, to compare with its reconstruction."""
 
 
 def compose_run(overrides: list[str]):
@@ -82,19 +110,31 @@ def compose_run(overrides: list[str]):
         return compose(config_name="config", overrides=overrides)
 
 
-def train(cfg, seed: int):
-    """Build the experiment of ``cfg`` and train it; returns ``(experiment, trainer, fit)``."""
+def make_trainer(cfg, seed: int, run_dir: Path | None = None):
+    """Build the experiment of ``cfg`` and its Trainer (checkpoints and snapshots in ``run_dir``)."""
     torch.manual_seed(seed)
     exp = build_experiment(cfg)
     labels = exp.data.train_labels if getattr(exp.score_model, "n_classes", None) is not None else None
     trainer = sd.Trainer(exp.score_model, exp.sde, exp.data.train, exp.options, loss_fn=exp.loss_fn, seed=seed,
-                         optimizer=exp.optimizer, lr_schedule=exp.lr_schedule, labels=labels)
+                         optimizer=exp.optimizer, lr_schedule=exp.lr_schedule, labels=labels, run_dir=run_dir)
+    return exp, trainer
+
+
+def train(cfg, seed: int):
+    """Build the experiment of ``cfg`` and train it; returns ``(experiment, trainer, fit)``."""
+    exp, trainer = make_trainer(cfg, seed)
     return exp, trainer, trainer.fit()
+
+
+def base_overrides(dataset: str, seed: int) -> list[str]:
+    """What every run on ``dataset`` starts from: the toys' ``data=<name>``, or ``experiment=digits``."""
+    data = ["experiment=digits"] if dataset == "digits" else [f"data={dataset}"]
+    return [*data, f"seed={seed}", "train.progress=false", "eval_points=0"]
 
 
 def run(dataset: str, path: str, recipe: str, args, log) -> dict:
     """One (path, recipe) on ``dataset``: trained for ``--steps`` or for ``--minutes`` of its own pace."""
-    base = [f"data={dataset}", f"seed={args.seed}", "train.progress=false", "eval_points=0"]
+    base = base_overrides(dataset, args.seed)
     overrides = base + PATHS[path] + RECIPES[recipe]
     record = {"dataset": dataset, "path": path, "recipe": recipe, "overrides": PATHS[path] + RECIPES[recipe]}
     try:
@@ -111,6 +151,57 @@ def run(dataset: str, path: str, recipe: str, args, log) -> dict:
     metrics, _ = evaluate(exp.sde, trainer.ema_model.eval(), exp.data, args, log)
     return {**record, "steps": fit.steps, "train_seconds": fit.seconds, "steps_per_sec": fit.steps_per_sec,
             "last_loss": fit.last_loss, **metrics}
+
+
+def bits_per_dim(exp, model, args) -> dict:
+    """Held-out bits/dim of ``model`` on the first ``args.nll_points`` held-out digits, as
+    ``sde-train`` reports it (probability-flow ODE, Hutchinson divergence, one dequantization per
+    point), with the same seed for every model so that their differences are paired."""
+    data = exp.data
+    nll = sd.evaluate_nll(exp.sde, model, data.test, n_points=args.nll_points, seed=args.seed, levels=data.levels,
+                          interval_width=data.interval_width)
+    return {"bpd": nll["bpd"], "bpd_stderr": nll["bpd_stderr"], "nfe": nll["nfe"], "seconds": nll["seconds"]}
+
+
+def posthoc_ema(steps: int, args, log) -> dict:
+    """One ``train.ema=posthoc`` digits run of ``steps`` steps with the fixed-decay EMAs of
+    :data:`FIXED_DECAYS` (with and without warm-up at 0.999) and a profile of :data:`TRACKED_WIDTH`
+    kept beside it on the same raw weights; held-out bits/dim of each post-hoc width, each average
+    and the raw weights."""
+    cfg = compose_run([*base_overrides("digits", args.seed), "train.ema=posthoc", f"train.steps={steps}"])
+    with tempfile.TemporaryDirectory() as run_dir:
+        exp, trainer = make_trainer(cfg, args.seed, run_dir=Path(run_dir))
+        model = trainer.model
+        beside = {f"fixed {d:g}": EMA(model, d, warmup=False) for d in FIXED_DECAYS.get(steps, FIXED_DECAYS[300])}
+        beside["warm-up 0.999"] = EMA(model, 0.999, warmup=True)  # the digits experiment's own
+        beside[f"tracked sigma_rel {TRACKED_WIDTH:g}"] = PowerFunctionEMA(model, TRACKED_WIDTH)
+        update = trainer.ema.update
+
+        def update_all() -> None:  # every average sees every step's raw weights
+            update()
+            for average in beside.values():
+                average.update()
+
+        trainer.ema.update = update_all
+        fit = trainer.fit()
+        log(f"{'digits':>15} post-hoc EMA run: {fit.steps} steps in {fit.seconds:.0f} s ({fit.steps_per_sec:.2f}/s)")
+        snapshots = load_snapshots(trainer.snapshot_dir)
+        rows = {}
+
+        def judge(name: str, state: dict, **extra) -> None:
+            net = copy.deepcopy(model).eval()
+            net.load_state_dict(state)
+            rows[name] = {**bits_per_dim(exp, net, args), **extra}
+            log(f"{'':>15} {name:<28} {rows[name]['bpd']:.4f} +- {rows[name]['bpd_stderr']:.4f} bits/dim "
+                f"(NFE {rows[name]['nfe']:.0f}, {rows[name]['seconds']:.0f} s)")
+
+        for width in POSTHOC_WIDTHS:
+            rec = reconstruct(snapshots, width)
+            judge(f"post-hoc sigma_rel {width:g}", rec.state, sigma_rel=width, kernel_error=rec.kernel_error)
+        for name, average in beside.items():
+            judge(name, average.module.state_dict())
+        judge("raw weights", model.state_dict())
+    return {"steps": steps, "steps_per_sec": fit.steps_per_sec, "n_snapshots": len(snapshots), "rows": rows}
 
 
 def _fmt(x, digits: int = 3) -> str:
@@ -141,6 +232,77 @@ def table(results: dict) -> str:
                      f"{_fmt(nll['nll_stderr'])} | {_fmt(nll['data_nll_nats_per_dim'])} | {nll['nfe']:.0f} | "
                      + " | ".join(_fmt(b["sw2"], 4) for b in r["best"].values()) + f" | {_fmt(r['em_1000']['sw2'], 4)} |")
     return "\n".join(lines) + "\n"
+
+
+def digits_table(results: dict) -> str:
+    cfg = results["config"]
+    lines = ["# Training recipes on the digits", "",
+             f"`sde-train experiment=digits` (class-conditional U-Net, batch 128, lr 5e-4, EMA 0.999 with warm-up), "
+             f"{cfg['steps']} steps each, seed {cfg['seed']}; torch {cfg['torch']}, 1 thread; wall "
+             f"{results['wall_seconds']:.0f} s. Bits/dim: all {cfg['nll_points']} held-out digits, probability-flow ODE "
+             "(dopri5, tol 1e-5), Hutchinson divergence, one dequantization per point (as sde-train reports it), "
+             f"+- one standard error. Sliced W2 in pixel space: {cfg['samples']} unguided samples vs the held-out digits.", "",
+             "| path | recipe | steps | steps/s | bits/dim | NFE | " + " | ".join(f"SW2 @{b}" for b in BUDGETS) + " | SW2 EM-1000 |",
+             "|---|---|---|---|---|---|" + "---|" * (len(BUDGETS) + 1)]
+    for r in results["runs"]:
+        head = f"| {r['path']} | {r['recipe']} |"
+        if "skipped" in r:
+            lines.append(f"{head} skipped: {r['skipped']} |" + " |" * (len(BUDGETS) + 4))
+            continue
+        nll = r["nll"]
+        lines.append(f"{head} {r['steps']} | {r['steps_per_sec']:.2f} | {_fmt(nll['bpd'])} +- {_fmt(nll['bpd_stderr'])} | "
+                     f"{nll['nfe']:.0f} | " + " | ".join(_fmt(b["sw2"], 4) for b in r["best"].values())
+                     + f" | {_fmt(r['em_1000']['sw2'], 4)} |")
+    return "\n".join(lines) + "\n"
+
+
+def posthoc_table(results: dict) -> str:
+    cfg = results["config"]
+    lines = ["# Post-hoc EMA against fixed decays on the digits", "",
+             f"`sde-train experiment=digits train.ema=posthoc` (profiles sigma_rel 0.05 and 0.10, the default snapshots), "
+             f"seed {cfg['seed']}; torch {cfg['torch']}, 1 thread; wall {results['wall_seconds']:.0f} s. The fixed-decay "
+             "EMAs, the digits experiment's warmed-up 0.999 and a directly tracked power-function profile are averages of "
+             "the same raw weights, kept beside the run. Bits/dim on the first "
+             f"{cfg['nll_points']} held-out digits (probability-flow ODE, Hutchinson divergence), the same dequantization "
+             "and probes for every row, so differences between rows are paired; +- one standard error of the level.", ""]
+    for run in results["runs"]:
+        rows = run["rows"]
+        posthoc = {k: v for k, v in rows.items() if k.startswith("post-hoc")}
+        fixed = {k: v for k, v in rows.items() if k.startswith(("fixed", "warm-up"))}
+        best_posthoc = min(posthoc, key=lambda k: posthoc[k]["bpd"])
+        best_fixed = min(fixed, key=lambda k: fixed[k]["bpd"])
+        lines += [f"## {run['steps']} steps ({run['steps_per_sec']:.2f} steps/s, {run['n_snapshots']} snapshots)", "",
+                  "| weights | bits/dim | NFE | reconstruction error |", "|---|---|---|---|"]
+        for name, r in rows.items():
+            mark = " (best)" if name in (best_posthoc, best_fixed) else ""
+            err = f"{r['kernel_error']:.1e}" if "kernel_error" in r else ""
+            lines.append(f"| {name}{mark} | {r['bpd']:.4f} +- {r['bpd_stderr']:.4f} | {r['nfe']:.0f} | {err} |")
+        gap = posthoc[best_posthoc]["bpd"] - fixed[best_fixed]["bpd"]
+        lines += ["", f"Best post-hoc width minus best fixed decay: **{gap:+.4f} bits/dim** ({best_posthoc} vs {best_fixed}).", ""]
+    return "\n".join(lines)
+
+
+def posthoc_plot(results: dict, path: Path) -> None:
+    """Bits/dim against sigma_rel (post-hoc), with each fixed decay as a horizontal line, one panel a length."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results["runs"]), figsize=(6.5 * len(results["runs"]), 4.2), squeeze=False)
+    for ax, run in zip(axes[0], results["runs"], strict=True):
+        rows = run["rows"]
+        widths = [(r["sigma_rel"], r["bpd"], r["bpd_stderr"]) for r in rows.values() if "sigma_rel" in r]
+        ax.errorbar([w[0] for w in widths], [w[1] for w in widths], yerr=[w[2] for w in widths], marker="o", capsize=3,
+                    label="post-hoc EMA (reconstructed)")
+        for k, (name, r) in enumerate((n, r) for n, r in rows.items() if "sigma_rel" not in r):
+            ax.axhline(r["bpd"], ls="--", lw=1, color=plt.cm.tab10.colors[(k + 1) % 10], label=name)
+        ax.set(xscale="log", xlabel="sigma_rel", ylabel="held-out bits/dim", title=f"digits, {run['steps']} steps")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def plot(results: dict, path: Path) -> None:
@@ -177,41 +339,77 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def write(out_dir: Path, stem: str, results: dict, text: str) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / stem
+    path.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
+    path.with_suffix(".md").write_text(text)
+    print(text)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: checkerboard, 200 steps, three recipes")
+    parser.add_argument("--digits", action="store_true", help="the digits' runs of DIGITS_RUNS instead of the toys")
+    parser.add_argument("--posthoc-ema", action="store_true", help="post-hoc EMA against fixed decays on the digits")
+    parser.add_argument("--only", nargs="+", default=None, metavar="PATH:RECIPE",
+                        help="only these (path, recipe) pairs, e.g. 'VP:default' 'rectified flow:logit-normal t'")
+    parser.add_argument("--nll-points", type=int, default=None,
+                        help="held-out points of the NLL (default: toys 1000, digits 297, post-hoc EMA 100)")
     parser.add_argument("--steps", type=int, default=None, help="training steps per run (default 2000; quick 200)")
     parser.add_argument("--minutes", type=float, default=None, help="equal CPU minutes per run instead of equal steps")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--datasets", nargs="+", default=None, choices=DATASETS, help="the toys to run (default both)")
     parser.add_argument("--out", type=Path, default=None,
                         help="directory for recipes.{json,md,png} (default benchmarks/results; quick: the temp directory)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     wall = time.perf_counter()
+    out_dir = args.out or (Path(tempfile.gettempdir()) / "sde_benchmarks" if args.quick else RESULTS)
+    config = {"seed": args.seed, "torch": torch.__version__, "python": platform.python_version()}
+    if args.posthoc_ema:
+        args.nll_points = args.nll_points or 100
+        steps = (args.steps,) if args.steps else POSTHOC_STEPS
+        results = {"config": {**config, "nll_points": args.nll_points, "widths": POSTHOC_WIDTHS}, "runs": []}
+        for n in steps:
+            results["runs"].append(posthoc_ema(n, args, print))
+        results["wall_seconds"] = time.perf_counter() - wall
+        path = write(out_dir, "recipes_posthoc_ema", results, posthoc_table(results))
+        posthoc_plot(results, path.with_suffix(".png"))
+        return
+    if args.digits:
+        args.steps = args.steps or DIGITS_STEPS
+        args.nll_points = args.nll_points or 297
+        args.samples, args.minutes, args.divergence = 297, None, "auto"
+        pairs = [tuple(p.split(":", 1)) for p in args.only] if args.only else DIGITS_RUNS
+        results = {"config": {**config, "steps": args.steps, "nll_points": args.nll_points, "samples": args.samples,
+                              "runs": [list(p) for p in pairs]}, "runs": []}
+        for path_name, recipe in pairs:
+            results["runs"].append(run("digits", path_name, recipe, args, print))
+        results["wall_seconds"] = time.perf_counter() - wall
+        write(out_dir, "recipes_digits" if not args.only else "recipes_digits_only", results, digits_table(results))
+        return
     args.steps = args.steps or (200 if args.quick else 2000)
     args.samples = 1000 if args.quick else 5000
-    args.nll_points = 100 if args.quick else 1000
-    out_dir = args.out or (Path(tempfile.gettempdir()) / "sde_benchmarks" if args.quick else RESULTS)
-    datasets = DATASETS[:1] if args.quick else DATASETS
+    args.nll_points = args.nll_points or (100 if args.quick else 1000)
+    datasets = args.datasets or (DATASETS[:1] if args.quick else DATASETS)
     recipes = QUICK_RECIPES if args.quick else tuple(RECIPES)
     results = {"config": {"quick": args.quick, "steps": args.steps, "minutes": args.minutes, "seed": args.seed,
                           "torch": torch.__version__, "python": platform.python_version(), "samples": args.samples,
                           "nll_points": args.nll_points, "recipes": {k: RECIPES[k] for k in recipes}, "paths": PATHS},
                "floor": {}, "runs": []}
+    pairs = [tuple(p.split(":", 1)) for p in args.only] if args.only else [(p, r) for p in PATHS for r in recipes]
+    if args.only:
+        results["config"]["only"] = args.only
     for name in datasets:
         data = build_dataset(compose_run([f"data={name}"]))  # the held-out data every run of it is judged on
         results["floor"][name] = floor(data, args.samples)
-        for path in PATHS:
-            for recipe in recipes:
-                results["runs"].append(run(name, path, recipe, args, print))
+        for path_name, recipe in pairs:
+            results["runs"].append(run(name, path_name, recipe, args, print))
     results["wall_seconds"] = time.perf_counter() - wall
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / "recipes"
-    stem.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
-    text = table(results)
-    stem.with_suffix(".md").write_text(text)
+    stem = write(out_dir, f"recipes_{args.minutes:g}min" if args.minutes else "recipes", results, table(results))
     plot(results, stem.with_suffix(".png"))
-    print(text)
     print(f"wrote {stem}.{{json,md,png}} ({results['wall_seconds']:.0f} s)")
 
 
