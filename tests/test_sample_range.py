@@ -61,10 +61,11 @@ def _summary(run_dir):
 
 
 def test_an_untrained_edm_model_is_flagged_with_the_cause_and_the_fix(tmp_path):
-    """A few steps of sde=edm with the default network: Heun's samples stay near the prior's N(0, 80^2),
-    far outside the checkerboard's [-4, 4]. The summary records it, a warning names the fix."""
+    """A few steps of sde=edm with the raw network (model.preconditioning=none): Heun's samples stay near
+    the prior's N(0, 80^2), far outside the checkerboard's [-4, 4]. The summary records it, a warning
+    names the fix."""
     code, out, err = run_app(
-        "train", "sde=edm", "sampler=heun", "sampler.grid.eps=0.002", "sampler.grid.n_steps=5", "train.steps=3",
+        "train", "sde=edm", "model.preconditioning=none", "sampler=heun", "sampler.grid.eps=0.002", "sampler.grid.n_steps=5", "train.steps=3",
         "eval_points=0", "n_samples=200", "progress=false", "hydra.run.dir=run", cwd=tmp_path,
     )  # fmt: skip
     assert code == 0, err
@@ -72,7 +73,7 @@ def test_an_untrained_edm_model_is_flagged_with_the_cause_and_the_fix(tmp_path):
     assert r["material"] and r["fraction_outside"] > 0.5 and r["max_abs_ratio"] > 5 and r["of"] == "samples"
     assert _summary(tmp_path / "run")["raw_weights_check"]["sample_range"]["material"]
     warning = [line for line in out.splitlines() if "WARNING: the samples leave the data's range" in line]
-    assert len(warning) == 1 and "EDM's preconditioning (model=mlp_edm)" in warning[0], out
+    assert len(warning) == 1 and "EDM's preconditioning (model.preconditioning=edm)" in warning[0], out
     assert f"{100 * r['fraction_outside']:.1f}% of values outside the data's range" in out.splitlines()[-1]
 
 

@@ -68,7 +68,28 @@ def prepare(prog: str, argv: list[str]) -> list[str]:
         fail(prog, f"train.resume=true but {run_dir} has no .hydra/overrides.yaml (was it written by sde-train?)")
     given = {override_key(a) for a in argv if "=" in a and not a.startswith("-")}
     replayed = [str(a) for a in OmegaConf.to_container(OmegaConf.load(saved)) or [] if override_key(str(a)) not in given | {"train.resume"}]
-    return [*replayed, *argv, "hydra.output_subdir=null"]
+    return [*replayed, *_pinned(run_dir_path, given), *argv, "hydra.output_subdir=null"]
+
+
+DEFAULTS_CHANGED = {"model.preconditioning": "none", "loss.weighting.P_mean": None}
+"""Keys whose shipped default changed after runs were saved (``sde=ve`` and ``sde=edm`` now precondition
+by default; ``loss=edm``'s ``P_mean`` moved with the data's scale), and the value a run saved before
+the key existed was trained with (None: nothing to pin then). Replaying a run's overrides composes
+today's defaults, so a resume pins these to the run's saved values unless the command gives them."""
+
+
+def _pinned(run_dir: Path, given: set[str]) -> list[str]:
+    """Overrides that hold the keys of :data:`DEFAULTS_CHANGED` to the values the run in ``run_dir`` was
+    saved with (``.hydra/config.yaml``), for those the command does not give."""
+    path = run_dir / ".hydra" / "config.yaml"
+    saved = OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else {}
+    pins = []
+    for key, before in DEFAULTS_CHANGED.items():
+        value = _select(saved, key) if isinstance(saved, dict) else _MISSING
+        value = before if value is _MISSING else value
+        if key not in given and value is not None:
+            pins.append(f"{key}={value}")
+    return pins
 
 
 def _differences(old, new, prefix: str) -> list[str]:
@@ -83,7 +104,7 @@ def _differences(old, new, prefix: str) -> list[str]:
 
 _MISSING = object()
 
-ADDED_LATER = {"loss.learned_weighting": False}
+ADDED_LATER = {"loss.learned_weighting": False, "model.preconditioning": "none"}
 """Keys under :data:`FIXED` added after checkpoints were written, and the value such a checkpoint was
 trained with: a saved config without the key is held to it (a key missing on both sides is not)."""
 

@@ -337,10 +337,9 @@ def _path_hint(exp) -> str:
 
     data_std = float(exp.data.test.std())
     if isinstance(exp.score_model, EpsilonParameterization) and exp.sde.prior_std > 10 * data_std:
-        fix = "model=mlp_edm" if len(exp.data.data_shape) == 1 else "model.preconditioning=edm"
         return (
             f"noise prediction on a path whose noise reaches {exp.sde.prior_std:g} (data std {data_std:.2g}) feeds the network inputs "
-            f"of that size and amplifies its errors: use EDM's preconditioning ({fix})"
+            "of that size and amplifies its errors: use EDM's preconditioning (model.preconditioning=edm)"
         )
     return ""
 
