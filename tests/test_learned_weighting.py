@@ -121,30 +121,35 @@ def test_a_loss_that_is_not_denoising_score_matching_is_refused():
         sd.LearnedUncertainty(n_features=0)
 
 
-def _trainer(run_dir, *, steps=30, resume=False, learned=True):
+def _trainer(run_dir, *, steps=30, resume=False, learned=True, ema="standard"):
     torch.manual_seed(123)  # network initialisation
     sde = sd.VESDE()
     model = sd.EDMPreconditioning(sd.TimeMLP((2,), hidden_dim=16, n_layers=2), sde, sigma_data=1.0)
     options = sd.TrainOptions(
-        steps=steps, batch_size=32, lr=1e-2, warmup_steps=5, checkpoint_every=10, log_every=5, progress=False, resume=resume
+        steps=steps, batch_size=32, lr=1e-2, warmup_steps=5, checkpoint_every=10, log_every=5, progress=False, resume=resume,
+        ema=ema, ema_snapshot_every=5 if ema == "posthoc" else None,
     )
     data = torch.randn(256, 2, generator=torch.Generator().manual_seed(0))
     loss = functools.partial(sd.denoising_score_matching, weighting=sd.EDMWeighting(sigma_data=1.0))
     return sd.Trainer(model, sde, data, options, loss_fn=sd.LearnedUncertainty(loss) if learned else loss, run_dir=run_dir, seed=0)
 
 
-def test_resume_with_learned_weighting_is_bit_exact_and_u_trains_with_the_model(tmp_path):
-    """30 steps straight equal 20 steps then a resumed run to 30: the model, its EMA, u's parameters
-    and the optimiser's state of both, bit for bit. u's parameters are in the optimiser and moved."""
+@pytest.mark.parametrize("ema", ["standard", "posthoc"])
+def test_resume_with_learned_weighting_is_bit_exact_and_u_trains_with_the_model(tmp_path, ema):
+    """30 steps straight equal 20 steps then a resumed run to 30: the model, its EMA (or post-hoc EMA's
+    profiles and every snapshot), u's parameters and the optimiser's state of both, bit for bit. u's
+    parameters are in the optimiser and moved."""
     from test_training import _assert_same_state
 
-    full = _trainer(tmp_path / "full")
+    from sde_diffusion.training.posthoc_ema import load_snapshots
+
+    full = _trainer(tmp_path / "full", ema=ema)
     n_model = len(list(full.model.parameters()))
     assert len(full.optimizer.param_groups[0]["params"]) == n_model + 2  # u's weight and bias, after the model's
     full.fit()
-    half = _trainer(tmp_path / "half", steps=20)
+    half = _trainer(tmp_path / "half", steps=20, ema=ema)
     half.fit()
-    resumed = _trainer(tmp_path / "half", resume=True)
+    resumed = _trainer(tmp_path / "half", resume=True, ema=ema)
     assert resumed.step == 20
     assert torch.equal(resumed.loss_fn.bias, half.loss_fn.bias)
     resumed.fit()
@@ -155,6 +160,11 @@ def test_resume_with_learned_weighting_is_bit_exact_and_u_trains_with_the_model(
     assert len(a["optimizer"]["state"]) == n_model + 2
     assert float(a["loss"]["bias"].abs()) > 0 and float(a["loss"]["weight"].abs().max()) > 0
     assert "frequencies" not in str(list(a["ema"]))  # the EMA averages the model alone
+    if ema == "posthoc":
+        snaps_full, snaps_resumed = (load_snapshots(t.snapshot_dir) for t in (full, resumed))
+        assert [s["step"] for s in snaps_full] == [s["step"] for s in snaps_resumed] == list(range(5, 35, 5))
+        for x, y in zip(snaps_full, snaps_resumed, strict=True):
+            assert all(torch.equal(p[k], q[k]) for p, q in zip(x["parameters"], y["parameters"], strict=True) for k in p)
 
 
 def test_a_checkpoint_without_u_loads_and_trains_and_a_switch_is_refused(tmp_path):
