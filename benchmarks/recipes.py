@@ -248,7 +248,9 @@ def digits_table(results: dict) -> str:
              f"{cfg['steps']} steps each, seed {cfg['seed']}; torch {cfg['torch']}, 1 thread; wall "
              f"{results['wall_seconds']:.0f} s. Bits/dim: all {cfg['nll_points']} held-out digits, probability-flow ODE "
              "(dopri5, tol 1e-5), Hutchinson divergence, one dequantization per point (as sde-train reports it), "
-             f"+- one standard error. Sliced W2 in pixel space: {cfg['samples']} unguided samples vs the held-out digits.", "",
+             f"+- one standard error. Sliced W2 in pixel space: {cfg['samples']} unguided samples vs the held-out digits."
+             + (f" The runs were made in {cfg['processes']} processes side by side (one thread each, up to three on two "
+                "cores), so their steps/s are lower than alone; wall: the longest." if cfg.get("processes", 1) > 1 else ""), "",
              "| path | recipe | steps | steps/s | bits/dim | NFE | " + " | ".join(f"SW2 @{b}" for b in BUDGETS) + " | SW2 EM-1000 |",
              "|---|---|---|---|---|---|" + "---|" * (len(BUDGETS) + 1)]
     for r in results["runs"]:
@@ -346,12 +348,14 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write(out_dir: Path, stem: str, results: dict, text: str) -> Path:
+def write(out_dir: Path, stem: str, results: dict, text: str, *, show: bool = True) -> Path:
+    """Write ``<stem>.json`` and ``<stem>.md`` (after every run too, so that a crash loses only the run it hit)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / stem
     path.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
     path.with_suffix(".md").write_text(text)
-    print(text)
+    if show:
+        print(text)
     return path
 
 
@@ -362,6 +366,8 @@ def main() -> None:
     parser.add_argument("--posthoc-ema", action="store_true", help="post-hoc EMA against fixed decays on the digits")
     parser.add_argument("--only", nargs="+", default=None, metavar="PATH:RECIPE",
                         help="only these (path, recipe) pairs, e.g. 'VP:default' 'rectified flow:logit-normal t'")
+    parser.add_argument("--combine", nargs="+", type=Path, default=None, metavar="JSON",
+                        help="write recipes_digits.{json,md} from the JSON files of --digits --only runs made side by side")
     parser.add_argument("--nll-points", type=int, default=None,
                         help="held-out points of the NLL (default: toys 1000, digits 297, post-hoc EMA 100)")
     parser.add_argument("--steps", type=int, default=None, help="training steps per run (default 2000; quick 200)")
@@ -375,13 +381,21 @@ def main() -> None:
     wall = time.perf_counter()
     out_dir = args.out or (Path(tempfile.gettempdir()) / "sde_benchmarks" if args.quick else RESULTS)
     config = {"seed": args.seed, "torch": torch.__version__, "python": platform.python_version()}
+    if args.combine:
+        parts = [json.loads(f.read_text()) for f in args.combine]
+        results = {"config": {**parts[0]["config"], "runs": [r for p in parts for r in p["config"]["runs"]],
+                              "processes": len(parts)},
+                   "runs": [r for p in parts for r in p["runs"]], "wall_seconds": max(p["wall_seconds"] for p in parts)}
+        write(out_dir, "recipes_digits", results, digits_table(results))
+        return
     if args.posthoc_ema:
         args.nll_points = args.nll_points or 100
         steps = (args.steps,) if args.steps else POSTHOC_STEPS
         results = {"config": {**config, "nll_points": args.nll_points, "widths": POSTHOC_WIDTHS}, "runs": []}
         for n in steps:
             results["runs"].append(posthoc_ema(n, args, print))
-        results["wall_seconds"] = time.perf_counter() - wall
+            results["wall_seconds"] = time.perf_counter() - wall
+            write(out_dir, "recipes_posthoc_ema", results, posthoc_table(results), show=False)
         path = write(out_dir, "recipes_posthoc_ema", results, posthoc_table(results))
         posthoc_plot(results, path.with_suffix(".png"))
         return
@@ -392,10 +406,12 @@ def main() -> None:
         pairs = [tuple(p.split(":", 1)) for p in args.only] if args.only else DIGITS_RUNS
         results = {"config": {**config, "steps": args.steps, "nll_points": args.nll_points, "samples": args.samples,
                               "runs": [list(p) for p in pairs]}, "runs": []}
+        stem = "recipes_digits" if not args.only else "recipes_digits_only"
         for path_name, recipe in pairs:
             results["runs"].append(run("digits", path_name, recipe, args, print))
-        results["wall_seconds"] = time.perf_counter() - wall
-        write(out_dir, "recipes_digits" if not args.only else "recipes_digits_only", results, digits_table(results))
+            results["wall_seconds"] = time.perf_counter() - wall
+            write(out_dir, stem, results, digits_table(results), show=False)
+        write(out_dir, stem, results, digits_table(results))
         return
     args.steps = args.steps or (200 if args.quick else 2000)
     args.samples = 1000 if args.quick else 5000
@@ -414,7 +430,8 @@ def main() -> None:
         results["floor"][name] = floor(data, args.samples)
         for path_name, recipe in pairs:
             results["runs"].append(run(name, path_name, recipe, args, print))
-    results["wall_seconds"] = time.perf_counter() - wall
+            results["wall_seconds"] = time.perf_counter() - wall
+            write(out_dir, f"recipes_{args.minutes:g}min" if args.minutes else "recipes", results, table(results), show=False)
     stem = write(out_dir, f"recipes_{args.minutes:g}min" if args.minutes else "recipes", results, table(results))
     plot(results, stem.with_suffix(".png"))
     print(f"wrote {stem}.{{json,md,png}} ({results['wall_seconds']:.0f} s)")
