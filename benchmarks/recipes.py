@@ -218,6 +218,43 @@ def _fmt(x, digits: int = 3) -> str:
     return "-" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
 
 
+def best_per_path(results: dict) -> list[str]:
+    """Each path's best recipe by held-out NLL beside its shipped default, and the issue's targets:
+    the best NLL of VE and EDM within 0.03 nats/dim of VP's, VE's 20-NFE ODE samples within 10 % of
+    its Euler-Maruyama sliced W2."""
+    done = [r for r in results["runs"] if "skipped" not in r and math.isfinite(r["nll"]["nll_nats_per_dim"])]
+    lines = ["## Best recipe per path (by held-out NLL)", "",
+             "| dataset | path | default NLL | best recipe | its NLL | its SW2 @20 | its SW2 EM-1000 | @20 / EM |",
+             "|---|---|---|---|---|---|---|---|"]
+    checks = []
+    for name in results["floor"]:
+        mine = [r for r in done if r["dataset"] == name]
+        best = {}
+        for path in dict.fromkeys(r["path"] for r in mine):
+            runs = [r for r in mine if r["path"] == path]
+            top = min(runs, key=lambda r: r["nll"]["nll_nats_per_dim"])
+            default = next((r for r in runs if r["recipe"] == "default"), None)
+            best[path] = top
+            ratio = top["best"]["20"]["sw2"] / top["em_1000"]["sw2"]
+            lines.append(f"| {name} | {path} | {_fmt(default['nll']['nll_nats_per_dim']) if default else '-'} | {top['recipe']} | "
+                         f"{_fmt(top['nll']['nll_nats_per_dim'])} | {_fmt(top['best']['20']['sw2'], 4)} | "
+                         f"{_fmt(top['em_1000']['sw2'], 4)} | {ratio:.2f} |")
+        vp_default = next((r for r in mine if r["path"] == "VP" and r["recipe"] == "default"), None)
+        if vp_default is not None and "VP" in best:
+            vp, vp_best = vp_default["nll"]["nll_nats_per_dim"], best["VP"]["nll"]["nll_nats_per_dim"]
+            for path in ("VE", "EDM"):
+                if path in best:
+                    gap = best[path]["nll"]["nll_nats_per_dim"] - vp
+                    checks.append(f"- {name}: {path}'s best NLL ({best[path]['recipe']}) minus VP's default: {gap:+.3f} nats/dim "
+                                  f"(target at most +0.03: {'met' if gap <= 0.03 else 'missed'}); minus VP's best "
+                                  f"({best['VP']['recipe']}): {best[path]['nll']['nll_nats_per_dim'] - vp_best:+.3f}")
+        for r in (r for r in mine if r["path"] == "VE" and r["recipe"] in ("default", best.get("VE", {}).get("recipe"))):
+            ratio = r["best"]["20"]["sw2"] / r["em_1000"]["sw2"]
+            checks.append(f"- {name}: VE {r['recipe']}: 20-NFE ODE sliced W2 / Euler-Maruyama's = {ratio:.2f} "
+                          f"(target at most 1.10: {'met' if ratio <= 1.10 else 'missed'})")
+    return [*lines, "", *checks, ""]
+
+
 def table(results: dict) -> str:
     cfg = results["config"]
     budget = f"{cfg['minutes']} CPU minutes each" if cfg["minutes"] else f"{cfg['steps']} steps each"
@@ -229,7 +266,8 @@ def table(results: dict) -> str:
              f"{cfg['samples']} samples vs as many held-out points; k NFE: best of DPM-Solver++(2M), DDIM, Heun.", ""]
     for name, fl in results["floor"].items():
         lines.append(f"Floor ({name}): sliced W2 {fl['mean']:.4f} +- {fl['sd']:.4f}.")
-    lines += ["", "| dataset | path | recipe | steps | steps/s | NLL nats/dim | exact | NLL NFE | "
+    lines += ["", *best_per_path(results), "## Every run", ""]
+    lines += ["| dataset | path | recipe | steps | steps/s | NLL nats/dim | exact | NLL NFE | "
               + " | ".join(f"SW2 @{b}" for b in BUDGETS) + " | SW2 EM-1000 |",
               "|---|---|---|---|---|---|---|---|" + "---|" * (len(BUDGETS) + 1)]
     for r in results["runs"]:
