@@ -101,3 +101,11 @@ def test_a_ve_run_saved_before_the_default_changed_resumes_as_it_was_trained(tmp
     assert OmegaConf.load(run / ".hydra" / "config.yaml").model.preconditioning == "none"
     assert json.loads((run / "summary.json").read_text())["steps"] == 20
     assert torch.isfinite(torch.tensor(json.loads((run / "summary.json").read_text())["held_out_loss_ema"]))
+
+
+def test_digits_edm_is_the_digits_with_edms_recipe():
+    cfg = _compose("experiment=digits_edm")
+    exp = build_experiment(cfg)
+    assert isinstance(exp.score_model, sd.EDMPreconditioning) and exp.score_model.n_classes == 10
+    assert isinstance(exp.sde, sd.VPSDE) and isinstance(exp.loss_fn.keywords["weighting"], sd.EDMWeighting)
+    assert exp.options.steps == 3000 and exp.options.ema_decay == 0.999 and not exp.options.ema_warmup
