@@ -27,8 +27,10 @@ W2 at 10, 20 and 50 NFE (the best of DPM-Solver++(2M), DDIM and Heun) and by 100
 Euler-Maruyama, beside the statistical floor. Two budgets:
 
   - equal steps (``--steps``, default 2,000);
-  - equal CPU time (``--minutes``, default off): each run's steps are its measured steps/s (a
-    100-step pilot) times the budget.
+  - equal CPU time (``--minutes``, default off): each run's steps are its steps per CPU second of
+    its own process (``time.process_time`` over a 300-step pilot, start-up included, so a little
+    conservative) times the budget. CPU time, not wall time: runs side by side on a shared machine
+    get the same budget as alone (short of what they take from each other's caches).
 
 Everything runs on one thread (``torch.set_num_threads(1)``). Two more studies, each with its own
 results file:
@@ -100,7 +102,7 @@ QUICK_RECIPES = ("default", "EDM precond", "EDM")
 TOY_RECIPES = tuple(r for r in RECIPES if r not in ("likelihood, batch 512, cosine", "EDM, EMA 0.999 without warm-up"))
 """The equal-steps grid's recipes (batch 512 doubles a step's work: it is for the equal-minutes runs; the
 fixed EMA is for the digits, where it measured best at 3,000 steps: results/recipes_posthoc_ema.md)."""
-PILOT_STEPS = 100
+PILOT_STEPS = 300
 DIGITS_RUNS = (("VP", "default"), ("VP", "EDM"), ("EDM", "EDM"), ("VP", "EDM + uncertainty"), ("VP", "likelihood"),
                ("VP", "EDM, EMA 0.999 without warm-up"))
 """The (path, recipe) pairs of ``--digits`` (rectified flow's velocity MLP does not fit the digits' U-Net)."""
@@ -150,17 +152,20 @@ def run(dataset: str, path: str, recipe: str, args, log) -> dict:
     try:
         steps = args.steps
         if args.minutes:
-            _, _, pilot = train(compose_run([*overrides, f"train.steps={PILOT_STEPS}"]), args.seed)
-            steps = max(PILOT_STEPS, int(args.minutes * 60 * pilot.steps_per_sec))
+            cpu = time.process_time()
+            train(compose_run([*overrides, f"train.steps={PILOT_STEPS}"]), args.seed)
+            steps = max(PILOT_STEPS, int(args.minutes * 60 * PILOT_STEPS / (time.process_time() - cpu)))
+        cpu = time.process_time()
         exp, trainer, fit = train(compose_run([*overrides, f"train.steps={steps}"]), args.seed)
+        cpu = time.process_time() - cpu
     except (ConfigError, ValueError, HydraException, OmegaConfBaseException) as err:  # a recipe this checkout lacks, or refused
         reason = " ".join(str(err).split()).split(" Available options")[0]
         log(f"{dataset:>15} {path:<15} {recipe:<18} skipped: {reason}")
         return {**record, "skipped": reason}
     log(f"{dataset:>15} {path:<15} {recipe:<18} {fit.steps} steps in {fit.seconds:.1f} s ({fit.steps_per_sec:.0f}/s)")
     metrics, _ = evaluate(exp.sde, trainer.ema_model.eval(), exp.data, args, log)
-    return {**record, "steps": fit.steps, "train_seconds": fit.seconds, "steps_per_sec": fit.steps_per_sec,
-            "last_loss": fit.last_loss, **metrics}
+    return {**record, "steps": fit.steps, "train_seconds": fit.seconds, "train_cpu_seconds": cpu,
+            "steps_per_sec": fit.steps_per_sec, "last_loss": fit.last_loss, **metrics}
 
 
 def bits_per_dim(exp, model, args) -> dict:
