@@ -295,7 +295,7 @@ def digits_table(results: dict) -> str:
              f"{results['wall_seconds']:.0f} s. Bits/dim: all {cfg['nll_points']} held-out digits, probability-flow ODE "
              "(dopri5, tol 1e-5), Hutchinson divergence, one dequantization per point (as sde-train reports it), "
              f"+- one standard error. Sliced W2 in pixel space: {cfg['samples']} unguided samples vs the held-out digits."
-             + (f" The runs were made in {cfg['processes']} processes side by side (one thread each, up to three on two "
+             + (f" The runs were made in {cfg['processes']} processes side by side (one thread each, up to four on two "
                 "cores), so their steps/s are lower than alone; wall: the longest." if cfg.get("processes", 1) > 1 else ""), "",
              "| path | recipe | steps | steps/s | bits/dim | NFE | " + " | ".join(f"SW2 @{b}" for b in BUDGETS) + " | SW2 EM-1000 |",
              "|---|---|---|---|---|---|" + "---|" * (len(BUDGETS) + 1)]
