@@ -17,9 +17,11 @@ Recipes, each a list of overrides on top of the path's, exactly what a user type
     Durkan et al. 2021), the objective that bounds the NLL; and the same with batch 512 and a cosine
     schedule, the best long-run option measured before these recipes.
 
-A recipe that this checkout does not have, or that the config layer refuses for a path (EDM's
-preconditioning of a velocity network), is recorded with its one-line reason and skipped: the
-table says which. Every run builds its experiment through the config layer
+The recipes with EDM's preconditioning train rectified flow's path with the noise-predicting MLP
+(``model=mlp``) and the eps loss in place of the velocity MLP and flow matching: the velocity MLP
+cannot be preconditioned, and flow matching's weighting is the velocity's. A recipe that this
+checkout does not have, or that the config layer refuses for a path (``logit_normal`` on EDM's path,
+whose time runs to 80), is recorded with its one-line reason and skipped: the table says which. Every run builds its experiment through the config layer
 (:func:`sde_diffusion.app.runs.build_experiment`), trains with the ``Trainer`` from the same seed, and
 its EMA model is judged as ``benchmarks/paths.py`` judges one (:func:`paths.evaluate`): held-out NLL
 through the probability-flow ODE with the exact divergence (dopri5, tol 1e-5), its NFE, and sliced
@@ -147,8 +149,12 @@ def base_overrides(dataset: str, seed: int) -> list[str]:
 def run(dataset: str, path: str, recipe: str, args, log) -> dict:
     """One (path, recipe) on ``dataset``: trained for ``--steps`` or for ``--minutes`` of its own pace."""
     base = base_overrides(dataset, args.seed)
-    overrides = base + PATHS[path] + RECIPES[recipe]
-    record = {"dataset": dataset, "path": path, "recipe": recipe, "overrides": PATHS[path] + RECIPES[recipe]}
+    path_overrides = PATHS[path]
+    if "model.preconditioning=edm" in RECIPES[recipe] and "model=mlp_velocity" in path_overrides:
+        # a denoiser in place of the velocity MLP, which cannot be one, and with it the eps loss (flow matching's is the velocity's)
+        path_overrides = [o.replace("model=mlp_velocity", "model=mlp") for o in path_overrides if o != "loss=flow_matching"]
+    overrides = base + path_overrides + RECIPES[recipe]
+    record = {"dataset": dataset, "path": path, "recipe": recipe, "overrides": path_overrides + RECIPES[recipe]}
     try:
         steps = args.steps
         if args.minutes:
