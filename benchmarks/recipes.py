@@ -30,9 +30,10 @@ Euler-Maruyama, beside the statistical floor. Two budgets:
 
   - equal steps (``--steps``, default 2,000);
   - equal CPU time (``--minutes``, default off): each run's steps are its steps per CPU second of
-    its own process (``time.process_time`` over a 300-step pilot, start-up included, so a little
-    conservative) times the budget. CPU time, not wall time: runs side by side on a shared machine
-    get the same budget as alone (short of what they take from each other's caches).
+    its own process (``time.process_time``; the difference between a 300-step and a 900-step pilot,
+    so that the start-up, which dwarfs 300 steps of the MLP, cancels) times the budget. CPU time,
+    not wall time: runs side by side on a shared machine get the same budget as alone (short of what
+    they take from each other's caches).
 
 Everything runs on one thread (``torch.set_num_threads(1)``). Two more studies, each with its own
 results file:
@@ -157,10 +158,13 @@ def run(dataset: str, path: str, recipe: str, args, log) -> dict:
     record = {"dataset": dataset, "path": path, "recipe": recipe, "overrides": path_overrides + RECIPES[recipe]}
     try:
         steps = args.steps
-        if args.minutes:
-            cpu = time.process_time()
-            train(compose_run([*overrides, f"train.steps={PILOT_STEPS}"]), args.seed)
-            steps = max(PILOT_STEPS, int(args.minutes * 60 * PILOT_STEPS / (time.process_time() - cpu)))
+        if args.minutes:  # CPU seconds per step: the difference of two pilots, so that start-up cancels
+            cpu = []
+            for n in (PILOT_STEPS, 3 * PILOT_STEPS):
+                start = time.process_time()
+                train(compose_run([*overrides, f"train.steps={n}"]), args.seed)
+                cpu.append(time.process_time() - start)
+            steps = max(PILOT_STEPS, int(args.minutes * 60 * 2 * PILOT_STEPS / (cpu[1] - cpu[0])))
         cpu = time.process_time()
         exp, trainer, fit = train(compose_run([*overrides, f"train.steps={steps}"]), args.seed)
         cpu = time.process_time() - cpu
@@ -274,7 +278,9 @@ def table(results: dict) -> str:
              f"{cfg['seed']}; torch {cfg['torch']}, 1 thread; wall {results['wall_seconds']:.0f} s"
              f"{' (quick smoke run)' if cfg['quick'] else ''}. NLL: first {cfg['nll_points']} held-out points, "
              f"exact divergence, dopri5 tol 1e-5, +- one standard error; NFE: the NLL solve's. Sliced W2: "
-             f"{cfg['samples']} samples vs as many held-out points; k NFE: best of DPM-Solver++(2M), DDIM, Heun.", ""]
+             f"{cfg['samples']} samples vs as many held-out points; k NFE: best of DPM-Solver++(2M), DDIM, Heun."
+             + (f" {cfg['supplement']}" if cfg.get("supplement") else "")
+             + (f" Only: {', '.join(cfg['only'])}." if cfg.get("only") else ""), ""]
     for name, fl in results["floor"].items():
         lines.append(f"Floor ({name}): sliced W2 {fl['mean']:.4f} +- {fl['sd']:.4f}.")
     lines += ["", *best_per_path(results), "## Every run", ""]
