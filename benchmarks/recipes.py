@@ -31,7 +31,8 @@ Euler-Maruyama, beside the statistical floor. Two budgets:
   - equal steps (``--steps``, default 2,000);
   - equal CPU time (``--minutes``, default off): each run's steps are its steps per CPU second of
     its own process (``time.process_time``; the difference between a 300-step and a 900-step pilot,
-    so that the start-up, which dwarfs 300 steps of the MLP, cancels) times the budget. CPU time,
+    after a 50-step one that pays the process's one-time costs, so that the start-up, which dwarfs
+    300 steps of the MLP, cancels) times the budget. CPU time,
     not wall time: runs side by side on a shared machine get the same budget as alone (short of what
     they take from each other's caches).
 
@@ -158,13 +159,13 @@ def run(dataset: str, path: str, recipe: str, args, log) -> dict:
     record = {"dataset": dataset, "path": path, "recipe": recipe, "overrides": path_overrides + RECIPES[recipe]}
     try:
         steps = args.steps
-        if args.minutes:  # CPU seconds per step: the difference of two pilots, so that start-up cancels
-            cpu = []
-            for n in (PILOT_STEPS, 3 * PILOT_STEPS):
+        if args.minutes:  # CPU seconds per step: the difference of two pilots (after a first one that pays
+            cpu = []  # the process's one-time costs), so that each run's start-up cancels
+            for n in (PILOT_STEPS // 6, PILOT_STEPS, 3 * PILOT_STEPS):
                 start = time.process_time()
                 train(compose_run([*overrides, f"train.steps={n}"]), args.seed)
                 cpu.append(time.process_time() - start)
-            steps = max(PILOT_STEPS, int(args.minutes * 60 * 2 * PILOT_STEPS / (cpu[1] - cpu[0])))
+            steps = max(PILOT_STEPS, int(args.minutes * 60 * 2 * PILOT_STEPS / (cpu[2] - cpu[1])))
         cpu = time.process_time()
         exp, trainer, fit = train(compose_run([*overrides, f"train.steps={steps}"]), args.seed)
         cpu = time.process_time() - cpu
