@@ -5,7 +5,8 @@ Paths (``sde-train`` config overrides): VP (``sde=vp``), sub-VP (``sde=subvp``),
 Recipes, each a list of overrides on top of the path's, exactly what a user types:
 
   - ``default``: the path as it ships (noise prediction and the eps loss; flow matching for
-    rectified flow);
+    rectified flow; VE and EDM behind EDM's preconditioning, their configs' default);
+  - ``raw network``: ``model.preconditioning=none``, VE's and EDM's default before it (``--only``);
   - ``EDM precond``: ``model.preconditioning=edm`` (Karras et al. 2022, Table 1; ``sigma_data=auto``);
   - ``EDM``: preconditioning with EDM's log-normal proposal and weight (``loss=edm``);
   - ``EDM + uncertainty``: EDM with the learned per-noise-level uncertainty of EDM2 (Karras et al.
@@ -101,9 +102,10 @@ RECIPES = {
     "likelihood": ["loss=dsm_importance"],
     "likelihood, batch 512, cosine": ["loss=dsm_importance", "train.batch_size=512", "lr_schedule=cosine"],
     "EDM, EMA 0.999 without warm-up": ["model.preconditioning=edm", "loss=edm", "train.ema_warmup=false"],
+    "raw network": ["model.preconditioning=none"],
 }
 QUICK_RECIPES = ("default", "EDM precond", "EDM")
-TOY_RECIPES = tuple(r for r in RECIPES if r not in ("likelihood, batch 512, cosine", "EDM, EMA 0.999 without warm-up"))
+TOY_RECIPES = tuple(r for r in RECIPES if r not in ("likelihood, batch 512, cosine", "EDM, EMA 0.999 without warm-up", "raw network"))
 """The equal-steps grid's recipes (batch 512 doubles a step's work: it is for the equal-minutes runs; the
 fixed EMA is for the digits, where it measured best at 3,000 steps: results/recipes_posthoc_ema.md)."""
 PILOT_STEPS = 300
