@@ -402,10 +402,12 @@ def plot(results: dict, path: Path) -> None:
         exact = next((r["nll"]["data_nll_nats_per_dim"] for r in runs), None)
         if exact is not None:
             row[0].axhline(exact, color="black", ls="--", lw=1, label="exact data NLL")
+            worst = max(r["nll"]["nll_nats_per_dim"] for r in runs)
+            row[0].set_ylim(exact - 0.05, worst + 0.05)  # the differences, not the distance from zero
         row[1].axhline(results["floor"][name]["mean"], color="black", ls="--", lw=1, label="statistical floor")
         for ax, what, dashed in zip(row, ("held-out NLL (nats/dim)", "sliced W2 at 20 NFE"), ("exact data NLL", "floor"), strict=True):
             ax.set_xticks([i + 0.4 - width / 2 for i in range(len(PATHS))], list(PATHS))
-            ax.set(title=f"{name}: {what} (lower is better; dashed: {dashed})", ylabel=what)
+            ax.set(title=f"{name}: {what}\n(lower is better; dashed: {dashed})", ylabel=what)
             ax.grid(True, axis="y", alpha=0.3)
         row[1].set_yscale("log")
     axes[0][1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
