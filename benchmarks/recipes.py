@@ -291,15 +291,27 @@ def table(results: dict) -> str:
               + " | ".join(f"SW2 @{b}" for b in BUDGETS) + " | SW2 EM-1000 |",
               "|---|---|---|---|---|---|---|---|" + "---|" * (len(BUDGETS) + 1)]
     for r in results["runs"]:
-        head = f"| {r['dataset']} | {r['path']} | {r['recipe']} |"
-        if "skipped" in r:
-            lines.append(f"{head} skipped: {r['skipped']} |" + " |" * (len(BUDGETS) + 5))
-            continue
-        nll = r["nll"]
-        lines.append(f"{head} {r['steps']} | {r['steps_per_sec']:.0f} | {_fmt(nll['nll_nats_per_dim'])} +- "
-                     f"{_fmt(nll['nll_stderr'])} | {_fmt(nll['data_nll_nats_per_dim'])} | {nll['nfe']:.0f} | "
-                     + " | ".join(_fmt(b["sw2"], 4) for b in r["best"].values()) + f" | {_fmt(r['em_1000']['sw2'], 4)} |")
+        lines.append(_row(f"| {r['dataset']} | {r['path']} | {r['recipe']} |", r, 5, _nll_cells))
     return "\n".join(lines) + "\n"
+
+
+def _nll_cells(r: dict) -> str:
+    nll = r["nll"]
+    return (f"{r['steps_per_sec']:.0f} | {_fmt(nll['nll_nats_per_dim'])} +- {_fmt(nll['nll_stderr'])} | "
+            f"{_fmt(nll['data_nll_nats_per_dim'])}")
+
+
+def _bpd_cells(r: dict) -> str:
+    return f"{r['steps_per_sec']:.2f} | {_fmt(r['nll']['bpd'])} +- {_fmt(r['nll']['bpd_stderr'])}"
+
+
+def _row(head: str, r: dict, blanks: int, cells) -> str:
+    """One run's table row: ``head``, then its steps, ``cells(r)``, the NLL's NFE and the sliced W2
+    columns; a skipped run's reason and ``blanks`` empty cells instead."""
+    if "skipped" in r:
+        return f"{head} skipped: {r['skipped']} |" + " |" * (len(BUDGETS) + blanks)
+    return (f"{head} {r['steps']} | {cells(r)} | {r['nll']['nfe']:.0f} | " + " | ".join(_fmt(b["sw2"], 4) for b in r["best"].values())
+            + f" | {_fmt(r['em_1000']['sw2'], 4)} |")
 
 
 def digits_table(results: dict) -> str:
@@ -315,14 +327,7 @@ def digits_table(results: dict) -> str:
              "| path | recipe | steps | steps/s | bits/dim | NFE | " + " | ".join(f"SW2 @{b}" for b in BUDGETS) + " | SW2 EM-1000 |",
              "|---|---|---|---|---|---|" + "---|" * (len(BUDGETS) + 1)]
     for r in results["runs"]:
-        head = f"| {r['path']} | {r['recipe']} |"
-        if "skipped" in r:
-            lines.append(f"{head} skipped: {r['skipped']} |" + " |" * (len(BUDGETS) + 4))
-            continue
-        nll = r["nll"]
-        lines.append(f"{head} {r['steps']} | {r['steps_per_sec']:.2f} | {_fmt(nll['bpd'])} +- {_fmt(nll['bpd_stderr'])} | "
-                     f"{nll['nfe']:.0f} | " + " | ".join(_fmt(b["sw2"], 4) for b in r["best"].values())
-                     + f" | {_fmt(r['em_1000']['sw2'], 4)} |")
+        lines.append(_row(f"| {r['path']} | {r['recipe']} |", r, 4, _bpd_cells))
     return "\n".join(lines) + "\n"
 
 
