@@ -31,10 +31,15 @@ def run_app(module: str, *args: str, cwd) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-def sampler_section(name: str):
-    """The ``sampler`` section ``sde-train sampler=<name>`` composes (the sampler's file with its grid
-    from ``conf/sampler/grid/``), as a DictConfig with ``fn`` and ``grid``."""
+def train_config(*overrides: str):
+    """The config ``sde-train`` composes from ``overrides`` (``conf/config.yaml``), without running it."""
     from hydra import compose, initialize_config_module
 
     with initialize_config_module("sde_diffusion.conf", version_base=None):
-        return compose(config_name="config", overrides=[f"sampler={name}"]).sampler
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def sampler_section(name: str):
+    """The ``sampler`` section ``sde-train sampler=<name>`` composes (the sampler's file with its grid
+    from ``conf/sampler/grid/``), as a DictConfig with ``fn`` and ``grid``."""
+    return train_config(f"sampler={name}").sampler

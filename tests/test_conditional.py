@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from analytic import mixture
-from hydra import compose, initialize_config_module
+from apps import train_config
 from test_samplers_sde import assert_gaussian
 from test_training import _assert_same_state, _Crash, _crash_at
 from test_unet import _switch_on, _tiny
@@ -15,10 +15,10 @@ from torch import nn
 
 import sde_diffusion as sd
 from sde_diffusion import samplers as S
-from sde_diffusion.cli.train import _guidance, _train_labels
-from sde_diffusion.tasks.score import grid_labels as _grid_labels
 from sde_diffusion.app.config import ConfigError
 from sde_diffusion.app.runs import build_experiment
+from sde_diffusion.cli.train import _guidance, _train_labels
+from sde_diffusion.tasks.score import grid_labels as _grid_labels
 from sde_diffusion.training import load_checkpoint
 
 F64 = torch.float64
@@ -286,8 +286,7 @@ def test_the_class_grid_puts_one_class_on_each_row():
 
 # ---------------------------------------------------------------------------------- configs
 def _compose(*overrides):
-    with initialize_config_module("sde_diffusion.conf", version_base=None):
-        return compose("config", overrides=["device=cpu", *overrides])
+    return train_config("device=cpu", *overrides)
 
 
 def test_the_digits_experiment_builds_a_class_conditional_run():

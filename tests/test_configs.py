@@ -6,11 +6,10 @@ import functools
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
+from apps import train_config
 
 import sde_diffusion as sd
 from sde_diffusion import samplers as S
-from sde_diffusion.cli._common import group_options
 from sde_diffusion.app.config import (
     ConfigError,
     build_dataset,
@@ -22,14 +21,14 @@ from sde_diffusion.app.config import (
     resolve_device,
 )
 from sde_diffusion.app.runs import build_experiment
+from sde_diffusion.cli._common import group_options
 
 GROUPS = group_options()
 SMALL = ["data.n_train=500", "data.n_test=100"]
 
 
 def _compose(overrides):
-    with initialize_config_module(config_module="sde_diffusion.conf", version_base=None):
-        return compose(config_name="config", overrides=overrides)
+    return train_config(*overrides)
 
 
 def test_the_groups_the_issue_names_exist():

@@ -12,10 +12,10 @@ import sys
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
+from analytic import gaussian
+from apps import train_config
 
 import sde_diffusion as sd
-from analytic import gaussian
 from sde_diffusion._noise import PerSampleNoise
 from sde_diffusion._seeding import derive_seed
 from sde_diffusion.app.config import ConfigError, build_sampler
@@ -64,8 +64,7 @@ def test_the_hybrid_loss_with_importance_sampling_resumes_exactly(tmp_path):
 
 
 def _compose(overrides):
-    with initialize_config_module(config_module="sde_diffusion.conf", version_base=None):
-        return compose(config_name="config", overrides=overrides)
+    return train_config(*overrides)
 
 
 def test_sampler_n_steps_sets_the_grid_of_any_sampler():

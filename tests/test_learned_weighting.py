@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
+from apps import train_config
 from omegaconf import OmegaConf, open_dict
 
 import sde_diffusion as sd
@@ -23,9 +23,7 @@ F64 = torch.float64
 
 
 def _compose(*overrides):
-    with initialize_config_module(config_module="sde_diffusion.conf", version_base=None):
-        small = ["model.net.hidden_dim=16", "model.net.n_layers=2", "data.n_train=512", "data.n_test=128"]
-        return compose(config_name="config", overrides=[*small, *overrides])
+    return train_config("model.net.hidden_dim=16", "model.net.n_layers=2", "data.n_train=512", "data.n_test=128", *overrides)
 
 
 def test_fitting_u_alone_recovers_the_log_of_the_mean_error_at_each_noise_level():

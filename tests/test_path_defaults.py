@@ -8,19 +8,13 @@ import json
 
 import pytest
 import torch
-from apps import run_app
-from hydra import compose, initialize_config_module
+from apps import run_app, train_config
 from omegaconf import OmegaConf
 
 import sde_diffusion as sd
 from sde_diffusion.app.runs import build_experiment
 from sde_diffusion.cli import _resume
 from sde_diffusion.training import load_checkpoint
-
-
-def _compose(*overrides):
-    with initialize_config_module("sde_diffusion.conf", version_base=None):
-        return compose(config_name="config", overrides=list(overrides))
 
 
 @pytest.mark.parametrize(
@@ -39,14 +33,14 @@ def _compose(*overrides):
 )
 def test_which_paths_precondition_by_default(overrides, expected):
     small = [] if "experiment=digits" in overrides else ["data.n_train=64", "data.n_test=16"]
-    cfg = _compose(*overrides, *small)
+    cfg = train_config(*overrides, *small)
     assert cfg.model.preconditioning == expected
     model = build_experiment(cfg).score_model
     assert isinstance(model, sd.EDMPreconditioning) == (expected == "edm")
 
 
 def test_edm_toy_is_edms_recipe():
-    cfg = _compose("experiment=edm_toy", "data.n_train=64", "data.n_test=16")
+    cfg = train_config("experiment=edm_toy", "data.n_train=64", "data.n_test=16")
     exp = build_experiment(cfg)
     weighting = exp.loss_fn.keywords["weighting"]
     assert isinstance(exp.sde, sd.EDMSDE) and isinstance(weighting, sd.EDMWeighting)
@@ -80,7 +74,7 @@ def test_a_resume_pins_the_defaults_that_changed_to_the_saved_values(tmp_path, s
     assert argv[:2] == ["sde=ve", "loss=edm"] and argv[2 : 2 + len(pins)] == pins
     given = _resume.prepare("sde-train", [f"hydra.run.dir={run}", "train.resume=true", "model.preconditioning=edm"])
     assert "model.preconditioning=none" not in given  # what the command gives wins (and is checked later)
-    composed = _compose(*[a for a in argv if not a.startswith(("hydra.", "train.resume"))])
+    composed = train_config(*[a for a in argv if not a.startswith(("hydra.", "train.resume"))])
     assert composed.model.preconditioning == pins[0].split("=")[1]
 
 
@@ -104,7 +98,7 @@ def test_a_ve_run_saved_before_the_default_changed_resumes_as_it_was_trained(tmp
 
 
 def test_digits_edm_is_the_digits_with_edms_recipe():
-    cfg = _compose("experiment=digits_edm")
+    cfg = train_config("experiment=digits_edm")
     exp = build_experiment(cfg)
     assert isinstance(exp.score_model, sd.EDMPreconditioning) and exp.score_model.n_classes == 10
     assert isinstance(exp.sde, sd.VPSDE) and isinstance(exp.loss_fn.keywords["weighting"], sd.EDMWeighting)

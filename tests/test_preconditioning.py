@@ -9,15 +9,14 @@ import math
 import pytest
 import torch
 from analytic import mixture
-from apps import run_app
-from hydra import compose, initialize_config_module
+from apps import run_app, train_config
 from omegaconf import OmegaConf
 
 import sde_diffusion as sd
 from sde_diffusion.app.config import ConfigError, build_score_model
+from sde_diffusion.app.runs import build_experiment
 from sde_diffusion.examples.quadratic_vp import QuadraticVPSDE
 from sde_diffusion.models import preconditioning
-from sde_diffusion.app.runs import build_experiment
 from sde_diffusion.training import load_checkpoint, save_checkpoint
 
 F64 = torch.float64
@@ -159,9 +158,8 @@ def test_estimate_sigma_data_is_the_standard_deviation_over_all_values(monkeypat
 
 
 def _compose(*overrides):
-    with initialize_config_module(config_module="sde_diffusion.conf", version_base=None):
-        small = [] if {"model=unet", "experiment=digits"} & set(overrides) else ["model.net.hidden_dim=8", "model.net.n_layers=1"]
-        return compose(config_name="config", overrides=[*small, *overrides])
+    small = [] if {"model=unet", "experiment=digits"} & set(overrides) else ["model.net.hidden_dim=8", "model.net.n_layers=1"]
+    return train_config(*small, *overrides)
 
 
 def test_the_config_builds_the_preconditioning_on_noise_and_data_predicting_models():

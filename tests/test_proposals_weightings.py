@@ -14,7 +14,7 @@ import scipy.integrate
 import scipy.stats
 import torch
 from analytic import all_sdes, gaussian
-from hydra import compose, initialize_config_module
+from apps import train_config
 
 import sde_diffusion as sd
 from sde_diffusion.app.config import ConfigError, build_dataset, build_loss
@@ -288,8 +288,7 @@ def test_the_restated_weightings_compute_todays_losses_bit_for_bit(kind, dtype):
 
 
 def _compose(overrides):
-    with initialize_config_module(config_module="sde_diffusion.conf", version_base=None):
-        return compose(config_name="config", overrides=overrides)
+    return train_config(*overrides)
 
 
 OLD_SAVED = {  # the loss section of runs saved before the weightings were restated

@@ -13,7 +13,7 @@ import math
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
+from apps import train_config
 from omegaconf import OmegaConf
 
 import sde_diffusion as sd
@@ -51,11 +51,6 @@ DIRECT = {
 DIST = sd.GaussianMixture([1.0, 2.0], torch.tensor([[-1.0, 0.5], [1.5, -0.5]], dtype=F64), torch.tensor([0.3, 0.2], dtype=F64))
 
 
-def _compose(*overrides: str):
-    with initialize_config_module(config_module="sde_diffusion.conf", version_base=None):
-        return compose(config_name="config", overrides=list(overrides))
-
-
 def _sample(sampler, sde: sd.SDE, ts: torch.Tensor) -> S.SamplerOutput:
     """``sampler`` on 8 prior points with per-sample noise: the same seeds every call."""
     x = sde.prior_sample((8, 2), generator=torch.Generator().manual_seed(1), dtype=F64)
@@ -64,7 +59,7 @@ def _sample(sampler, sde: sd.SDE, ts: torch.Tensor) -> S.SamplerOutput:
 
 def _built(option: str, *overrides: str):
     """``(sampler, sde, ts)`` of ``sampler=option`` as the apps build it, on a grid of at most 9 steps."""
-    cfg = _compose(f"sampler={option}", *(["sde=ddpm"] if option == "ddpm" else []), *overrides)
+    cfg = train_config(f"sampler={option}", *(["sde=ddpm"] if option == "ddpm" else []), *overrides)
     sde = build_sde(cfg)
     sampler, grid = build_sampler(cfg, sde)
     ts = grid(sde, dtype=F64)
@@ -87,7 +82,7 @@ class ShrinkStep(S.Step):
 def test_every_sampler_config_is_a_step_or_a_solver_off_the_driver():
     assert set(SHIPPED) == {*DIRECT, *OFF_DRIVER, "run"}  # a new config joins DIRECT or OFF_DRIVER
     for option in DIRECT:
-        cfg = _compose(f"sampler={option}")
+        cfg = train_config(f"sampler={option}")
         assert "_partial_" not in cfg.sampler.fn, option
         sampler = _built(option)[0]
         assert isinstance(sampler.func if isinstance(sampler, functools.partial) else sampler, S.Step), option
@@ -101,7 +96,7 @@ def test_the_config_built_step_samples_as_the_function_call_bit_for_bit(option):
     """The config's step, with the config's driver options (denoise_to_zero), gives the samples and
     NFE of the sampler function called with the same options, on the same seeds."""
     sampler, sde, ts = _built(option)
-    denoise = {"denoise_to_zero": True} if OmegaConf.select(_compose(f"sampler={option}"), "sampler.denoise_to_zero") else {}
+    denoise = {"denoise_to_zero": True} if OmegaConf.select(train_config(f"sampler={option}"), "sampler.denoise_to_zero") else {}
     by_config, direct = _sample(sampler, sde, ts), _sample(functools.partial(DIRECT[option], **denoise), sde, ts)
     assert torch.equal(by_config.samples, direct.samples) and by_config.nfe == direct.nfe
 
@@ -122,7 +117,7 @@ def test_a_saved_config_that_names_the_sampler_function_still_samples_the_same(o
     reads it): its sampler function builds, is known to run on the driver (it takes
     sampler.thresholding), and samples as the step config does."""
     sampler, sde, ts = _built(option)
-    cfg = _compose(f"sampler={option}", *(["sde=ddpm"] if option == "ddpm" else []), "sampler.thresholding=static", "sampler.data_range=[-5,5]")
+    cfg = train_config(f"sampler={option}", *(["sde=ddpm"] if option == "ddpm" else []), "sampler.thresholding=static", "sampler.data_range=[-5,5]")
     cfg.sampler.fn = OmegaConf.create(node)
     old, _ = build_sampler(cfg, sde)
     assert S.on_driver(old) and isinstance(old.keywords["x0_correction"], S.StaticThreshold)
@@ -149,7 +144,7 @@ def test_what_runs_on_the_driver_is_known_by_type_not_by_signature():
     assert S.on_driver(S.ddim) and S.on_driver(functools.partial(S.predictor_corrector, denoise=False))
     assert not S.on_driver(looks_like_one) and not S.on_driver(S.probability_flow_sampler) and not S.on_driver(S.torchsde_sampler)
     with pytest.raises(ConfigError, match=r"^sampler.thresholding need a fixed-grid sampler .* is not one$"):
-        build_sampler(_compose("sampler=ode", "sampler.thresholding=static"))
+        build_sampler(train_config("sampler=ode", "sampler.thresholding=static"))
 
 
 def test_the_config_layer_inspects_no_signatures():
@@ -172,7 +167,7 @@ def test_the_config_layer_inspects_no_signatures():
 )  # fmt: skip
 def test_a_key_the_step_or_grid_does_not_take_is_refused_in_one_line(overrides, sde, message):
     with pytest.raises(ConfigError) as refused:
-        build_sampler(_compose(*overrides), sde)
+        build_sampler(train_config(*overrides), sde)
     assert str(refused.value) == message
 
 
