@@ -10,7 +10,7 @@ config section each with :mod:`sde_diffusion.config`, which imports nothing from
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,22 +142,50 @@ def load_run(
     dev = resolve_device(str(device))
     sde = build_sde(cfg)
     data = build_dataset(cfg)
-    model = build_model(cfg, sde, data)
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt", map_location=dev)
     reconstruction = None if sigma_rel is None else posthoc_weights(run_dir, sigma_rel)  # weights=posthoc
     if weights == "ema":
-        model.load_state_dict(ema_weights(state["ema"]))
+        weights_state = ema_weights(state["ema"])
     else:
-        model.load_state_dict(state["model"] if reconstruction is None else reconstruction.state)
+        weights_state = state["model"] if reconstruction is None else reconstruction.state
+    model = _model_with(cfg, sde, data, weights_state, dev)
+    return TrainedRun(run_dir, cfg, sde, data, model, int(state["step"]), dev, build_conditioner(cfg), reconstruction)
+
+
+def _model_with(cfg: DictConfig, sde: SDE, data: Dataset, state: dict, device: torch.device) -> nn.Module:
+    """The run's model built from ``cfg`` with the weights ``state`` (a ``state_dict``), on ``device``, for evaluation."""
+    model = build_model(cfg, sde, data)
+    model.load_state_dict(state)
     merge_lora(model)  # a LoRA fine-tuning run samples at the base model's cost, with the same outputs (to round-off)
-    return TrainedRun(run_dir, cfg, sde, data, model.to(dev).eval(), int(state["step"]), dev, build_conditioner(cfg), reconstruction)
+    return model.to(device).eval()
 
 
 def posthoc_weights(run_dir: Path, sigma_rel: float) -> Reconstruction:
     """The post-hoc EMA of relative width ``sigma_rel`` of the run in ``run_dir``, reconstructed from
     its snapshots (on the CPU); a ConfigError for a width out of range."""
+    return _reconstruction(_snapshots(run_dir), sigma_rel)
+
+
+def posthoc_models(trained: TrainedRun, widths: Sequence[float]) -> Iterator[tuple[Reconstruction, nn.Module]]:
+    """``load_run(weights="posthoc", sigma_rel=w)``'s reconstruction and model for each of ``widths`` of the
+    run ``trained`` (``sde-ema``'s sweep), reading its snapshots once and building only the model anew."""
+    snapshots = _snapshots(trained.run_dir)
+    for width in widths:
+        reconstruction = _reconstruction(snapshots, width)
+        yield reconstruction, _model_with(trained.config, trained.sde, trained.data, reconstruction.state, trained.device)
+
+
+def _snapshots(run_dir: Path) -> list[dict]:
     try:
-        return reconstruct(load_snapshots(run_dir / "checkpoints" / SNAPSHOT_DIR), sigma_rel)
+        return load_snapshots(run_dir / "checkpoints" / SNAPSHOT_DIR)
+    except ValueError as err:
+        raise ConfigError(one_line(err)) from None
+
+
+def _reconstruction(snapshots: list[dict], sigma_rel: float) -> Reconstruction:
+    """:func:`~sde_diffusion.training.posthoc_ema.reconstruct`, a ConfigError for a width out of range."""
+    try:
+        return reconstruct(snapshots, sigma_rel)
     except ValueError as err:
         raise ConfigError(one_line(err)) from None
 

@@ -27,7 +27,7 @@ from .._atomic import write_atomically
 from .._checks import check_range
 from .._log import say
 from ..app.config import ConfigError, build_loss
-from ..app.runs import load_run
+from ..app.runs import load_run, posthoc_models
 from ..training import evaluate_loss, save_checkpoint
 from ..training.posthoc_ema import check_sigma_rel
 from ._common import check_composes, refusals, require_score_run, set_threads, thread_text
@@ -78,23 +78,17 @@ def run(cfg: DictConfig) -> dict:
     ema_loss = loss_of(trained.score_model)
     raw_loss = loss_of(load_run(run_dir, cfg.device, weights="raw").score_model)  # the last step's weights, for scale
     rows, best = [], None
-    for width in widths:
-        posthoc = load_run(run_dir, cfg.device, weights="posthoc", sigma_rel=width)
-        assert posthoc.reconstruction is not None  # set by weights=posthoc
-        row = {
-            "sigma_rel": float(width),
-            "held_out_loss": loss_of(posthoc.score_model),
-            "kernel_error": posthoc.reconstruction.kernel_error,
-        }
+    for width, (reconstruction, model) in zip(widths, posthoc_models(trained, widths), strict=True):
+        row = {"sigma_rel": float(width), "held_out_loss": loss_of(model), "kernel_error": reconstruction.kernel_error}
         say(f"{PROG}: sigma_rel {width:g}: held-out loss {row['held_out_loss']:.5f} (kernel fit error {row['kernel_error']:.1e})")
         rows.append(row)
         if best is None or row["held_out_loss"] < best[0]["held_out_loss"]:
-            best = (row, posthoc)
+            best = (row, model)
     assert best is not None  # widths is not empty
-    row, posthoc = best
+    row, model = best
     weights = save_checkpoint(
         trained.run_dir / "checkpoints" / "posthoc_ema" / f"sigma_rel-{row['sigma_rel']:.3f}.pt",
-        {"model": posthoc.score_model.state_dict(), "sigma_rel": row["sigma_rel"], "step": trained.step},
+        {"model": model.state_dict(), "sigma_rel": row["sigma_rel"], "step": trained.step},
     )
     record = {
         "run_dir": str(trained.run_dir),
