@@ -71,11 +71,11 @@ def prepare(prog: str, argv: list[str]) -> list[str]:
     return [*replayed, *_pinned(run_dir_path, given), *argv, "hydra.output_subdir=null"]
 
 
-DEFAULTS_CHANGED = {"model.preconditioning": "none", "loss.weighting.P_mean": None}
+DEFAULTS_CHANGED = ("model.preconditioning", "loss.weighting.P_mean")
 """Keys whose shipped default changed after runs were saved (``sde=ve`` and ``sde=edm`` now precondition
-by default; ``loss=edm``'s ``P_mean`` moved with the data's scale), and the value a run saved before
-the key existed was trained with (None: nothing to pin then). Replaying a run's overrides composes
-today's defaults, so a resume pins these to the run's saved values unless the command gives them."""
+by default; ``loss=edm``'s ``P_mean`` moved with the data's scale). Replaying a run's overrides composes
+today's defaults, so a resume pins these to the run's saved values (for a run saved before the key
+existed, its :data:`ADDED_LATER` value; none there: nothing to pin) unless the command gives them."""
 
 
 def _pinned(run_dir: Path, given: set[str]) -> list[str]:
@@ -84,9 +84,9 @@ def _pinned(run_dir: Path, given: set[str]) -> list[str]:
     path = run_dir / ".hydra" / "config.yaml"
     saved = OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else {}
     pins = []
-    for key, before in DEFAULTS_CHANGED.items():
+    for key in DEFAULTS_CHANGED:
         value = _select(saved, key) if isinstance(saved, dict) else _MISSING
-        value = before if value is _MISSING else value
+        value = ADDED_LATER.get(key) if value is _MISSING else value
         if key not in given and value is not None:
             pins.append(f"{key}={value}")
     return pins
